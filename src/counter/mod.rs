@@ -1,0 +1,2 @@
+//! Durable counter.
+pub mod store;

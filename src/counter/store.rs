@@ -1,0 +1,1 @@
+//! PostgreSQL store (side runtime). To be written.

@@ -1,0 +1,1 @@
+//! Key/value dataset and replicas. To be written.

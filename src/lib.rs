@@ -1,0 +1,15 @@
+//! tally: a thread-per-core io_uring HTTP/1.1 server with a durable PostgreSQL counter and
+//! read-only UUID key/value lookups.
+//!
+//! Where a byte goes:
+//! - [`server`] owns the executors (one per core), their listeners and the connection loop.
+//! - [`http`] turns bytes into requests and responses into bytes; it knows no routes.
+//! - [`routes`] maps method + path to a handler.
+//! - [`kv`] holds the dataset and the per-core lookup replicas (no sockets).
+//! - [`counter`] batches increments per core, commits them from the owner core through
+//!   [`counter::store`], the only code that speaks to PostgreSQL, on a side runtime.
+//! - [`postgres`] runs the embedded PostgreSQL cluster used when no database URL is given.
+
+pub mod counter;
+pub mod kv;
+pub mod postgres;

@@ -1,0 +1,1 @@
+//! Embedded PostgreSQL cluster. To be written.

@@ -1,0 +1,3 @@
+#![allow(dead_code)]
+//! Shared set-up for the end-to-end tests.
+pub mod pg;

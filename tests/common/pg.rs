@@ -1,0 +1,1 @@
+//! Private PostgreSQL clusters for tests. To be written.
