@@ -10,6 +10,11 @@
 //!   [`counter::store`], the only code that speaks to PostgreSQL, on a side runtime.
 //! - [`postgres`] runs the embedded PostgreSQL cluster used when no database URL is given.
 
+pub mod config;
 pub mod counter;
+pub mod http;
 pub mod kv;
+pub mod metrics;
 pub mod postgres;
+pub mod routes;
+pub mod server;

@@ -1,1 +1,179 @@
-fn main() {}
+//! Start-up only: read the configuration, load the dataset, start (or connect to) PostgreSQL,
+//! run the server, and tear down in reverse order.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use tally::config::{Cli, Command, SampleArgs, ServeArgs};
+use tally::counter::{self, store, CounterShared};
+use tally::postgres::EmbeddedPostgres;
+use tally::{kv, server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .parse_filters(&cli.serve.log)
+        .format_timestamp_millis()
+        .init();
+    let result = match cli.command {
+        Some(Command::Sample(args)) => sample(&args),
+        None => serve(&cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tally: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sample(args: &SampleArgs) -> anyhow::Result<()> {
+    let dataset = kv::sample(args.pairs, args.seed);
+    match &args.output {
+        Some(path) => {
+            kv::write(&dataset, path).with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            use std::io::Write as _;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut line = Vec::with_capacity(128);
+            for (key, value) in dataset.iter() {
+                line.clear();
+                line.extend_from_slice(b"{\"key\":\"");
+                line.extend_from_slice(
+                    uuid::Uuid::from_u128(key)
+                        .hyphenated()
+                        .to_string()
+                        .as_bytes(),
+                );
+                line.extend_from_slice(b"\",\"value\":");
+                kv::write_json_string(&mut line, value);
+                line.extend_from_slice(b"}\n");
+                if let Err(err) = out.write_all(&line) {
+                    // `tally sample | head` closes the pipe early; that is not an error.
+                    if err.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(err.into());
+                }
+            }
+            match out.flush() {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
+    server::uring::check()?;
+
+    let allowed = server::allowed_cpus()?;
+    let cores = match cfg.cores {
+        Some(0) => bail!("--cores must be at least 1"),
+        Some(n) if n > allowed.len() => {
+            log::warn!(
+                "--cores {n}: only {} CPUs are available to this process; using them all",
+                allowed.len()
+            );
+            allowed.len()
+        }
+        Some(n) => n,
+        None => allowed.len(),
+    };
+    let cpus = &allowed[..cores];
+
+    let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
+
+    let embedded = match &cfg.database_url {
+        Some(_) => None,
+        None => {
+            let dir = cfg.data_dir.join("pg");
+            let started = Instant::now();
+            let pg = EmbeddedPostgres::start(&dir).with_context(|| {
+                format!("starting the embedded PostgreSQL in {}", dir.display())
+            })?;
+            log::info!(
+                "embedded PostgreSQL up in {:?} ({})",
+                started.elapsed(),
+                dir.display()
+            );
+            Some(pg)
+        }
+    };
+    let url = match (&cfg.database_url, &embedded) {
+        (Some(url), _) => url.clone(),
+        (None, Some(pg)) => pg.url().to_owned(),
+        (None, None) => unreachable!("the embedded cluster was started above"),
+    };
+    let store = store::spawn(store::StoreConfig {
+        url,
+        commit_timeout: cfg.commit_timeout(),
+        refresh_interval: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(5),
+    });
+    let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));
+    let services = server::Services {
+        dataset,
+        counter,
+        wiring: counter::wire(cores),
+    };
+    let served = server::run(cfg, services, cpus);
+    store.shutdown();
+    if let Some(pg) = embedded {
+        if let Err(err) = pg.stop() {
+            log::warn!("stopping the embedded PostgreSQL: {err}");
+        }
+    }
+    served?;
+    log::info!("stopped");
+    Ok(())
+}
+
+fn load_dataset(path: Option<&Path>) -> anyhow::Result<kv::Dataset> {
+    let started = Instant::now();
+    let dataset = match path {
+        Some(path) => kv::load(path)?,
+        None => kv::sample(kv::DEFAULT_SAMPLE_PAIRS, kv::DEFAULT_SEED),
+    };
+    log::info!(
+        "key/value dataset: {} pairs ({} raw bytes) from {} in {:?}",
+        dataset.len(),
+        dataset.raw_bytes(),
+        path.map_or("the built-in sample".into(), |p| p.display().to_string()),
+        started.elapsed()
+    );
+    Ok(dataset)
+}
+
+/// Raises the soft open-file limit to the hard limit: every connection is a descriptor.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            log::info!("open file limit: {} (was {before})", limit.rlim_cur);
+        } else {
+            log::warn!(
+                "open file limit stays at {before}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}

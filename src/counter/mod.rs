@@ -1,2 +1,471 @@
-//! Durable counter.
+//! The durable counter: per-core batching, the owner core's group commit, and the values each
+//! request gets back.
+//!
+//! ```text
+//!  core k: POST -> CounterCore::increment -> joins the core's open Batch, gets a Ticket
+//!          batcher task: sends each closed Batch as one CoreBatch message ----------+
+//!                                                                                    v
+//!  owner core: run_owner: gathers every queued CoreBatch, ONE transaction  -> store (side runtime)
+//!          UPDATE .. SET count = count + sum RETURNING count                 <- new count
+//!          replies to each core, in order, with the base its batch starts at
+//!  core k: reply task resolves the Batch; each Ticket yields base + its own running offset
+//! ```
+//! Nothing waits on a timer: a transaction starts as soon as the previous one finished, and
+//! whatever arrived meanwhile forms the next one. A request is answered 200 only after
+//! PostgreSQL confirmed the commit of the transaction holding its increment. Knows no sockets.
+
 pub mod store;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::metrics::Histogram;
+pub use store::{CommitError, StoreHandle};
+
+/// Largest `by` a request may ask for (SPEC: 1 <= n <= 2^31-1).
+pub const MAX_BY: i64 = i32::MAX as i64;
+
+static BATCH_BOUNDS: [f64; 14] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+static LATENCY_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0, 5.0,
+];
+
+/// Instance-wide counter state: the store handle and the owner's statistics.
+pub struct CounterShared {
+    pub store: StoreHandle,
+    /// Most increments in one transaction; 0 means no limit.
+    pub max_batch: usize,
+    /// Increments per transaction.
+    pub batch_size: Histogram,
+    /// Seconds from sending a transaction to its result.
+    pub commit_seconds: Histogram,
+    pub failed_commits: AtomicU64,
+    /// Increments received by the owner and not yet answered.
+    pub pending_increments: AtomicU64,
+}
+
+impl CounterShared {
+    pub fn new(store: StoreHandle, max_batch: usize) -> Self {
+        CounterShared {
+            store,
+            max_batch,
+            batch_size: Histogram::new(&BATCH_BOUNDS),
+            commit_seconds: Histogram::new(&LATENCY_BOUNDS),
+            failed_commits: AtomicU64::new(0),
+            pending_increments: AtomicU64::new(0),
+        }
+    }
+
+    /// The count as this instance knows it: never below a value it returned.
+    pub fn current(&self) -> Option<i64> {
+        self.store.highest_seen()
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        self.batch_size.render(
+            "tally_counter_batch_size",
+            "Increments per committed transaction.",
+            out,
+        );
+        self.commit_seconds.render(
+            "tally_counter_commit_seconds",
+            "Time from sending a transaction to the store until its result.",
+            out,
+        );
+        let stats = self.store.stats();
+        let lines: [(&str, &str, &str, u64); 5] = [
+            (
+                "tally_counter_commits_total",
+                "counter",
+                "Transactions committed.",
+                stats.commits,
+            ),
+            (
+                "tally_counter_failed_commits_total",
+                "counter",
+                "Transactions not confirmed (their requests got 503).",
+                self.failed_commits.load(Relaxed),
+            ),
+            (
+                "tally_counter_store_errors_total",
+                "counter",
+                "Store errors (connection failures, timeouts, lost connections).",
+                stats.errors,
+            ),
+            (
+                "tally_counter_store_reconnects_total",
+                "counter",
+                "Store connections established.",
+                stats.connects,
+            ),
+            (
+                "tally_counter_pending_increments",
+                "gauge",
+                "Increments at the owner core awaiting their commit.",
+                self.pending_increments.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in lines {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        let up = u8::from(self.store.is_connected());
+        let _ = writeln!(
+            out,
+            "# HELP tally_counter_store_up Whether the store connection is up.\n# TYPE tally_counter_store_up gauge\ntally_counter_store_up {up}"
+        );
+    }
+}
+
+/// One core's batch of increments, as sent to the owner.
+#[derive(Debug)]
+struct CoreBatch {
+    core: usize,
+    requests: u32,
+    delta: i64,
+}
+
+/// The owner's answer for one CoreBatch: the count just before the batch's first increment.
+type BatchReply = Result<i64, CommitError>;
+
+/// The channels between the cores and the owner, made once at start-up.
+pub struct Wiring {
+    pub owner: OwnerPort,
+    pub cores: Vec<CorePort>,
+}
+
+/// What the owner core needs: the queue of batches and a reply channel to every core.
+pub struct OwnerPort {
+    batches: flume::Receiver<CoreBatch>,
+    replies: Vec<flume::Sender<BatchReply>>,
+}
+
+/// What each core needs: a way to the owner and its own reply queue.
+pub struct CorePort {
+    id: usize,
+    /// Taken (dropped) by [`CounterCore::close`], so the owner knows when every core is done.
+    to_owner: RefCell<Option<flume::Sender<CoreBatch>>>,
+    replies: flume::Receiver<BatchReply>,
+}
+
+pub fn wire(cores: usize) -> Wiring {
+    let (to_owner, batches) = flume::unbounded();
+    let (replies, receivers): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded()).unzip();
+    Wiring {
+        owner: OwnerPort { batches, replies },
+        cores: receivers
+            .into_iter()
+            .enumerate()
+            .map(|(id, replies)| CorePort {
+                id,
+                to_owner: RefCell::new(Some(to_owner.clone())),
+                replies,
+            })
+            .collect(),
+    }
+}
+
+/// The owner loop: one transaction in flight, every batch that queued meanwhile in the next.
+/// Ends when every core has dropped its sender and the queue is empty, so every increment
+/// received before shutdown is committed and answered.
+pub async fn run_owner(port: OwnerPort, shared: Arc<CounterShared>) {
+    let mut queue: VecDeque<CoreBatch> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match port.batches.recv_async().await {
+                Ok(batch) => queue.push_back(batch),
+                Err(_) => break,
+            }
+        }
+        queue.extend(port.batches.try_iter());
+        shared
+            .pending_increments
+            .store(queue.iter().map(|b| u64::from(b.requests)).sum(), Relaxed);
+
+        let (take, requests, delta) = next_transaction(&queue, shared.max_batch);
+        let started = Instant::now();
+        let result = shared.store.add(delta).await;
+        shared
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(count) => {
+                shared.batch_size.observe(f64::from(requests));
+                let mut base = count - delta;
+                for batch in queue.drain(..take) {
+                    let _ = port.replies[batch.core].send(Ok(base));
+                    base += batch.delta;
+                }
+            }
+            Err(err) => {
+                shared.failed_commits.fetch_add(1, Relaxed);
+                log::warn!("counter commit of {requests} increments failed: {err}");
+                for batch in queue.drain(..take) {
+                    let _ = port.replies[batch.core].send(Err(err.clone()));
+                }
+            }
+        }
+    }
+    shared.pending_increments.store(0, Relaxed);
+}
+
+/// How many queued batches form the next transaction, with their request count and delta.
+fn next_transaction(queue: &VecDeque<CoreBatch>, max_batch: usize) -> (usize, u32, i64) {
+    let (mut take, mut requests, mut delta) = (0, 0u32, 0i64);
+    for batch in queue {
+        let over = max_batch > 0 && (requests + batch.requests) as usize > max_batch;
+        if take > 0 && over {
+            break;
+        }
+        take += 1;
+        requests += batch.requests;
+        delta += batch.delta;
+    }
+    (take, requests, delta)
+}
+
+/// Increments gathered on one core between two sends to the owner.
+#[derive(Default)]
+struct Batch {
+    requests: Cell<u32>,
+    delta: Cell<i64>,
+    result: RefCell<Option<BatchReply>>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Batch {
+    fn resolve(&self, reply: BatchReply) {
+        *self.result.borrow_mut() = Some(reply);
+        for waker in self.waiters.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// A core's side of the counter; lives on that core only.
+pub struct CounterCore {
+    port: CorePort,
+    max_batch: usize,
+    /// Batches not yet sent; increments join the last one while it has room.
+    open: RefCell<Vec<Rc<Batch>>>,
+    /// Batches sent and not yet answered, in the order the owner will answer them.
+    in_flight: RefCell<VecDeque<Rc<Batch>>>,
+    batcher: Cell<Option<Waker>>,
+}
+
+impl CounterCore {
+    pub fn new(port: CorePort, max_batch: usize) -> Rc<Self> {
+        Rc::new(CounterCore {
+            port,
+            max_batch,
+            open: RefCell::new(Vec::new()),
+            in_flight: RefCell::new(VecDeque::new()),
+            batcher: Cell::new(None),
+        })
+    }
+
+    /// Adds `by` to this core's open batch. The ticket resolves once the batch committed.
+    pub fn increment(&self, by: i64) -> Ticket {
+        let mut open = self.open.borrow_mut();
+        let has_room = open
+            .last()
+            .is_some_and(|b| self.max_batch == 0 || (b.requests.get() as usize) < self.max_batch);
+        if !has_room {
+            open.push(Rc::new(Batch::default()));
+        }
+        let Some(batch) = open.last() else {
+            unreachable!("a batch was just pushed");
+        };
+        batch.requests.set(batch.requests.get() + 1);
+        let offset = batch.delta.get() + by;
+        batch.delta.set(offset);
+        let ticket = Ticket {
+            batch: batch.clone(),
+            offset,
+            registered: false,
+        };
+        if let Some(waker) = self.batcher.take() {
+            waker.wake();
+        }
+        ticket
+    }
+
+    /// Sends open batches to the owner as soon as this core's current round of work is done
+    /// (the batcher is woken by `increment`, and runs after the tasks already queued).
+    pub async fn run_batcher(self: Rc<Self>) {
+        loop {
+            let batches = std::future::poll_fn(|cx| {
+                let mut open = self.open.borrow_mut();
+                if open.is_empty() {
+                    self.batcher.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(std::mem::take(&mut *open))
+                }
+            })
+            .await;
+            self.send(batches);
+        }
+    }
+
+    /// Sends closed batches to the owner; they then wait in `in_flight` for its replies.
+    fn send(&self, batches: Vec<Rc<Batch>>) {
+        let to_owner = self.port.to_owner.borrow();
+        for batch in batches {
+            let msg = CoreBatch {
+                core: self.port.id,
+                requests: batch.requests.get(),
+                delta: batch.delta.get(),
+            };
+            match to_owner.as_ref().map(|tx| tx.send(msg)) {
+                Some(Ok(())) => self.in_flight.borrow_mut().push_back(batch),
+                _ => batch.resolve(Err(CommitError::Unavailable(
+                    "the counter is shutting down".into(),
+                ))),
+            }
+        }
+    }
+
+    /// Batches sent to the owner and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.borrow().len()
+    }
+
+    /// Resolves batches as the owner's replies arrive (in the order the batches were sent).
+    pub async fn run_replies(self: Rc<Self>) {
+        while let Ok(reply) = self.port.replies.recv_async().await {
+            let batch = self.in_flight.borrow_mut().pop_front();
+            match batch {
+                Some(batch) => batch.resolve(reply),
+                None => log::error!("counter reply without a batch in flight"),
+            }
+        }
+    }
+
+    /// Sends any increment still open, then drops this core's sender so the owner can finish
+    /// once every core is done. Replies to what was sent keep arriving.
+    pub fn close(&self) {
+        let open = std::mem::take(&mut *self.open.borrow_mut());
+        self.send(open);
+        self.port.to_owner.borrow_mut().take();
+    }
+}
+
+/// A request's claim on a value: resolves to the count right after its own increment.
+pub struct Ticket {
+    batch: Rc<Batch>,
+    /// Sum of the batch's deltas up to and including this request's.
+    offset: i64,
+    registered: bool,
+}
+
+impl Future for Ticket {
+    type Output = Result<i64, CommitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(reply) = self.batch.result.borrow().as_ref() {
+            return Poll::Ready(reply.clone().map(|base| base + self.offset));
+        }
+        if !self.registered {
+            self.batch.waiters.borrow_mut().push(cx.waker().clone());
+            self.registered = true;
+        }
+        Poll::Pending
+    }
+}
+
+/// Parses a POST /api/v1/counter body: empty means 1; otherwise a JSON object whose optional
+/// `by` is an integer in 1..=2^31-1 (other fields are ignored).
+pub fn parse_by(body: &mut [u8]) -> Result<i64, &'static str> {
+    use simd_json::prelude::*;
+    if body.is_empty() {
+        return Ok(1);
+    }
+    let value = simd_json::to_borrowed_value(body).map_err(|_| "body is not valid JSON")?;
+    let object = value.as_object().ok_or("body must be a JSON object")?;
+    let Some(by) = object.get("by") else {
+        return Ok(1);
+    };
+    let n = by
+        .as_i64()
+        .filter(|_| by.is_i64() || by.is_u64())
+        .ok_or("by must be an integer")?;
+    if !(1..=MAX_BY).contains(&n) {
+        return Err("by must be an integer from 1 to 2147483647");
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by(s: &str) -> Result<i64, &'static str> {
+        parse_by(&mut s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn empty_body_and_empty_object_increment_by_one() {
+        assert_eq!(by(""), Ok(1));
+        assert_eq!(by("{}"), Ok(1));
+        assert_eq!(by(r#"{"other": true}"#), Ok(1));
+    }
+
+    #[test]
+    fn by_accepts_one_to_i32_max() {
+        assert_eq!(by(r#"{"by": 1}"#), Ok(1));
+        assert_eq!(by(r#"{"by": 2147483647}"#), Ok(2_147_483_647));
+    }
+
+    #[test]
+    fn by_rejects_zero_negative_too_large_and_non_integers() {
+        for body in [
+            r#"{"by": 0}"#,
+            r#"{"by": -1}"#,
+            r#"{"by": 2147483648}"#,
+            r#"{"by": 1.5}"#,
+            r#"{"by": 1.0}"#,
+            r#"{"by": "3"}"#,
+            r#"{"by": null}"#,
+            r#"{"by": 18446744073709551615}"#,
+            "[1]",
+            "7",
+            "{",
+            " ",
+        ] {
+            assert!(by(body).is_err(), "{body} was accepted");
+        }
+    }
+
+    fn batch(core: usize, requests: u32, delta: i64) -> CoreBatch {
+        CoreBatch {
+            core,
+            requests,
+            delta,
+        }
+    }
+
+    #[test]
+    fn a_transaction_takes_every_queued_batch_without_a_cap() {
+        let q: VecDeque<_> = [batch(0, 3, 3), batch(1, 5, 9)].into();
+        assert_eq!(next_transaction(&q, 0), (2, 8, 12));
+    }
+
+    #[test]
+    fn a_cap_of_one_gives_one_increment_per_transaction() {
+        let q: VecDeque<_> = [batch(0, 1, 4), batch(1, 1, 1)].into();
+        assert_eq!(next_transaction(&q, 1), (1, 1, 4));
+    }
+}

@@ -1,0 +1,143 @@
+//! Command line and environment: every setting is a flag with an environment fallback, and
+//! `--help` explains each one. Parsing only; nothing here starts anything.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::http::Limits;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally",
+    version,
+    about = "Thread-per-core io_uring HTTP server: a durable PostgreSQL counter and UUID key/value lookups",
+    long_about = "Thread-per-core io_uring HTTP server: a durable PostgreSQL counter and UUID key/value lookups.\n\n\
+        With no --database-url, tally runs a private PostgreSQL cluster in <data-dir>/pg from the PostgreSQL \
+        server binaries installed on this machine. With no --kv-data, it serves a built-in sample of 10,000 pairs \
+        (`tally sample | head` shows some keys)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write the built-in sample dataset (or one of any size and seed) to a file or stdout.
+    Sample(SampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Number of pairs.
+    #[arg(long, default_value_t = crate::kv::DEFAULT_SAMPLE_PAIRS)]
+    pub pairs: usize,
+    /// PRNG seed; the default gives the dataset served when no --kv-data is given.
+    #[arg(long, default_value_t = crate::kv::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Output file; its extension picks the format (.json, .jsonl, .csv). Without it, JSON
+    /// Lines go to stdout.
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; every core binds it with SO_REUSEPORT.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of cores to run on (default: every CPU this process may use).
+    #[arg(long, env = "TALLY_CORES")]
+    pub cores: Option<usize>,
+
+    /// PostgreSQL connection string (URL or key=value). Without it, tally runs its own cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for tally's own state; the embedded PostgreSQL cluster lives in <data-dir>/pg.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = ".tally")]
+    pub data_dir: PathBuf,
+
+    /// Key/value dataset: .json (one object), .jsonl/.ndjson (one {"key","value"} a line) or
+    /// .csv (key,value with a header). Default: the built-in 10,000-pair sample.
+    #[arg(long, env = "TALLY_KV_DATA")]
+    pub kv_data: Option<PathBuf>,
+
+    /// Open connections per core; a connection beyond it gets 503 and is closed.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS_PER_CORE", default_value_t = 16_384)]
+    pub max_connections_per_core: usize,
+
+    /// Largest request line + header section, in bytes (431 beyond).
+    #[arg(long, env = "TALLY_MAX_HEADER_BYTES", default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// Most header fields in one request (431 beyond; at most 128).
+    #[arg(long, env = "TALLY_MAX_HEADERS", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub max_headers: u16,
+
+    /// Longest request target, in bytes (414 beyond).
+    #[arg(long, env = "TALLY_MAX_URI_BYTES", default_value_t = 2048)]
+    pub max_uri_bytes: usize,
+
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a client has to send a whole request once it started one (408 after).
+    #[arg(long, env = "TALLY_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, env = "TALLY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "TALLY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Milliseconds a counter commit may take before its requests get 503.
+    #[arg(long, env = "TALLY_COMMIT_TIMEOUT_MS", default_value_t = 5000)]
+    pub commit_timeout_ms: u64,
+
+    /// Most increments in one transaction (0 = no limit). 1 gives one transaction per
+    /// request: the design tally replaces, kept for the benchmark's comparison.
+    #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 0)]
+    pub max_batch: usize,
+
+    /// Log level: error, warn, info, debug or trace (RUST_LOG-style filters work too).
+    #[arg(long, env = "TALLY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_head_bytes: self.max_header_bytes,
+            max_headers: usize::from(self.max_headers),
+            max_uri_bytes: self.max_uri_bytes,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.commit_timeout_ms.max(1))
+    }
+}

@@ -1,0 +1,139 @@
+//! Response writing: status line and headers appended straight into a connection's output
+//! buffer, with no intermediate allocation. Every response carries `Content-Length`,
+//! `Content-Type`, `Date` and `Server`.
+
+use std::time::SystemTime;
+
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+pub const CONTENT_TYPE_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const SERVER: &[u8] = b"\r\nServer: tally\r\nDate: ";
+
+/// The interim response for `Expect: 100-continue` (RFC 9110 §10.1.1).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the `Connection` header of a response says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 default: no header needed.
+    KeepAlive,
+    /// An HTTP/1.0 client asked for keep-alive and gets it: say so explicitly.
+    KeepAliveHttp10,
+    /// The connection closes after this response.
+    Close,
+}
+
+/// One response's metadata; the body is passed separately.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseHead<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub persistence: Persistence,
+    /// HEAD request: headers as for GET, no body.
+    pub head_only: bool,
+    /// Value of an `Allow` header (405 responses).
+    pub allow: Option<&'a str>,
+}
+
+/// Appends a complete response to `out`.
+pub fn write_response(out: &mut Vec<u8>, head: &ResponseHead<'_>, date: &HttpDate, body: &[u8]) {
+    out.reserve(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status_line(head.status).as_bytes());
+    out.extend_from_slice(SERVER);
+    out.extend_from_slice(date.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(head.content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(body.len()).as_bytes());
+    match head.persistence {
+        Persistence::KeepAlive => {}
+        Persistence::KeepAliveHttp10 => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+        Persistence::Close => out.extend_from_slice(b"\r\nConnection: close"),
+    }
+    if let Some(allow) = head.allow {
+        out.extend_from_slice(b"\r\nAllow: ");
+        out.extend_from_slice(allow.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head.head_only {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends `{"message":"<msg>"}`. Messages are our own ASCII text; quotes and backslashes
+/// in them are escaped anyway, and control characters are dropped.
+pub fn write_message_body(out: &mut Vec<u8>, msg: &str) {
+    out.extend_from_slice(b"{\"message\":\"");
+    for &b in msg.as_bytes() {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0..=0x1f => {}
+            _ => out.push(b),
+        }
+    }
+    out.extend_from_slice(b"\"}");
+}
+
+/// "200 OK" and friends: the status code and its reason phrase.
+pub fn status_line(status: u16) -> &'static str {
+    match status {
+        100 => "100 Continue",
+        200 => "200 OK",
+        400 => "400 Bad Request",
+        404 => "404 Not Found",
+        405 => "405 Method Not Allowed",
+        408 => "408 Request Timeout",
+        413 => "413 Content Too Large",
+        414 => "414 URI Too Long",
+        417 => "417 Expectation Failed",
+        422 => "422 Unprocessable Content",
+        431 => "431 Request Header Fields Too Large",
+        500 => "500 Internal Server Error",
+        501 => "501 Not Implemented",
+        503 => "503 Service Unavailable",
+        _ => "500 Internal Server Error",
+    }
+}
+
+/// The `Date` header value (IMF-fixdate, RFC 9110 §5.6.7), formatted at most once a second.
+/// One per core: it is refreshed by its own core before each batch of responses.
+pub struct HttpDate {
+    text: [u8; 29],
+    unix_secs: u64,
+}
+
+impl HttpDate {
+    pub fn new() -> Self {
+        let mut date = HttpDate {
+            text: [b' '; 29],
+            unix_secs: u64::MAX,
+        };
+        date.refresh(SystemTime::now());
+        date
+    }
+
+    /// Re-formats the date if `now` is in another second than the cached text.
+    pub fn refresh(&mut self, now: SystemTime) {
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs == self.unix_secs {
+            return;
+        }
+        self.unix_secs = secs;
+        let text = httpdate::fmt_http_date(now);
+        let n = text.len().min(self.text.len());
+        self.text[..n].copy_from_slice(&text.as_bytes()[..n]);
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text
+    }
+}
+
+impl Default for HttpDate {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,367 @@
+//! One client connection: read, answer every complete request in the buffer, write all the
+//! answers with one call, repeat.
+//!
+//! The loop reads into a buffer that holds at most one request's head and body (so a client
+//! cannot make it grow without bound), frames requests with [`http::parse`], lets
+//! [`routes::dispatch`] answer them and appends the responses to one output buffer. Counter
+//! increments are answered after their commit; responses keep request order (RFC 9112 §9.3.2).
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
+use crate::http::{self, BodyLocation, HttpError, Method, Parsed, Persistence, ResponseHead};
+use crate::routes::{self, Reply, Route};
+use crate::server::registry::{Phase, Slot};
+use crate::server::Core;
+
+/// Initial size of a connection's read and write buffers; enough for 16-deep pipelining of
+/// small requests without growing.
+const INITIAL_BUFFER_BYTES: usize = 4096;
+
+/// Per-connection state that outlives one read.
+struct Conn {
+    core: Rc<Core>,
+    slot: Rc<Slot>,
+    /// Bytes read; `filled` of them are valid.
+    rbuf: Vec<u8>,
+    filled: usize,
+    /// Responses of the current batch, written with one call.
+    wbuf: Vec<u8>,
+    /// A handler's body before it gets its head (the head needs its length).
+    body: Vec<u8>,
+    /// Decoded chunked request body.
+    chunked: Vec<u8>,
+    /// Increments of this batch waiting for their commit: where their response goes in
+    /// `wbuf`, and what it looks like.
+    deferred: Vec<Deferred>,
+    /// Responses put together around the deferred ones.
+    assembled: Vec<u8>,
+    /// `100 Continue` was sent for the request now being read.
+    continue_sent: bool,
+    /// Coarse-clock deadline of the request being read, from its first byte.
+    request_deadline: u64,
+}
+
+struct Deferred {
+    at: usize,
+    ticket: crate::counter::Ticket,
+    persistence: Persistence,
+    head_only: bool,
+}
+
+/// What to do after a batch of responses is written.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Read,
+    Close,
+}
+
+/// Serves a connection until the client closes it, an error closes it, or a timeout does.
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let registry = &core.registry;
+    let slot = registry.insert(
+        stream.as_raw_fd(),
+        registry.now() + core.idle_timeout_secs + 1,
+    );
+    let metrics = core.metrics();
+    metrics.open_connections.add(1);
+    let mut conn = Conn {
+        core: core.clone(),
+        slot,
+        rbuf: vec![0; INITIAL_BUFFER_BYTES],
+        filled: 0,
+        wbuf: Vec::with_capacity(INITIAL_BUFFER_BYTES),
+        body: Vec::new(),
+        chunked: Vec::new(),
+        deferred: Vec::new(),
+        assembled: Vec::new(),
+        continue_sent: false,
+        request_deadline: 0,
+    };
+    let mut stream = stream;
+    if let Err(err) = conn.run(&mut stream).await {
+        log::debug!("connection closed: {err}");
+    }
+    if conn.slot.timed_out() {
+        metrics.timed_out_connections.add(1);
+    }
+    core.registry.remove(&conn.slot);
+    metrics.open_connections.sub(1);
+}
+
+impl Conn {
+    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        loop {
+            if self.filled == self.rbuf.len() && !self.grow_read_buffer() {
+                // Only reachable with a chunked body whose framing overhead is excessive.
+                return self.reject(stream, HttpError::BodyTooLarge).await;
+            }
+            let n = stream.read(&mut self.rbuf[self.filled..]).await?;
+            if n == 0 {
+                if self.slot.timed_out() && self.filled > 0 {
+                    return self.reject_timeout(stream).await;
+                }
+                return Ok(());
+            }
+            let registry = &self.core.registry;
+            if self.filled == 0 {
+                self.request_deadline = registry.now() + self.core.request_timeout_secs + 1;
+            }
+            self.filled += n;
+            self.slot.set_phase(Phase::Busy, 0);
+
+            let (consumed, next) = self.answer_buffered();
+            self.flush(stream).await?;
+            if next == Next::Close {
+                return self.linger(stream).await;
+            }
+
+            self.rbuf.copy_within(consumed..self.filled, 0);
+            self.filled -= consumed;
+            let registry = &self.core.registry;
+            if self.filled == 0 {
+                if self.core.shutting_down.get() {
+                    return Ok(());
+                }
+                let deadline = registry.now() + self.core.idle_timeout_secs + 1;
+                self.slot.set_phase(Phase::Idle, deadline);
+            } else {
+                if consumed > 0 {
+                    // A new request started in this read: its own timeout starts now.
+                    self.request_deadline = registry.now() + self.core.request_timeout_secs + 1;
+                }
+                self.slot.set_phase(Phase::Reading, self.request_deadline);
+            }
+        }
+    }
+
+    /// Frames and answers every complete request in the read buffer. Returns the bytes
+    /// consumed and whether the connection closes after these responses.
+    fn answer_buffered(&mut self) -> (usize, Next) {
+        let core = self.core.clone();
+        let date = core.date.borrow();
+        let metrics = core.metrics();
+        self.wbuf.clear();
+        let mut pos = 0;
+        while pos < self.filled {
+            let parsed = http::parse(
+                &self.rbuf[pos..self.filled],
+                &core.limits,
+                &mut self.chunked,
+            );
+            let (head, body, len) = match parsed {
+                Ok(Parsed::Complete { head, body, len }) => (head, body, len),
+                Ok(Parsed::Partial { head }) => {
+                    if head.is_some_and(|h| h.expect_continue) && !self.continue_sent {
+                        self.wbuf.extend_from_slice(CONTINUE);
+                        self.continue_sent = true;
+                    }
+                    return (pos, Next::Read);
+                }
+                Err(err) => {
+                    write_error(
+                        &mut self.wbuf,
+                        &mut self.body,
+                        &date,
+                        err.status(),
+                        &err.to_string(),
+                    );
+                    metrics.count_request(crate::metrics::ROUTE_OTHER, err.status());
+                    return (pos, Next::Close);
+                }
+            };
+            let start = pos;
+            pos += len;
+            self.continue_sent = false;
+            let path = &self.rbuf[start + head.path.start..start + head.path.end];
+            let route = Route::from_path(path);
+            let body: &mut [u8] = match body {
+                BodyLocation::Input(r) => &mut self.rbuf[start + r.start..start + r.end],
+                BodyLocation::Scratch => &mut self.chunked,
+            };
+            let persistence = if !head.keep_alive || core.shutting_down.get() {
+                Persistence::Close
+            } else if head.http10 {
+                Persistence::KeepAliveHttp10
+            } else {
+                Persistence::KeepAlive
+            };
+            let head_only = head.method == Method::Head;
+            self.body.clear();
+            match routes::dispatch(&core, head.method, route, body, &mut self.body) {
+                Reply::Now {
+                    status,
+                    content_type,
+                    allow,
+                } => {
+                    let response = ResponseHead {
+                        status,
+                        content_type,
+                        persistence,
+                        head_only,
+                        allow,
+                    };
+                    http::write_response(&mut self.wbuf, &response, &date, &self.body);
+                    metrics.count_request(Route::metric_index(route), status);
+                }
+                Reply::Increment(ticket) => self.deferred.push(Deferred {
+                    at: self.wbuf.len(),
+                    ticket,
+                    persistence,
+                    head_only,
+                }),
+            }
+            if persistence == Persistence::Close {
+                return (pos, Next::Close);
+            }
+        }
+        (pos, Next::Read)
+    }
+
+    /// Writes this batch's responses with one call, first waiting for the commits of any
+    /// increments among them.
+    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        if self.deferred.is_empty() {
+            if !self.wbuf.is_empty() {
+                stream.write_all(&self.wbuf).await?;
+            }
+            return Ok(());
+        }
+        let mut out = std::mem::take(&mut self.assembled);
+        out.clear();
+        let mut copied = 0;
+        for deferred in std::mem::take(&mut self.deferred) {
+            out.extend_from_slice(&self.wbuf[copied..deferred.at]);
+            copied = deferred.at;
+            let result = deferred.ticket.await;
+            self.body.clear();
+            if let Reply::Now {
+                status,
+                content_type,
+                allow,
+            } = routes::increment_reply(result, &mut self.body)
+            {
+                let response = ResponseHead {
+                    status,
+                    content_type,
+                    persistence: deferred.persistence,
+                    head_only: deferred.head_only,
+                    allow,
+                };
+                http::write_response(&mut out, &response, &self.core.date.borrow(), &self.body);
+                self.core
+                    .metrics()
+                    .count_request(Route::metric_index(Some(Route::Counter)), status);
+            }
+        }
+        out.extend_from_slice(&self.wbuf[copied..]);
+        let written = stream.write_all(&out).await;
+        self.assembled = out;
+        written
+    }
+
+    /// Grows the read buffer for a request larger than it; false once the buffer has reached
+    /// the most one request may need (head + body, plus room for chunked framing).
+    fn grow_read_buffer(&mut self) -> bool {
+        let limits = &self.core.limits;
+        let max = limits.max_head_bytes + 2 * limits.max_body_bytes + INITIAL_BUFFER_BYTES;
+        if self.rbuf.len() >= max {
+            return false;
+        }
+        let new_len = (self.rbuf.len() * 2).min(max);
+        self.rbuf.resize(new_len, 0);
+        true
+    }
+
+    async fn reject(&mut self, stream: &mut TcpStream, err: HttpError) -> std::io::Result<()> {
+        self.wbuf.clear();
+        let date = self.core.date.borrow();
+        write_error(
+            &mut self.wbuf,
+            &mut self.body,
+            &date,
+            err.status(),
+            &err.to_string(),
+        );
+        drop(date);
+        self.core
+            .metrics()
+            .count_request(crate::metrics::ROUTE_OTHER, err.status());
+        stream.write_all(&self.wbuf).await?;
+        self.linger(stream).await
+    }
+
+    async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        self.wbuf.clear();
+        let date = self.core.date.borrow();
+        write_error(
+            &mut self.wbuf,
+            &mut self.body,
+            &date,
+            408,
+            "request timed out",
+        );
+        drop(date);
+        self.core
+            .metrics()
+            .count_request(crate::metrics::ROUTE_OTHER, 408);
+        stream.write_all(&self.wbuf).await
+    }
+
+    /// Closes after an error without losing the response: a close with unread input makes
+    /// the kernel send RST, which can destroy the response before the client reads it. So stop
+    /// writing, then discard what the client still sends, for a short bounded time.
+    async fn linger(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        const LINGER_BYTES: usize = 1 << 20;
+        stream.close().await?;
+        let deadline = self.core.registry.now() + 2;
+        self.slot.set_phase(Phase::Reading, deadline);
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match stream.read(&mut self.rbuf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends an error response that closes the connection.
+fn write_error(
+    out: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    date: &http::HttpDate,
+    status: u16,
+    msg: &str,
+) {
+    body.clear();
+    write_message_body(body, msg);
+    let head = ResponseHead {
+        status,
+        content_type: CONTENT_TYPE_JSON,
+        persistence: Persistence::Close,
+        head_only: false,
+        allow: None,
+    };
+    http::write_response(out, &head, date, body);
+}
+
+/// Answers a connection over the per-core cap with 503 and closes it.
+pub async fn refuse(core: Rc<Core>, mut stream: TcpStream) {
+    let mut out = Vec::with_capacity(256);
+    let mut body = Vec::with_capacity(64);
+    write_error(
+        &mut out,
+        &mut body,
+        &core.date.borrow(),
+        503,
+        "too many connections",
+    );
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}

@@ -1,0 +1,150 @@
+//! Per-core table of open connections and their deadlines, swept once a second.
+//!
+//! Timeouts cost nothing per request: a connection only stores a deadline in whole seconds of
+//! the core's coarse clock; the sweeper finds expired ones and shuts down their read side,
+//! which wakes the connection's pending read with end-of-file. The connection then sees
+//! `timed_out` and answers 408 if it was in the middle of a request.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// What a connection is doing, which decides the timeout that applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the first byte of a request (idle keep-alive timeout).
+    Idle,
+    /// Part of a request has arrived (request timeout, counted from its first byte).
+    Reading,
+    /// Requests are being answered; no timeout (the counter has its own).
+    Busy,
+}
+
+/// One connection's entry, shared by the connection task and the sweeper.
+pub struct Slot {
+    fd: RawFd,
+    phase: Cell<Phase>,
+    /// Coarse-clock second after which the connection is closed; meaningless when Busy.
+    deadline: Cell<u64>,
+    timed_out: Cell<bool>,
+    index: Cell<usize>,
+}
+
+impl Slot {
+    pub fn set_phase(&self, phase: Phase, deadline: u64) {
+        self.phase.set(phase);
+        self.deadline.set(deadline);
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.get()
+    }
+
+    /// Wakes the connection's pending read with end-of-file; writes still work.
+    fn interrupt(&self) {
+        self.timed_out.set(true);
+        // SAFETY: `fd` is open: the connection removes its slot before its socket is closed,
+        // and slots are only touched on this core's thread. shutdown(2) on a socket has no
+        // memory-safety requirements.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RD);
+        }
+    }
+}
+
+pub struct Registry {
+    slots: RefCell<Vec<Rc<Slot>>>,
+    started: Instant,
+    /// Seconds since `started`, advanced by the sweeper.
+    now: Cell<u64>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry {
+            slots: RefCell::new(Vec::new()),
+            started: Instant::now(),
+            now: Cell::new(0),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The coarse clock, in seconds; deadlines are `now() + timeout + 1` so that none fires
+    /// early however late in its second the clock was read.
+    pub fn now(&self) -> u64 {
+        self.now.get()
+    }
+
+    pub fn insert(&self, fd: RawFd, idle_deadline: u64) -> Rc<Slot> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = Rc::new(Slot {
+            fd,
+            phase: Cell::new(Phase::Idle),
+            deadline: Cell::new(idle_deadline),
+            timed_out: Cell::new(false),
+            index: Cell::new(slots.len()),
+        });
+        slots.push(slot.clone());
+        slot
+    }
+
+    pub fn remove(&self, slot: &Slot) {
+        let mut slots = self.slots.borrow_mut();
+        let i = slot.index.get();
+        slots.swap_remove(i);
+        if let Some(moved) = slots.get(i) {
+            moved.index.set(i);
+        }
+    }
+
+    /// Advances the clock and interrupts every connection past its deadline.
+    /// Returns how many were interrupted.
+    pub fn sweep(&self) -> usize {
+        let now = self.started.elapsed().as_secs();
+        self.now.set(now);
+        let slots = self.slots.borrow();
+        let mut expired = 0;
+        for slot in slots.iter() {
+            if slot.phase.get() != Phase::Busy
+                && !slot.timed_out.get()
+                && slot.deadline.get() <= now
+            {
+                slot.interrupt();
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Interrupts idle connections (at shutdown: they have nothing in flight).
+    pub fn close_idle(&self) {
+        for slot in self.slots.borrow().iter() {
+            if slot.phase.get() == Phase::Idle && !slot.timed_out.get() {
+                slot.interrupt();
+            }
+        }
+    }
+
+    /// Interrupts every connection that is waiting to read (the grace period is over).
+    pub fn close_all_reading(&self) {
+        for slot in self.slots.borrow().iter() {
+            if slot.phase.get() != Phase::Busy && !slot.timed_out.get() {
+                slot.interrupt();
+            }
+        }
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
