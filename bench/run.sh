@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# tally's benchmark: one command, one table.
+#
+#   bench/run.sh                 # every workload (about 3 minutes)
+#   DURATION=5 bench/run.sh health kv   # selected workloads: health kv counter nginx
+#
+# The release binary runs pinned to one CPU (taskset, --cores 1) and wrk to another, so the two
+# never share a core. For each load the server's CPU time (utime+stime of the whole process from
+# /proc/PID/stat, before and after) is divided by the requests served: on a 2-core machine wrk
+# itself caps req/s, and CPU per request is what tells servers apart. nginx (if installed) runs
+# with the same pinning, `master_process off` and one worker, answering a fixed 200, as the
+# reference for "the HTTP limit of this machine". Numbers from one run compare; across runs
+# they drift with the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+PORT=${PORT:-18080}
+NGINX_PORT=${NGINX_PORT:-18081}
+OUT=bench/out
+WORKLOADS=${*:-health nginx kv counter}
+
+mapfile -t CPUS < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
+if [ "${#CPUS[@]}" -lt 2 ]; then
+    echo "bench: needs 2 CPUs (one for the server, one for wrk)" >&2
+    exit 1
+fi
+SERVER_CPU=${SERVER_CPU:-${CPUS[0]}}
+LOAD_CPU=${LOAD_CPU:-${CPUS[1]}}
+command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+
+mkdir -p "$OUT"
+cargo build --release --quiet
+BIN=target/release/tally
+TICKS=$(getconf CLK_TCK)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+wait_http() { # url
+    for _ in $(seq 1 300); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench: $1 did not come up" >&2
+    return 1
+}
+
+ROWS=()
+# load NAME PID URL [wrk args...]: runs wrk pinned to LOAD_CPU and records one table row.
+load() {
+    local name=$1 pid=$2 url=$3
+    shift 3
+    local before after log=$OUT/$name.txt
+    before=$(cpu_ticks "$pid")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" "$@" >"$log"
+    after=$(cpu_ticks "$pid")
+    local row
+    row=$(python3 - "$log" "$before" "$after" "$TICKS" "$name" <<'PY'
+import re, sys
+log, before, after, ticks, name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+text = open(log).read()
+reqs = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+def pct(p):
+    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, text, re.M)
+    if not m:
+        return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: (.*)", text)
+cpu_us = (after - before) / ticks * 1e6 / max(reqs, 1)
+note = []
+if errors: note.append("non-2xx=" + errors.group(1))
+if sock: note.append("socket errors: " + sock.group(1).strip())
+print(f"{name:<28} {rps:>12,.0f} {pct(50):>9.3f} {pct(99):>9.3f} {cpu_us:>12.2f}  {' '.join(note)}")
+PY
+)
+    ROWS+=("$row")
+    echo "$row"
+}
+
+start_tally() { # name, extra args...
+    local name=$1
+    shift
+    taskset -c "$SERVER_CPU" "$BIN" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/data" \
+        --log warn "$@" >"$OUT/tally-$name.log" 2>&1 &
+    TALLY_PID=$!
+    PIDS+=("$TALLY_PID")
+    wait_http "http://127.0.0.1:$PORT/api/v1/system/health"
+}
+
+stop_tally() {
+    kill -TERM "$TALLY_PID"
+    wait "$TALLY_PID" || echo "bench: tally exited with $?" >&2
+}
+
+echo "server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU, $CONNECTIONS connections, ${DURATION}s per load"
+printf '%-28s %12s %9s %9s %12s\n' workload req/s p50_ms p99_ms cpu_us/req
+
+HEALTH=/api/v1/system/health
+if [[ " $WORKLOADS " == *" health "* || " $WORKLOADS " == *" kv "* || " $WORKLOADS " == *" counter "* ]]; then
+    start_tally main
+    if [[ " $WORKLOADS " == *" health "* ]]; then
+        load tally-health "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
+        load tally-health-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH" -s bench/pipeline.lua -- 16
+    fi
+    if [[ " $WORKLOADS " == *" kv "* ]]; then
+        "$BIN" sample | python3 -c 'import sys, json; [print(json.loads(l)["key"]) for l in sys.stdin]' >"$OUT/keys.txt"
+        load tally-kv-lookup "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
+        load tally-kv-lookup-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 16
+    fi
+    if [[ " $WORKLOADS " == *" counter "* ]]; then
+        load tally-counter-post "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+        curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-counter.txt"
+        load tally-counter-get "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
+    fi
+    stop_tally
+    if [[ " $WORKLOADS " == *" counter "* ]]; then
+        start_tally batch1 --max-batch 1
+        load tally-counter-post-batch-1 "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+        stop_tally
+    fi
+fi
+
+if [[ " $WORKLOADS " == *" nginx "* ]]; then
+    if command -v nginx >/dev/null; then
+        mkdir -p "$OUT/nginx"
+        cat >"$OUT/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $PWD/$OUT/nginx/nginx.pid;
+error_log $PWD/$OUT/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $PWD/$OUT/nginx;
+    server {
+        listen 127.0.0.1:$NGINX_PORT reuseport;
+        location / {
+            default_type application/json;
+            return 200 '{"healthy":true}';
+        }
+    }
+}
+EOF
+        taskset -c "$SERVER_CPU" nginx -c "$PWD/$OUT/nginx/nginx.conf" -p "$PWD/$OUT/nginx" &
+        NGINX_PID=$!
+        PIDS+=("$NGINX_PID")
+        wait_http "http://127.0.0.1:$NGINX_PORT$HEALTH"
+        load nginx-fixed-200 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH"
+        load nginx-fixed-200-pipelined-16 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH" -s bench/pipeline.lua -- 16
+        kill -TERM "$NGINX_PID"
+    else
+        echo "bench: nginx not installed (apt-get install nginx-light); no reference rows" >&2
+    fi
+fi
+
+echo
+echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, DURATION=${DURATION}s, CONNECTIONS=$CONNECTIONS) =="
+printf '%-28s %12s %9s %9s %12s\n' workload req/s p50_ms p99_ms cpu_us/req
+printf '%s\n' "${ROWS[@]}" | tee "$OUT/summary.txt"
+python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
+import sys, os
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) >= 5:
+        rows[f[0]] = (float(f[1].replace(",", "")), float(f[4]))
+def ratio(a, b, i, label):
+    if a in rows and b in rows and rows[b][i] > 0:
+        print(f"{label:<48} {rows[a][i] / rows[b][i]:.2f}")
+print()
+ratio("tally-health", "nginx-fixed-200", 1, "tally/nginx cpu per request (health)")
+ratio("tally-health", "nginx-fixed-200", 0, "tally/nginx req/s (health)")
+ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 1, "tally/nginx cpu per request (pipelined 16)")
+ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 0, "tally/nginx req/s (pipelined 16)")
+ratio("tally-kv-lookup", "nginx-fixed-200", 1, "kv lookup / nginx fixed-200 cpu per request")
+ratio("tally-counter-post", "tally-kv-lookup", 0, "counter POST / kv lookup req/s")
+ratio("tally-counter-post", "tally-kv-lookup", 1, "counter POST / kv lookup cpu per request")
+ratio("tally-counter-post", "tally-counter-post-batch-1", 0, "counter POST batched / one transaction each")
+if "tally-counter-post" in rows:
+    print(f"{'seed counter API (published, other hardware)':<48} 4,630 req/s -> tally {rows['tally-counter-post'][0] / 4630:,.0f}x")
+if "tally-kv-lookup" in rows:
+    print(f"{'seed KV server (published, other hardware)':<48} 100 req/s -> tally {rows['tally-kv-lookup'][0] / 100:,.0f}x")
+m = sys.argv[2]
+if os.path.exists(m):
+    vals = {}
+    for line in open(m):
+        if line.startswith("tally_counter_batch_size_sum") or line.startswith("tally_counter_batch_size_count"):
+            k, v = line.split()
+            vals[k] = float(v)
+    if vals.get("tally_counter_batch_size_count"):
+        print(f"{'average counter batch (increments/transaction)':<48} {vals['tally_counter_batch_size_sum'] / vals['tally_counter_batch_size_count']:.1f}")
+PY
