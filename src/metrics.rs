@@ -90,7 +90,13 @@ pub fn render_cores(cores: &[CoreMetrics], out: &mut String) {
             }
         }
     }
-    let gauges: [(&str, &str, &str, fn(&CoreMetrics) -> u64); 6] = [
+    type Gauge = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&CoreMetrics) -> u64,
+    );
+    let gauges: [Gauge; 6] = [
         (
             "tally_open_connections",
             "gauge",

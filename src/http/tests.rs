@@ -1,1 +1,464 @@
+//! The framing and response rules, one test per rule, without sockets; plus properties on
+//! random and mutated input (no panic, same answer however the input is split).
 
+use super::request::*;
+use super::response::*;
+use proptest::prelude::*;
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+fn parse_all(input: &[u8]) -> (Result<Parsed, HttpError>, Vec<u8>) {
+    let mut scratch = Vec::new();
+    let parsed = parse(input, &limits(), &mut scratch);
+    (parsed, scratch)
+}
+
+fn complete(input: &[u8]) -> (Head, BodyLocation, usize, Vec<u8>) {
+    match parse_all(input) {
+        (Ok(Parsed::Complete { head, body, len }), scratch) => (head, body, len, scratch),
+        other => panic!("expected a complete request, got {other:?}"),
+    }
+}
+
+fn error(input: &[u8]) -> HttpError {
+    match parse_all(input).0 {
+        Err(err) => err,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn is_partial(input: &[u8]) -> bool {
+    matches!(parse_all(input).0, Ok(Parsed::Partial { .. }))
+}
+
+fn body_of<'a>(input: &'a [u8], body: &BodyLocation, scratch: &'a [u8]) -> &'a [u8] {
+    match body {
+        BodyLocation::Input(r) => &input[r.clone()],
+        BodyLocation::Scratch => scratch,
+    }
+}
+
+const GET: &[u8] = b"GET /api/v1/system/health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn a_simple_get_is_complete_with_its_path_and_length() {
+    let (head, body, len, _) = complete(GET);
+    assert_eq!(head.method, Method::Get);
+    assert_eq!(&GET[head.path.clone()], b"/api/v1/system/health");
+    assert_eq!(len, GET.len());
+    assert_eq!(body, BodyLocation::Input(len..len));
+    assert!(head.keep_alive);
+    assert!(!head.http10);
+}
+
+#[test]
+fn a_request_fed_byte_by_byte_is_partial_until_its_last_byte() {
+    let req = b"POST /get_value HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    for end in 0..req.len() {
+        assert!(
+            is_partial(&req[..end]),
+            "prefix of {end} bytes was not partial"
+        );
+    }
+    let (_, body, len, scratch) = complete(req);
+    assert_eq!(len, req.len());
+    assert_eq!(body_of(req, &body, &scratch), b"hello");
+}
+
+#[test]
+fn a_chunked_request_split_at_every_boundary_is_partial_then_identical() {
+    let req = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: t\r\n\r\n";
+    for end in 0..req.len() {
+        assert!(
+            is_partial(&req[..end]),
+            "prefix of {end} bytes was not partial"
+        );
+    }
+    let (head, body, len, scratch) = complete(req);
+    assert_eq!(head.framing, BodyFraming::Chunked);
+    assert_eq!(len, req.len());
+    assert_eq!(body_of(req, &body, &scratch), b"abcde");
+}
+
+#[test]
+fn pipelined_requests_are_framed_one_at_a_time() {
+    let mut input = GET.to_vec();
+    input.extend_from_slice(
+        b"POST /api/v1/counter HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    let (_, _, first, _) = complete(&input);
+    assert_eq!(first, GET.len());
+    let (head, body, second, scratch) = complete(&input[first..]);
+    assert_eq!(head.method, Method::Post);
+    assert_eq!(second, input.len() - first);
+    assert_eq!(body_of(&input[first..], &body, &scratch), b"{}");
+}
+
+#[test]
+fn http11_keeps_alive_unless_connection_close() {
+    assert!(complete(GET).0.keep_alive);
+    let (head, ..) = complete(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n");
+    assert!(!head.keep_alive);
+    let (head, ..) = complete(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: te, close\r\n\r\n");
+    assert!(!head.keep_alive);
+}
+
+#[test]
+fn http10_closes_unless_keep_alive() {
+    let (head, ..) = complete(b"GET / HTTP/1.0\r\n\r\n");
+    assert!(head.http10);
+    assert!(!head.keep_alive);
+    let (head, ..) = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert!(head.keep_alive);
+}
+
+#[test]
+fn content_length_with_transfer_encoding_is_400() {
+    let err = error(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!(err.status(), 400);
+}
+
+#[test]
+fn chunked_not_last_is_400_and_unknown_codings_are_501() {
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").status(),
+        400
+    );
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n").status(),
+        400
+    );
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").status(),
+        501
+    );
+}
+
+#[test]
+fn transfer_encoding_in_http10_is_400() {
+    assert_eq!(
+        error(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").status(),
+        400
+    );
+}
+
+#[test]
+fn bad_or_conflicting_content_lengths_are_400() {
+    for cl in [
+        "+5",
+        "-1",
+        "5 5",
+        "5,5",
+        "abc",
+        "",
+        "0x10",
+        "99999999999999999999",
+    ] {
+        let req = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n");
+        assert_eq!(
+            error(req.as_bytes()).status(),
+            400,
+            "Content-Length: {cl:?}"
+        );
+    }
+    let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+    assert_eq!(error(req).status(), 400);
+}
+
+#[test]
+fn repeated_identical_content_lengths_are_accepted() {
+    let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab";
+    let (_, _, len, _) = complete(req);
+    assert_eq!(len, req.len());
+}
+
+#[test]
+fn a_body_over_the_limit_is_413_before_it_is_read() {
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        limits().max_body_bytes + 1
+    );
+    assert_eq!(error(req.as_bytes()), HttpError::BodyTooLarge);
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_is_413() {
+    let size = limits().max_body_bytes + 1;
+    let mut req =
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size:x}\r\n")
+            .into_bytes();
+    req.extend(std::iter::repeat_n(b'a', size));
+    assert_eq!(error(&req), HttpError::BodyTooLarge);
+}
+
+#[test]
+fn malformed_chunks_are_400() {
+    for chunks in [
+        "zz\r\nab\r\n0\r\n\r\n",
+        "2\r\nabc\r\n0\r\n\r\n",
+        "2\nab\r\n0\r\n\r\n",
+        "2 x\r\nab\r\n0\r\n\r\n",
+    ] {
+        let req =
+            format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}");
+        assert_eq!(error(req.as_bytes()).status(), 400, "chunks {chunks:?}");
+    }
+}
+
+#[test]
+fn a_header_section_over_the_limit_is_431_complete_or_not() {
+    let big = "a".repeat(limits().max_head_bytes);
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    assert_eq!(error(req.as_bytes()), HttpError::HeadTooLarge);
+    let unfinished = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}");
+    assert_eq!(error(unfinished.as_bytes()), HttpError::HeadTooLarge);
+}
+
+#[test]
+fn too_many_header_fields_is_431() {
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..limits().max_headers {
+        req.push_str(&format!("X-{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    assert_eq!(error(req.as_bytes()), HttpError::TooManyHeaders);
+    assert_eq!(HttpError::TooManyHeaders.status(), 431);
+}
+
+#[test]
+fn a_long_request_target_is_414_complete_or_not() {
+    let path = format!("/{}", "p".repeat(limits().max_uri_bytes + 64));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(error(req.as_bytes()), HttpError::UriTooLong);
+    let unfinished = format!("GET {path}");
+    assert_eq!(error(unfinished.as_bytes()), HttpError::UriTooLong);
+    assert_eq!(HttpError::UriTooLong.status(), 414);
+}
+
+#[test]
+fn http11_without_exactly_one_host_is_400() {
+    assert_eq!(error(b"GET / HTTP/1.1\r\n\r\n").status(), 400);
+    assert_eq!(
+        error(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").status(),
+        400
+    );
+}
+
+#[test]
+fn expect_100_continue_is_reported_once_the_head_is_complete() {
+    let req = b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    match parse_all(req).0 {
+        Ok(Parsed::Partial { head: Some(head) }) => assert!(head.expect_continue),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        error(b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
+        HttpError::ExpectationFailed
+    );
+}
+
+#[test]
+fn the_query_string_and_absolute_form_are_not_part_of_the_path() {
+    let req = b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(&req[complete(req).0.path], b"/metrics");
+    let req = b"GET http://example.com/metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(&req[complete(req).0.path], b"/metrics");
+    let req = b"GET http://example.com HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(&req[complete(req).0.path], b"");
+}
+
+#[test]
+fn methods_other_than_get_head_post_are_other() {
+    assert_eq!(
+        complete(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
+        Method::Head
+    );
+    assert_eq!(
+        complete(b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
+        Method::Other
+    );
+    assert_eq!(
+        complete(b"get / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
+        Method::Other
+    );
+}
+
+#[test]
+fn garbage_and_other_versions_are_400() {
+    for input in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET / FTP/1.1\r\n\r\n",
+        b"GET\r\n\r\n",
+    ] {
+        assert_eq!(error(input).status(), 400, "{input:?}");
+    }
+}
+
+fn date() -> HttpDate {
+    HttpDate::new()
+}
+
+fn head(
+    status: u16,
+    persistence: Persistence,
+    head_only: bool,
+    allow: Option<&str>,
+) -> ResponseHead<'_> {
+    ResponseHead {
+        status,
+        content_type: CONTENT_TYPE_JSON,
+        persistence,
+        head_only,
+        allow,
+    }
+}
+
+#[test]
+fn every_response_has_length_type_date_and_server() {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        &head(200, Persistence::KeepAlive, false, None),
+        &date(),
+        b"{\"a\":1}",
+    );
+    let text = String::from_utf8(out).expect("ASCII");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(text.contains("\r\nContent-Length: 7\r\n"));
+    assert!(text.contains("\r\nContent-Type: application/json\r\n"));
+    assert!(text.contains("\r\nServer: tally\r\n"));
+    assert!(text.contains("\r\nDate: ") && text.contains(" GMT\r\n"));
+    assert!(!text.contains("Connection"));
+    assert!(text.ends_with("\r\n\r\n{\"a\":1}"));
+}
+
+#[test]
+fn a_head_response_has_the_get_length_and_no_body() {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        &head(200, Persistence::KeepAlive, true, None),
+        &date(),
+        b"12345",
+    );
+    let text = String::from_utf8(out).expect("ASCII");
+    assert!(text.contains("Content-Length: 5\r\n"));
+    assert!(text.ends_with("\r\n\r\n"));
+}
+
+#[test]
+fn close_keep_alive_10_and_allow_headers_are_written() {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        &head(405, Persistence::Close, false, Some("GET, HEAD")),
+        &date(),
+        b"",
+    );
+    let text = String::from_utf8(out).expect("ASCII");
+    assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+    assert!(text.contains("\r\nConnection: close\r\n"));
+    assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        &head(200, Persistence::KeepAliveHttp10, false, None),
+        &date(),
+        b"",
+    );
+    assert!(String::from_utf8(out)
+        .expect("ASCII")
+        .contains("\r\nConnection: keep-alive\r\n"));
+}
+
+#[test]
+fn message_bodies_are_json_even_with_quotes() {
+    let mut out = Vec::new();
+    write_message_body(&mut out, "a \"b\" \\ c\n");
+    assert_eq!(out, br#"{"message":"a \"b\" \\ c"}"#);
+}
+
+#[test]
+fn the_date_is_an_imf_fixdate_of_29_bytes() {
+    let d = date();
+    let text = std::str::from_utf8(d.as_bytes()).expect("ASCII");
+    assert_eq!(text.len(), 29);
+    assert!(text.ends_with(" GMT"));
+    assert!(httpdate::parse_http_date(text).is_ok(), "{text}");
+}
+
+/// Parses `input` fed in pieces ending at `splits`, the way the connection loop does:
+/// re-parse the buffered bytes after each piece, consume complete requests.
+fn framed_in_pieces(input: &[u8], splits: &[usize]) -> Vec<Result<(Head, Vec<u8>), HttpError>> {
+    let mut results = Vec::new();
+    let mut scratch = Vec::new();
+    let mut start = 0;
+    let mut ends: Vec<usize> = splits.iter().map(|&s| s.min(input.len())).collect();
+    ends.push(input.len());
+    ends.sort_unstable();
+    for end in ends {
+        loop {
+            match parse(&input[start..end], &limits(), &mut scratch) {
+                Ok(Parsed::Complete { head, body, len }) => {
+                    let body = body_of(&input[start..end], &body, &scratch).to_vec();
+                    results.push(Ok((head, body)));
+                    start += len;
+                }
+                Ok(Parsed::Partial { .. }) => break,
+                Err(err) => {
+                    results.push(Err(err));
+                    return results;
+                }
+            }
+        }
+    }
+    results
+}
+
+fn request_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let one = prop_oneof![
+        Just(GET.to_vec()),
+        Just(b"POST /get_value HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n{\"key\":\"k\"}".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n0\r\n\r\n".to_vec()),
+        Just(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec()),
+        Just(b"HEAD /metrics?x HTTP/1.1\r\nhost: y\r\nExpect: 100-continue\r\n\r\n".to_vec()),
+    ];
+    prop::collection::vec(one, 1..5).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let mut scratch = Vec::new();
+        let _ = parse(&input, &limits(), &mut scratch);
+    }
+
+    #[test]
+    fn the_result_does_not_depend_on_how_input_is_split(
+        input in request_strategy(),
+        splits in prop::collection::vec(0usize..600, 0..8),
+    ) {
+        prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
+    }
+
+    #[test]
+    fn mutated_requests_never_panic_and_split_the_same(
+        input in request_strategy(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        splits in prop::collection::vec(0usize..600, 0..8),
+    ) {
+        let mut input = input;
+        for (at, byte) in edits {
+            let i = at.index(input.len());
+            input[i] = byte;
+        }
+        prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
+    }
+}

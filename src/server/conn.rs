@@ -278,38 +278,29 @@ impl Conn {
     }
 
     async fn reject(&mut self, stream: &mut TcpStream, err: HttpError) -> std::io::Result<()> {
-        self.wbuf.clear();
-        let date = self.core.date.borrow();
-        write_error(
-            &mut self.wbuf,
-            &mut self.body,
-            &date,
-            err.status(),
-            &err.to_string(),
-        );
-        drop(date);
-        self.core
-            .metrics()
-            .count_request(crate::metrics::ROUTE_OTHER, err.status());
+        self.prepare_error(err.status(), &err.to_string());
         stream.write_all(&self.wbuf).await?;
         self.linger(stream).await
     }
 
     async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        self.prepare_error(408, "request timed out");
+        stream.write_all(&self.wbuf).await
+    }
+
+    /// Replaces the output with one error response that closes the connection.
+    fn prepare_error(&mut self, status: u16, msg: &str) {
         self.wbuf.clear();
-        let date = self.core.date.borrow();
         write_error(
             &mut self.wbuf,
             &mut self.body,
-            &date,
-            408,
-            "request timed out",
+            &self.core.date.borrow(),
+            status,
+            msg,
         );
-        drop(date);
         self.core
             .metrics()
-            .count_request(crate::metrics::ROUTE_OTHER, 408);
-        stream.write_all(&self.wbuf).await
+            .count_request(crate::metrics::ROUTE_OTHER, status);
     }
 
     /// Closes after an error without losing the response: a close with unread input makes

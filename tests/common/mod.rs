@@ -1,3 +1,4 @@
 #![allow(dead_code)]
 //! Shared set-up for the end-to-end tests.
 pub mod pg;
+pub mod server;

@@ -1,0 +1,391 @@
+//! The HTTP contract end to end: the real binary, raw bytes over TCP. These tests do not need
+//! PostgreSQL (the store points at a socket that does not exist).
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::server::{is_closed, read_response, read_response_to, TestServer, NO_DATABASE};
+
+fn server(extra: &[&str]) -> TestServer {
+    let mut args = vec!["--database-url", NO_DATABASE];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+const HEALTH: &[u8] = b"GET /api/v1/system/health HTTP/1.1\r\nHost: t\r\n\r\n";
+
+#[test]
+fn health_answers_200_json_with_the_required_headers() {
+    let s = server(&[]);
+    let r = s.get("/api/v1/system/health");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({"healthy": true}));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("server"), Some("tally"));
+    assert!(r.header("date").is_some_and(|d| d.ends_with("GMT")));
+    assert_eq!(r.header("content-length"), Some("16"));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    let mut batch = Vec::new();
+    batch.extend_from_slice(HEALTH);
+    batch.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    batch.extend_from_slice(b"DELETE /api/v1/system/health HTTP/1.1\r\nHost: t\r\n\r\n");
+    batch.extend_from_slice(
+        b"POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: 15\r\n\r\n{\"key\":\"nope\"}\n",
+    );
+    batch.extend_from_slice(HEALTH);
+    c.write_all(&batch).expect("write");
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| read_response(&mut c).expect("response").status)
+        .collect();
+    assert_eq!(statuses, [200, 404, 405, 422, 200]);
+}
+
+#[test]
+fn a_request_split_into_single_bytes_is_answered() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    for b in HEALTH {
+        c.write_all(&[*b]).expect("write");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(read_response(&mut c).expect("response").status, 200);
+    // The connection stays usable.
+    c.write_all(HEALTH).expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 200);
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    for _ in 0..100 {
+        c.write_all(HEALTH).expect("write");
+        assert_eq!(read_response(&mut c).expect("response").status, 200);
+    }
+}
+
+#[test]
+fn http10_closes_after_the_response_unless_keep_alive() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    c.write_all(b"GET /api/v1/system/health HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut c).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(is_closed(&mut c));
+
+    let mut c = s.connect();
+    c.write_all(b"GET /api/v1/system/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut c).expect("response");
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.write_all(b"GET /api/v1/system/health HTTP/1.0\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 200);
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    c.write_all(b"GET /api/v1/system/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    assert_eq!(
+        read_response(&mut c)
+            .expect("response")
+            .header("connection"),
+        Some("close")
+    );
+    assert!(is_closed(&mut c));
+}
+
+#[test]
+fn head_gets_the_get_headers_and_no_body() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    c.write_all(b"HEAD /api/v1/system/health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let r = read_response_to(&mut c, true).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("16"));
+    // The next response starts right away: the HEAD response had no body.
+    c.write_all(HEALTH).expect("write");
+    assert_eq!(
+        read_response(&mut c).expect("response").json()["healthy"],
+        true
+    );
+}
+
+#[test]
+fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
+    let s = server(&[]);
+    let r = s.get("/nope");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["message"].is_string());
+    let r = s.get("/get_value");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = s.post("/api/v1/system/health", "");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = s.request(b"PUT /api/v1/counter HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+}
+
+#[test]
+fn garbage_is_400_and_closes_the_connection_only() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    c.write_all(b"\x16\x03\x01 hello there\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut c).expect("response");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].is_string());
+    assert!(is_closed(&mut c));
+    assert_eq!(s.get("/api/v1/system/health").status, 200);
+}
+
+#[test]
+fn content_length_with_chunked_is_400() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    c.write_all(b"POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 400);
+    assert!(is_closed(&mut c));
+}
+
+#[test]
+fn a_chunked_body_is_decoded() {
+    let s = server(&[]);
+    let body = br#"{"key":"not-a-uuid"}"#;
+    let mut req =
+        b"POST /get_value HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(
+        format!(
+            "5\r\n{}\r\n",
+            std::str::from_utf8(&body[..5]).expect("ascii")
+        )
+        .as_bytes(),
+    );
+    req.extend_from_slice(format!("{:x}\r\n", body.len() - 5).as_bytes());
+    req.extend_from_slice(&body[5..]);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_eq!(s.request(&req).status, 422);
+}
+
+#[test]
+fn an_oversized_body_is_413_and_closes() {
+    let s = server(&["--max-body-bytes", "1024"]);
+    let mut c = s.connect();
+    c.write_all(b"POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut c).expect("response");
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(is_closed(&mut c));
+}
+
+#[test]
+fn oversized_headers_are_431_and_long_targets_414() {
+    let s = server(&[]);
+    let big = "b".repeat(10_000);
+    let r = s.request(format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 431);
+    let r = s.request(format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(3000)).as_bytes());
+    assert_eq!(r.status, 414);
+    let many: String = (0..100).map(|i| format!("X-{i}: v\r\n")).collect();
+    let r = s.request(format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes());
+    assert_eq!(r.status, 431);
+}
+
+#[test]
+fn expect_100_continue_gets_an_interim_response_then_the_answer() {
+    let s = server(&[]);
+    let mut c = s.connect();
+    let body = br#"{"key":"x"}"#;
+    c.write_all(format!("POST /get_value HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
+        .expect("write");
+    let interim = read_response(&mut c).expect("interim");
+    assert_eq!(interim.status, 100);
+    c.write_all(body).expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 422);
+}
+
+#[test]
+fn a_slow_request_gets_408_and_is_closed() {
+    let s = server(&["--request-timeout-secs", "1"]);
+    let mut c = s.connect();
+    c.write_all(b"GET /api/v1/system/health HTTP/1.1\r\nHost")
+        .expect("write");
+    let started = Instant::now();
+    let r = read_response(&mut c).expect("response");
+    assert_eq!(r.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(is_closed(&mut c));
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let s = server(&["--idle-timeout-secs", "1"]);
+    let mut c = s.connect();
+    c.write_all(HEALTH).expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 200);
+    let started = Instant::now();
+    assert!(is_closed(&mut c));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+}
+
+#[test]
+fn connections_over_the_per_core_cap_get_503() {
+    let s = server(&["--cores", "1", "--max-connections-per-core", "3"]);
+    let mut open: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = s.connect();
+            c.write_all(HEALTH).expect("write");
+            assert_eq!(read_response(&mut c).expect("response").status, 200);
+            c
+        })
+        .collect();
+    let mut extra = s.connect();
+    let r = read_response(&mut extra).expect("response");
+    assert_eq!(r.status, 503);
+    open.clear();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.get("/api/v1/system/health").status, 200);
+}
+
+#[test]
+fn a_thousand_concurrent_connections_are_all_served() {
+    let s = server(&[]);
+    let mut conns: Vec<_> = (0..1200).map(|_| s.connect()).collect();
+    for c in &mut conns {
+        c.write_all(HEALTH).expect("write");
+    }
+    for c in &mut conns {
+        assert_eq!(read_response(c).expect("response").status, 200);
+    }
+    let metrics = s.get("/metrics").text();
+    let open: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tally_open_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(open >= 1200, "open connections {open}");
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_status() {
+    let s = server(&[]);
+    s.get("/nope");
+    s.get("/api/v1/system/health");
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    let text = r.text();
+    assert!(
+        text.contains("tally_http_requests_total{route=\"other\",status=\"404\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("tally_http_requests_total{route=\"/api/v1/system/health\",status=\"200\"")
+    );
+    assert!(text.contains("tally_kv_replica_bytes{core=\"0\"}"));
+    assert!(text.contains("tally_counter_commits_total"));
+}
+
+#[test]
+fn ready_is_503_while_the_store_is_unreachable() {
+    let s = server(&[]);
+    let r = s.get("/api/v1/system/ready");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["ready"], false);
+    assert!(r.json()["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("PostgreSQL")));
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
+    let mut s = server(&["--shutdown-grace-secs", "5"]);
+    let mut idle = s.connect();
+    idle.write_all(HEALTH).expect("write");
+    read_response(&mut idle).expect("response");
+    let mut busy = s.connect();
+    busy.write_all(b"GET /api/v1/system/health HTTP/1.1\r\nHo")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    s.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    // The rest of the request in flight is still read and answered, then the connection closes.
+    busy.write_all(b"st: t\r\n\r\n").expect("write");
+    let r = read_response(&mut busy).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(is_closed(&mut idle));
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    assert!(std::net::TcpStream::connect(s.addr).is_err());
+}
+
+#[test]
+fn help_lists_every_flag_with_its_environment_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--cores",
+        "--database-url",
+        "--kv-data",
+        "--max-body-bytes",
+        "--request-timeout-secs",
+        "--idle-timeout-secs",
+        "--log",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+    assert!(text.contains("[env: DATABASE_URL"));
+}
+
+#[test]
+fn too_little_locked_memory_is_a_clear_error_not_a_hang() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+    cmd.args(["--listen", "127.0.0.1:0", "--database-url", NO_DATABASE]);
+    // SAFETY: setrlimit in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("io_uring") && err.contains("ulimit -l"),
+        "{err}"
+    );
+}
