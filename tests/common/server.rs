@@ -38,7 +38,14 @@ impl TestServer {
         let data_dir = std::env::temp_dir().join(format!("tally-e2e-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).expect("test data dir");
-        let log = data_dir.join("tally.log");
+        Self::start_in(data_dir, args, env)
+    }
+
+    /// Starts tally with `data_dir` as its --data-dir (kept as it is: a restart test reuses
+    /// the directory of an earlier server).
+    pub fn start_in(data_dir: PathBuf, args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = data_dir.join(format!("tally-{n}.log"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
         cmd.arg("--listen")

@@ -1,0 +1,320 @@
+//! The durable counter end to end: the real binary against a real, private PostgreSQL cluster.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pg::TestPg as TestCluster;
+use common::server::{read_response, TestServer};
+
+const POST: &[u8] = b"POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+
+fn tally(cluster: &TestCluster, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--database-url", cluster.url()];
+    args.extend_from_slice(extra);
+    let server = TestServer::start(&args);
+    wait_ready(&server);
+    server
+}
+
+fn wait_ready(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if server.get("/api/v1/system/ready").status == 200 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("tally never became ready:\n{}", server.log_text());
+}
+
+fn count(server: &TestServer) -> i64 {
+    let r = server.get("/api/v1/counter");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["count"].as_i64().expect("count")
+}
+
+/// The row as PostgreSQL has it.
+fn row(cluster: &TestCluster) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(cluster.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let row = client
+            .query_one("SELECT count FROM tally_counter WHERE id = 1", &[])
+            .await
+            .expect("select");
+        row.get::<_, i64>(0)
+    })
+}
+
+/// Sends `requests` POSTs on one keep-alive connection, `depth` at a time (pipelined), and
+/// returns the value of every 200 and the number of other statuses.
+fn post_many(server_addr: std::net::SocketAddr, requests: usize, depth: usize) -> (Vec<i64>, usize) {
+    let mut c = TcpStream::connect(server_addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut values = Vec::with_capacity(requests);
+    let mut failed = 0;
+    let mut sent = 0;
+    while sent < requests {
+        let n = depth.min(requests - sent);
+        c.write_all(&POST.repeat(n)).expect("write");
+        for _ in 0..n {
+            let r = read_response(&mut c).expect("response");
+            if r.status == 200 {
+                values.push(r.json()["count"].as_i64().expect("count"));
+            } else {
+                failed += 1;
+            }
+        }
+        sent += n;
+    }
+    (values, failed)
+}
+
+#[test]
+fn concurrent_increments_get_exactly_the_next_n_values() {
+    let cluster = TestCluster::start();
+    let server = tally(&cluster, &[]);
+    let start = count(&server);
+    let addr = server.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|i| std::thread::spawn(move || post_many(addr, 300, if i % 2 == 0 { 1 } else { 8 })))
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        let (values, failed) = t.join().expect("client");
+        assert_eq!(failed, 0);
+        all.extend(values);
+    }
+    let n = all.len() as i64;
+    assert_eq!(n, 2400);
+    let distinct: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(distinct.len() as i64, n, "a value was handed out twice");
+    assert_eq!(distinct.first().copied(), Some(start + 1));
+    assert_eq!(distinct.last().copied(), Some(start + n));
+    assert_eq!(count(&server), start + n);
+    assert_eq!(row(&cluster), start + n);
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("tally_counter_batch_size_count"), "{metrics}");
+}
+
+#[test]
+fn by_adds_its_amount_and_returns_the_value_after_it() {
+    let cluster = TestCluster::start();
+    let server = tally(&cluster, &[]);
+    let start = count(&server);
+    let r = server.post("/api/v1/counter", r#"{"by": 5}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["count"].as_i64(), Some(start + 5));
+    let r = server.post("/api/v1/counter", r#"{"by": 2147483647}"#);
+    assert_eq!(r.json()["count"].as_i64(), Some(start + 5 + 2_147_483_647));
+    assert_eq!(row(&cluster), start + 5 + 2_147_483_647);
+}
+
+#[test]
+fn invalid_by_is_400_and_changes_nothing() {
+    let cluster = TestCluster::start();
+    let server = tally(&cluster, &[]);
+    let start = count(&server);
+    for body in [r#"{"by": 0}"#, r#"{"by": -3}"#, r#"{"by": 2147483648}"#, r#"{"by": "2"}"#, r#"{"by": 1.5}"#, "not json", "[1]"] {
+        let r = server.post("/api/v1/counter", body);
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.json()["message"].is_string());
+    }
+    assert_eq!(count(&server), start);
+    assert_eq!(row(&cluster), start);
+}
+
+#[test]
+fn two_instances_on_one_database_never_hand_out_a_value_twice() {
+    let cluster = TestCluster::start();
+    let a = tally(&cluster, &[]);
+    let b = tally(&cluster, &[]);
+    let start = row(&cluster);
+    let mut threads = Vec::new();
+    for addr in [a.addr, b.addr, a.addr, b.addr] {
+        threads.push(std::thread::spawn(move || post_many(addr, 400, 4)));
+    }
+    let mut all = Vec::new();
+    for t in threads {
+        let (values, failed) = t.join().expect("client");
+        assert_eq!(failed, 0);
+        all.extend(values);
+    }
+    let distinct: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), all.len(), "a value was handed out twice");
+    assert_eq!(row(&cluster), start + all.len() as i64);
+    assert_eq!(distinct.last().copied(), Some(start + all.len() as i64));
+    // Both converge on the shared row (GET refreshes from the database).
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(count(&a), start + all.len() as i64);
+    assert_eq!(count(&b), start + all.len() as i64);
+}
+
+/// Keeps `clients` connections POSTing until `stop`; records 200 values and other statuses.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    acked: Arc<Mutex<Vec<i64>>>,
+    failed: Arc<Mutex<usize>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut c) = TcpStream::connect(addr) else {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        };
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+                        while !stop.load(Ordering::Relaxed) {
+                            if c.write_all(POST).is_err() {
+                                break;
+                            }
+                            match read_response(&mut c) {
+                                Ok(r) if r.status == 200 => {
+                                    let v = r.json()["count"].as_i64().expect("count");
+                                    acked.lock().expect("lock").push(v);
+                                }
+                                Ok(r) => {
+                                    assert_eq!(r.status, 503, "{}", r.text());
+                                    *failed.lock().expect("lock") += 1;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            acked,
+            failed,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+
+    fn finish(self) -> (Vec<i64>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("client");
+        }
+        let acked = self.acked.lock().expect("lock").clone();
+        let failed = *self.failed.lock().expect("lock");
+        (acked, failed)
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_postgres_restart_under_load_gives_503s_never_a_false_200_and_recovers() {
+    let mut cluster = TestCluster::start();
+    let server = tally(&cluster, &["--commit-timeout-ms", "2000"]);
+    let start = row(&cluster);
+    let load = Load::start(server.addr, 8);
+    wait_for("load", Duration::from_secs(10), || load.acked() > 200);
+    cluster.restart();
+    let before = load.acked();
+    wait_for("recovery", Duration::from_secs(30), || load.acked() > before + 500);
+    let (acked, failed) = load.finish();
+    let final_row = row(&cluster);
+    let distinct: BTreeSet<i64> = acked.iter().copied().collect();
+    assert_eq!(distinct.len(), acked.len(), "a value was handed out twice");
+    // Every acknowledged value is in the database: none is above the final row, and there
+    // are at least as many increments in the row as acknowledgements.
+    assert!(distinct.last().copied().unwrap_or(start) <= final_row);
+    assert!(final_row - start >= acked.len() as i64);
+    eprintln!("acked {}, 503s {failed}, row grew by {}", acked.len(), final_row - start);
+    assert_eq!(server.get("/api/v1/system/ready").status, 200);
+}
+
+#[test]
+fn after_sigkill_the_row_holds_every_acknowledged_increment() {
+    let cluster = TestCluster::start();
+    let mut server = tally(&cluster, &[]);
+    let load = Load::start(server.addr, 8);
+    wait_for("load", Duration::from_secs(10), || load.acked() > 500);
+    server.kill();
+    let (acked, _) = load.finish();
+    let highest = acked.iter().copied().max().expect("some acks");
+    let restarted = tally(&cluster, &[]);
+    assert!(row(&cluster) >= highest);
+    assert!(count(&restarted) >= highest);
+}
+
+#[test]
+fn sigterm_under_load_answers_what_it_received_and_exits_zero() {
+    let cluster = TestCluster::start();
+    let mut server = tally(&cluster, &["--shutdown-grace-secs", "10"]);
+    let start = row(&cluster);
+    let load = Load::start(server.addr, 8);
+    wait_for("load", Duration::from_secs(10), || load.acked() > 500);
+    let status = server.terminate(Duration::from_secs(20));
+    let (acked, failed) = load.finish();
+    assert_eq!(status.code(), Some(0), "{}", server.log_text());
+    assert_eq!(failed, 0, "a request got 503 during a clean shutdown");
+    let final_row = row(&cluster);
+    let distinct: BTreeSet<i64> = acked.iter().copied().collect();
+    assert_eq!(distinct.len(), acked.len());
+    // Every increment the server received was committed and answered: the acknowledged
+    // values are exactly start+1 ..= start+k with no gap, and the row is at start+k.
+    assert_eq!(final_row, start + acked.len() as i64, "{}", server.log_text());
+    assert_eq!(distinct.last().copied(), Some(final_row));
+}
+
+#[test]
+fn get_before_any_store_contact_is_503_and_post_is_503_when_the_store_is_down() {
+    let mut cluster = TestCluster::start();
+    let server = tally(&cluster, &["--commit-timeout-ms", "1000"]);
+    cluster.stop();
+    wait_for("ready to turn 503", Duration::from_secs(10), || {
+        server.get("/api/v1/system/ready").status == 503
+    });
+    let r = server.post("/api/v1/counter", "");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["message"].is_string());
+}
+
+#[test]
+fn the_embedded_postgres_default_keeps_the_count_across_restarts() {
+    let mut first = TestServer::start(&[]);
+    wait_ready(&first);
+    let r = first.post("/api/v1/counter", r#"{"by": 7}"#);
+    assert_eq!(r.status, 200, "{}", first.log_text());
+    let value = r.json()["count"].as_i64().expect("count");
+    let data_dir = first.data_dir.clone();
+    assert_eq!(first.terminate(Duration::from_secs(30)).code(), Some(0), "{}", first.log_text());
+    let second = TestServer::start_in(data_dir, &[], &[]);
+    wait_ready(&second);
+    assert_eq!(count(&second), value);
+}
