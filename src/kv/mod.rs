@@ -1,1 +1,29 @@
-//! Key/value dataset and replicas. To be written.
+//! Read-only UUID key/value lookups: the dataset (loaded once from a file, or the built-in
+//! sample), the per-core replicas built from it, and the `/get_value` body to outcome step.
+//! Knows nothing of sockets or HTTP; the route maps a [`Lookup`] to a status and body.
+//!
+//! - [`load`] reads `.json`, `.jsonl`/`.ndjson` and `.csv` files into a [`Dataset`];
+//!   [`sample`] generates one; [`write`] writes one back out.
+//! - [`Replica::build`] runs on each core's thread; [`lookup`] answers from it with no
+//!   allocation and no cross-core traffic.
+
+mod csv;
+mod dataset;
+mod json;
+mod load;
+mod lookup;
+mod replica;
+mod sample;
+#[cfg(test)]
+mod test_files;
+mod uuid_v4;
+mod write;
+
+pub use dataset::{Dataset, MAX_VALUE_BYTES};
+pub use json::write_json_string;
+pub use load::{load, LoadError, Position};
+pub use lookup::{lookup, Lookup, LookupScratch};
+pub use replica::Replica;
+pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED};
+pub use uuid_v4::parse_uuid_v4;
+pub use write::write;
