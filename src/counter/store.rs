@@ -1,1 +1,669 @@
-//! PostgreSQL store (side runtime). To be written.
+//! The counter's store: the only code that speaks to PostgreSQL.
+//!
+//! It runs on a side runtime, a plain OS thread named `tally-store` with a tokio
+//! current-thread runtime driving tokio-postgres, because glommio executors cannot run tokio
+//! I/O. Executors reach it through runtime-agnostic channels (a flume request queue, a tokio
+//! oneshot per reply), so [`StoreHandle::add`] can be awaited from any executor.
+//!
+//! Guarantee (SPEC.md, "Counter semantics"): `add` returns `Ok(count)` only when PostgreSQL
+//! answered the row of a committed `UPDATE`. A lost connection or a missed deadline while the
+//! statement is in flight is an unknown outcome, never an `Ok`. Requests run one at a time, in
+//! the order they were sent, on one connection; a refresh `SELECT` between them keeps
+//! [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio_postgres::error::Severity;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, Statement};
+
+pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnect back-off: doubles from the first to the last value after each failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a closing connection may take to say goodbye (Terminate) to the server.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serialises concurrent schema creation by several tally processes: `CREATE TABLE IF NOT
+/// EXISTS` alone can still fail with a unique violation on `pg_type` when two run at once.
+/// The value is "tally" in ASCII.
+const SCHEMA_LOCK_KEY: i64 = 0x74_61_6c_6c_79;
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS tally_counter \
+     (id int PRIMARY KEY CHECK (id = 1), count bigint NOT NULL)";
+/// `$1` is the highest count this instance has seen (0 at first), so a row deleted behind our
+/// back does not restart below values already handed out.
+const INSERT_ROW: &str =
+    "INSERT INTO tally_counter (id, count) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
+/// One statement, its own transaction: the row lock serialises all writers, instances included.
+const ADD: &str = "UPDATE tally_counter SET count = count + $1 WHERE id = 1 RETURNING count";
+const READ: &str = "SELECT count FROM tally_counter WHERE id = 1";
+
+/// `highest_seen` before any value is known (a real count is always greater).
+const NOT_SEEN: i64 = i64::MIN;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// A tokio-postgres connection string: `postgresql://...` or `host=... user=...`.
+    pub url: String,
+    /// Longest wait for an `add`, counted from when it was sent to the store.
+    pub commit_timeout: Duration,
+    /// How often the count is read back while idle, so instances sharing a row converge.
+    pub refresh_interval: Duration,
+    /// Bound on connecting plus schema set-up.
+    pub connect_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// The given URL with the default timeouts.
+    pub fn new(url: impl Into<String>) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            commit_timeout: DEFAULT_COMMIT_TIMEOUT,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// Why an increment was not confirmed. Every variant maps to a 503; only `Unavailable` and
+/// `InvalidDelta` promise that nothing was applied.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum CommitError {
+    /// Not connected, or PostgreSQL rejected the statement: nothing was applied.
+    #[error("PostgreSQL unavailable: {0}")]
+    Unavailable(String),
+    /// No answer within the commit timeout: the increment may or may not have committed.
+    #[error("no answer from PostgreSQL within the commit timeout (outcome unknown)")]
+    Timeout,
+    /// The connection broke while the statement was in flight: it may have committed.
+    #[error("connection to PostgreSQL lost during the commit (outcome unknown): {0}")]
+    Unknown(String),
+    /// A caller bug: deltas are sums of positive increments.
+    #[error("increment must be positive, got {0}")]
+    InvalidDelta(i64),
+}
+
+/// A snapshot of the store's counters, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Committed `add`s (transactions).
+    pub commits: u64,
+    /// Sum of the deltas of committed `add`s (increments made durable).
+    pub committed_delta_sum: u64,
+    pub commit_errors_unavailable: u64,
+    pub commit_errors_timeout: u64,
+    pub commit_errors_unknown: u64,
+    /// Successful connections (the first one included).
+    pub connects: u64,
+    pub connect_failures: u64,
+    /// Connections lost or dropped after a timeout or unknown outcome.
+    pub disconnects: u64,
+    /// Statement round trips of committed `add`s, summed, and the latest one.
+    pub commit_latency_micros_sum: u64,
+    pub last_commit_latency_micros: u64,
+}
+
+/// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
+/// [`shutdown`](Self::shutdown) is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct StoreHandle {
+    /// Only handles hold senders, so the thread sees the queue close when the last one goes.
+    requests: flume::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+/// What the handles and the store thread both see.
+struct Shared {
+    commit_timeout: Duration,
+    connected: AtomicBool,
+    highest_seen: AtomicI64,
+    stats: Counters,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnected when the store thread has finished (it holds the only sender).
+    thread_done: flume::Receiver<()>,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    committed_delta_sum: AtomicU64,
+    commit_errors_unavailable: AtomicU64,
+    commit_errors_timeout: AtomicU64,
+    commit_errors_unknown: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    disconnects: AtomicU64,
+    commit_latency_micros_sum: AtomicU64,
+    last_commit_latency_micros: AtomicU64,
+}
+
+enum Request {
+    Add {
+        delta: i64,
+        /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
+        deadline: Instant,
+        reply: oneshot::Sender<Result<i64, CommitError>>,
+    },
+    Shutdown,
+}
+
+/// Starts the `tally-store` thread and returns at once; it connects in the background, with
+/// back-off, and reconnects by itself whenever the connection is lost. Fails only if the OS
+/// refuses a thread.
+pub fn spawn(config: StoreConfig) -> std::io::Result<StoreHandle> {
+    let (requests, queue) = flume::unbounded();
+    let (thread_done_tx, thread_done) = flume::bounded::<()>(0);
+    let shared = Arc::new(Shared {
+        commit_timeout: config.commit_timeout,
+        connected: AtomicBool::new(false),
+        highest_seen: AtomicI64::new(NOT_SEEN),
+        stats: Counters::default(),
+        thread: Mutex::new(None),
+        thread_done,
+    });
+    let for_thread = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("tally-store".into())
+        .spawn(move || {
+            let _done = thread_done_tx;
+            let _disconnected_on_exit = DisconnectedOnExit(&for_thread);
+            run_thread(config, queue, &for_thread);
+        })?;
+    if let Ok(mut slot) = shared.thread.lock() {
+        *slot = Some(thread);
+    }
+    Ok(StoreHandle { requests, shared })
+}
+
+impl StoreHandle {
+    /// Adds `delta` (> 0) to the counter row in one statement, its own transaction, and
+    /// returns the count right after it. `Ok` only once PostgreSQL answered the committed row.
+    pub async fn add(&self, delta: i64) -> Result<i64, CommitError> {
+        if delta <= 0 {
+            return Err(CommitError::InvalidDelta(delta));
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Add {
+            delta,
+            deadline: Instant::now() + self.shared.commit_timeout,
+            reply,
+        };
+        if self.requests.send(request).is_err() {
+            return Err(CommitError::Unavailable("the store has shut down".into()));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(CommitError::Unknown(
+                "the store thread ended before answering".into(),
+            ))
+        })
+    }
+
+    /// True while a connection is up and the schema is in place (for `/ready`).
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// The highest count this instance has seen, from its commits and periodic reads; `None`
+    /// before the first. Updated before `add` returns, so it is never behind an `add` result.
+    pub fn highest_seen(&self) -> Option<i64> {
+        let seen = self.shared.highest_seen.load(Ordering::Acquire);
+        (seen != NOT_SEEN).then_some(seen)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.stats;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StoreStats {
+            commits: get(&c.commits),
+            committed_delta_sum: get(&c.committed_delta_sum),
+            commit_errors_unavailable: get(&c.commit_errors_unavailable),
+            commit_errors_timeout: get(&c.commit_errors_timeout),
+            commit_errors_unknown: get(&c.commit_errors_unknown),
+            connects: get(&c.connects),
+            connect_failures: get(&c.connect_failures),
+            disconnects: get(&c.disconnects),
+            commit_latency_micros_sum: get(&c.commit_latency_micros_sum),
+            last_commit_latency_micros: get(&c.last_commit_latency_micros),
+        }
+    }
+
+    /// Answers the requests already queued, closes the connection and joins the thread. Blocks
+    /// the calling thread for at most the commit timeout plus a second; call it at exit, not
+    /// from an executor. Later `add`s get `Unavailable`.
+    pub fn shutdown(&self) {
+        let _ = self.requests.send(Request::Shutdown);
+        let thread = self
+            .shared
+            .thread
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        let Some(thread) = thread else {
+            return;
+        };
+        let wait = self.shared.commit_timeout + CLOSE_TIMEOUT;
+        match self.shared.thread_done.recv_timeout(wait) {
+            Err(flume::RecvTimeoutError::Timeout) => {
+                log::warn!("the store thread did not finish within {wait:?}; leaving it");
+            }
+            Ok(()) | Err(flume::RecvTimeoutError::Disconnected) => {
+                if thread.join().is_err() {
+                    log::error!("the store thread panicked");
+                }
+            }
+        }
+    }
+}
+
+/// `/ready` must not report a store whose thread has died, whatever the reason.
+struct DisconnectedOnExit<'a>(&'a Shared);
+
+impl Drop for DisconnectedOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Ordering::Release);
+    }
+}
+
+fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, shared: &Shared) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            log::error!("cannot build the store's tokio runtime: {error}");
+            let reason = format!("the store could not start: {error}");
+            refuse_until_shutdown(&queue, &reason, &shared.stats);
+            return;
+        }
+    };
+    let store = Store {
+        config,
+        queue,
+        shared,
+        last_error: "not connected yet".into(),
+    };
+    runtime.block_on(store.run());
+}
+
+fn refuse_until_shutdown(queue: &flume::Receiver<Request>, reason: &str, stats: &Counters) {
+    while let Ok(Request::Add { reply, .. }) = queue.recv() {
+        stats
+            .commit_errors_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = reply.send(Err(CommitError::Unavailable(reason.to_owned())));
+    }
+}
+
+/// One open connection with its prepared statements.
+struct Connection {
+    client: Client,
+    add: Statement,
+    read: Statement,
+    /// Drives the socket; ends when the connection does.
+    io: tokio::task::JoinHandle<()>,
+    /// Fires (or errors) when `io` ends.
+    closed: oneshot::Receiver<()>,
+}
+
+impl Connection {
+    /// Drops the client (which sends Terminate) and gives the I/O task a moment to flush it.
+    async fn close(self) {
+        let Connection { client, io, .. } = self;
+        drop(client);
+        let abort = io.abort_handle();
+        if tokio::time::timeout(CLOSE_TIMEOUT, io).await.is_err() {
+            abort.abort();
+        }
+    }
+
+    /// For a connection whose state is unknown: no goodbye, just close the socket.
+    fn abandon(self) {
+        self.io.abort();
+    }
+}
+
+/// Why serving a connection stopped.
+enum Served {
+    Lost,
+    ShutDown,
+}
+
+struct Store<'a> {
+    config: StoreConfig,
+    queue: flume::Receiver<Request>,
+    shared: &'a Shared,
+    /// Told to callers while disconnected.
+    last_error: String,
+}
+
+impl Store<'_> {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let attempt = connect(
+                &self.config,
+                self.shared.highest_seen.load(Ordering::Acquire),
+            );
+            let Some(result) = self.refusing_requests_during(attempt).await else {
+                return;
+            };
+            match result {
+                Ok(connection) => {
+                    backoff = BACKOFF_FIRST;
+                    self.shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    self.shared.connected.store(true, Ordering::Release);
+                    log::info!("connected to PostgreSQL");
+                    let served = self.serve(connection).await;
+                    self.shared.connected.store(false, Ordering::Release);
+                    match served {
+                        Served::ShutDown => return,
+                        Served::Lost => {
+                            self.shared
+                                .stats
+                                .disconnects
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.last_error = "connection to PostgreSQL lost; reconnecting".into();
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.shared
+                        .stats
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    if error != self.last_error {
+                        log::warn!("cannot connect to PostgreSQL (retrying): {error}");
+                    }
+                    self.last_error = error;
+                    let pause = tokio::time::sleep(backoff);
+                    if self.refusing_requests_during(pause).await.is_none() {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Runs `work` while answering every `add` with `Unavailable`; `None` on shutdown.
+    async fn refusing_requests_during<F: Future>(&self, work: F) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return Some(output),
+                request = self.queue.recv_async() => match request {
+                    Ok(Request::Add { reply, .. }) => {
+                        self.shared
+                            .stats
+                            .commit_errors_unavailable
+                            .fetch_add(1, Ordering::Relaxed);
+                        let reason = self.last_error.clone();
+                        let _ = reply.send(Err(CommitError::Unavailable(reason)));
+                    }
+                    Ok(Request::Shutdown) | Err(_) => return None,
+                },
+            }
+        }
+    }
+
+    async fn serve(&mut self, mut connection: Connection) -> Served {
+        let mut refresh = tokio::time::interval(self.config.refresh_interval);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Biased: a dead connection is noticed first, and a waiting commit goes before a
+            // refresh (commits return the row's count anyway).
+            tokio::select! {
+                biased;
+                _ = &mut connection.closed => {
+                    log::warn!("connection to PostgreSQL closed");
+                    connection.abandon();
+                    return Served::Lost;
+                }
+                request = self.queue.recv_async() => match request {
+                    Ok(Request::Add { delta, deadline, reply }) => {
+                        let result = self.commit(&connection, delta, deadline).await;
+                        let keep = !matches!(result, Err(CommitError::Timeout | CommitError::Unknown(_)));
+                        if let Err(error) = &result {
+                            self.count_error(error);
+                            log::warn!("increment by {delta} not confirmed: {error}");
+                        }
+                        let _ = reply.send(result);
+                        if !keep {
+                            // Its state is unknown (a statement may still be running): start over.
+                            connection.abandon();
+                            return Served::Lost;
+                        }
+                    }
+                    Ok(Request::Shutdown) | Err(_) => {
+                        connection.close().await;
+                        return Served::ShutDown;
+                    }
+                },
+                _ = refresh.tick() => {
+                    if !self.refresh(&connection).await {
+                        connection.abandon();
+                        return Served::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        connection: &Connection,
+        delta: i64,
+        deadline: Instant,
+    ) -> Result<i64, CommitError> {
+        if Instant::now() >= deadline {
+            return Err(CommitError::Unavailable(
+                "waited past the commit timeout before it could be sent".into(),
+            ));
+        }
+        if connection.client.is_closed() {
+            return Err(CommitError::Unavailable(
+                "connection to PostgreSQL closed".into(),
+            ));
+        }
+        let sent = Instant::now();
+        let answer = tokio::time::timeout_at(
+            deadline.into(),
+            connection.client.query_opt(&connection.add, &[&delta]),
+        )
+        .await;
+        let latency = sent.elapsed();
+        let row = match answer {
+            Err(_elapsed) => return Err(CommitError::Timeout),
+            Ok(Err(error)) => return Err(classify(&error)),
+            // Committed, but it touched nothing: the row is gone. Reconnecting recreates it.
+            Ok(Ok(None)) => {
+                return Err(CommitError::Unknown(
+                    "tally_counter has no row with id = 1".into(),
+                ))
+            }
+            Ok(Ok(Some(row))) => row,
+        };
+        let count: i64 = row
+            .try_get(0)
+            .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))?;
+        self.shared.highest_seen.fetch_max(count, Ordering::AcqRel);
+        let stats = &self.shared.stats;
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .committed_delta_sum
+            .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        stats
+            .commit_latency_micros_sum
+            .fetch_add(micros, Ordering::Relaxed);
+        stats
+            .last_commit_latency_micros
+            .store(micros, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// Reads the row; false when the connection should be dropped.
+    async fn refresh(&self, connection: &Connection) -> bool {
+        let read = connection.client.query_opt(&connection.read, &[]);
+        match tokio::time::timeout(self.config.commit_timeout, read).await {
+            Ok(Ok(Some(row))) => {
+                if let Ok(count) = row.try_get::<_, i64>(0) {
+                    self.shared.highest_seen.fetch_max(count, Ordering::AcqRel);
+                }
+                true
+            }
+            Ok(Ok(None)) => {
+                log::error!("tally_counter has no row with id = 1; reconnecting to recreate it");
+                false
+            }
+            Ok(Err(error)) => {
+                log::warn!("reading the count: {error}");
+                statement_was_rejected(&error)
+            }
+            Err(_elapsed) => {
+                log::warn!(
+                    "reading the count took over {:?}",
+                    self.config.commit_timeout
+                );
+                false
+            }
+        }
+    }
+
+    fn count_error(&self, error: &CommitError) {
+        let stats = &self.shared.stats;
+        let counter = match error {
+            CommitError::Unavailable(_) | CommitError::InvalidDelta(_) => {
+                &stats.commit_errors_unavailable
+            }
+            CommitError::Timeout => &stats.commit_errors_timeout,
+            CommitError::Unknown(_) => &stats.commit_errors_unknown,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An `ERROR` (not `FATAL`/`PANIC`) reply to a single-statement transaction means PostgreSQL
+/// rolled it back and the session goes on: known not applied. Anything else, a broken socket,
+/// a server shutting down mid-statement (`FATAL 57P01`, which can arrive after the COMMIT), is
+/// an unknown outcome.
+fn statement_was_rejected(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.parsed_severity() == Some(Severity::Error))
+}
+
+fn classify(error: &tokio_postgres::Error) -> CommitError {
+    if statement_was_rejected(error) {
+        CommitError::Unavailable(format!("PostgreSQL rejected the increment: {error}"))
+    } else {
+        CommitError::Unknown(error.to_string())
+    }
+}
+
+/// Connects, checks durability settings, creates the schema if missing and prepares the two
+/// statements, all within `connect_timeout`.
+async fn connect(config: &StoreConfig, highest_seen: i64) -> Result<Connection, String> {
+    let mut pg_config: tokio_postgres::Config = config
+        .url
+        .parse()
+        .map_err(|error| format!("invalid database URL: {error}"))?;
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("tally");
+    }
+    pg_config.connect_timeout(config.connect_timeout);
+    let set_up = async {
+        let (client, connection) = pg_config
+            .connect(NoTls)
+            .await
+            .map_err(|error| error.to_string())?;
+        let (closed_tx, closed) = oneshot::channel();
+        let io = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                log::warn!("PostgreSQL connection: {error}");
+            }
+            let _ = closed_tx.send(());
+        });
+        // If set-up fails below, dropping the client ends the I/O task.
+        prepare(client, io, closed, highest_seen).await
+    };
+    tokio::time::timeout(config.connect_timeout, set_up)
+        .await
+        .map_err(|_| {
+            format!(
+                "connecting and creating the schema took over {:?}",
+                config.connect_timeout
+            )
+        })?
+}
+
+async fn prepare(
+    client: Client,
+    io: tokio::task::JoinHandle<()>,
+    closed: oneshot::Receiver<()>,
+    highest_seen: i64,
+) -> Result<Connection, String> {
+    let fail = |what: &str| {
+        let what = what.to_owned();
+        move |error: tokio_postgres::Error| format!("{what}: {error}")
+    };
+    // Commits must be durable before we answer 200 (SPEC.md). `off` is the one setting that
+    // acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
+    let settings = client
+        .query_one(
+            "SELECT current_setting('synchronous_commit'), current_setting('fsync')",
+            &[],
+        )
+        .await
+        .map_err(fail("reading durability settings"))?;
+    let synchronous_commit: String = settings.try_get(0).map_err(fail("synchronous_commit"))?;
+    let fsync: String = settings.try_get(1).map_err(fail("fsync"))?;
+    if synchronous_commit == "off" {
+        log::warn!("the database has synchronous_commit = off; tally sets it on for its session");
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(fail("setting synchronous_commit"))?;
+    }
+    if fsync == "off" {
+        log::warn!("the PostgreSQL server runs with fsync = off: a crash can lose commits");
+    }
+
+    // `SET LOCAL`: no "already exists, skipping" notice in the log at every connect.
+    let create_schema = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
+         SET LOCAL client_min_messages = warning; {CREATE_TABLE}; COMMIT"
+    );
+    client
+        .batch_execute(&create_schema)
+        .await
+        .map_err(fail("creating table tally_counter"))?;
+    let seed = highest_seen.max(0);
+    client
+        .execute(INSERT_ROW, &[&seed])
+        .await
+        .map_err(fail("inserting the counter row"))?;
+    let add = client
+        .prepare_typed(ADD, &[Type::INT8])
+        .await
+        .map_err(fail("preparing the increment"))?;
+    let read = client
+        .prepare(READ)
+        .await
+        .map_err(fail("preparing the read"))?;
+    Ok(Connection {
+        client,
+        add,
+        read,
+        io,
+        closed,
+    })
+}

@@ -1,1 +1,0 @@
-//! Embedded PostgreSQL cluster. To be written.

@@ -1,0 +1,589 @@
+//! The embedded PostgreSQL cluster tally runs when no database URL is given (SPEC.md,
+//! "Configuration and the embedded default"): server binaries found on this machine, a data
+//! directory initialised on first run, one `postgres` child process listening on a Unix socket
+//! only, stopped when tally stops. Only process and file management lives here; the SQL is in
+//! [`crate::counter::store`].
+//!
+//! Durability is PostgreSQL's own: `fsync` and `synchronous_commit` are forced on from the
+//! command line (which outranks `postgresql.conf` and `ALTER SYSTEM`).
+
+mod binaries;
+mod run_as;
+
+pub use binaries::PgBinaries;
+pub use run_as::RunAs;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The superuser initdb creates; tally connects as it (trust auth, socket reachable only by the
+/// cluster's owner and root).
+pub const SUPERUSER: &str = "tally";
+/// Unix socket only, so the port merely names the socket file; the socket directory is private.
+const PORT: u16 = 5432;
+const SOCKET_FILE: &str = ".s.PGSQL.5432";
+/// `sizeof(sockaddr_un.sun_path)` is 108 on Linux, one byte of which is the NUL.
+const SUN_PATH_MAX_BYTES: usize = 107;
+/// Server output (start-up, shutdown, errors) goes here, inside the data directory.
+const LOG_FILE: &str = "tally-postgres.log";
+/// Crash recovery after a SIGKILL can take a while on a big WAL; 30 s is generous for a
+/// one-row database.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fast shutdown ends with a checkpoint, which is quick for one row.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to keep retrying while a previous postmaster on the same directory still holds its
+/// lock file or shared memory (it is shutting down, e.g. after the old tally was killed).
+const LOCK_RETRY_FOR: Duration = Duration::from_secs(10);
+/// How much of the server log an error carries.
+const LOG_TAIL_LINES: usize = 20;
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Why the embedded cluster could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "no PostgreSQL server binaries found (searched PATH, `pg_config --bindir` and \
+         /usr/lib/postgresql/*/bin): install PostgreSQL (e.g. `apt-get install postgresql`) \
+         or pass --database-url / DATABASE_URL"
+    )]
+    NoBinaries,
+    #[error(
+        "tally runs as root and PostgreSQL refuses to, but neither a `postgres` nor a `nobody` \
+         user exists to run it as: create one, run tally as an unprivileged user, or pass \
+         --database-url / DATABASE_URL"
+    )]
+    NoUnprivilegedUser,
+    #[error(
+        "PostgreSQL runs as user `{user}`, which cannot reach {data_dir}: it may not search \
+         {blocked} (chmod o+x it, or choose a data directory under a world-searchable path)"
+    )]
+    DataDirUnreachable {
+        user: String,
+        data_dir: PathBuf,
+        blocked: PathBuf,
+    },
+    #[error("cannot {action} {path}: {error}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    #[error("initdb failed for {data_dir} ({status}):\n{output}")]
+    Initdb {
+        data_dir: PathBuf,
+        status: ExitStatus,
+        output: String,
+    },
+    #[error("PostgreSQL exited during start-up ({status}); end of {log}:\n{log_tail}")]
+    Exited {
+        status: ExitStatus,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error("PostgreSQL did not accept connections within {seconds} s; end of {log}:\n{log_tail}")]
+    StartTimeout {
+        seconds: u64,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error(
+        "PostgreSQL did not stop within {seconds} s of a fast shutdown request; it was killed"
+    )]
+    StopTimeout { seconds: u64 },
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> EmbeddedError {
+    let path = path.to_owned();
+    move |error| EmbeddedError::Io {
+        action,
+        path,
+        error,
+    }
+}
+
+/// A running (or, between [`EmbeddedPostgres::stop_server`] and
+/// [`EmbeddedPostgres::start_server`], stopped) private cluster. Dropping it stops the server.
+///
+/// The child gets `PR_SET_PDEATHSIG = SIGINT`, so if tally dies, even by SIGKILL, the kernel
+/// asks postgres for a fast shutdown. Linux sends that signal when the *thread* that spawned the
+/// child exits, so call `start`/`start_server`/`restart` from a thread that lives as long as
+/// the server should (tally: the main thread).
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    binaries: PgBinaries,
+    /// Absolute, symlinks resolved.
+    data_dir: PathBuf,
+    /// The data directory itself when its path fits in `sun_path`, else a private `/tmp` dir.
+    socket_dir: PathBuf,
+    /// True when `socket_dir` was made by us under /tmp and must be removed at the end.
+    socket_dir_is_private: bool,
+    /// `Some` when tally runs as root.
+    run_as: Option<RunAs>,
+    /// The postmaster; `None` while stopped.
+    child: Option<Child>,
+    url: String,
+}
+
+impl EmbeddedPostgres {
+    /// Finds the server binaries, initialises `data_dir` if it holds no cluster yet (trust auth,
+    /// superuser `tally`, UTF8), starts `postgres` on a Unix socket only, and returns once it
+    /// accepts connections. When tally is root, the cluster belongs to and runs as `postgres`
+    /// (else `nobody`).
+    pub fn start(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
+        let binaries = PgBinaries::find().ok_or(EmbeddedError::NoBinaries)?;
+        let run_as = match RunAs::for_current_process() {
+            None => None,
+            Some(Ok(user)) => Some(user),
+            Some(Err(())) => return Err(EmbeddedError::NoUnprivilegedUser),
+        };
+
+        fs::create_dir_all(data_dir).map_err(io_error("create", data_dir))?;
+        let data_dir = fs::canonicalize(data_dir).map_err(io_error("resolve", data_dir))?;
+        let initialised = data_dir.join("PG_VERSION").exists();
+        if let Some(user) = &run_as {
+            check_reachable(user, &data_dir)?;
+            chown(&data_dir, user)?;
+        }
+        if !initialised {
+            // PostgreSQL insists on 0700 (or 0750); initdb would fix it too, but do it first so
+            // nothing else can look in while the directory is being filled.
+            fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_error("chmod", &data_dir))?;
+        }
+
+        let (socket_dir, socket_dir_is_private) = if socket_dir_fits(&data_dir) {
+            (data_dir.clone(), false)
+        } else {
+            (private_socket_dir(run_as.as_ref())?, true)
+        };
+        let url = format!(
+            "host={} port={PORT} user={SUPERUSER} dbname=postgres",
+            quote_conninfo(&socket_dir.to_string_lossy())
+        );
+
+        let mut cluster = EmbeddedPostgres {
+            binaries,
+            data_dir,
+            socket_dir,
+            socket_dir_is_private,
+            run_as,
+            child: None,
+            url,
+        };
+        if !initialised {
+            cluster.initdb()?;
+        }
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// A tokio-postgres connection string for the cluster's superuser and `postgres` database.
+    /// It stays valid across [`restart`](Self::restart).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The postmaster's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server (fast shutdown, bounded wait, then SIGKILL) and removes the private
+    /// socket directory if one was made.
+    pub fn stop(mut self) -> Result<(), EmbeddedError> {
+        let stopped = self.stop_server();
+        self.remove_private_socket_dir();
+        stopped
+    }
+
+    /// Stops then starts the server on the same directories; the URL does not change.
+    pub fn restart(&mut self) -> Result<(), EmbeddedError> {
+        self.stop_server()?;
+        self.start_server()
+    }
+
+    /// Fast shutdown (SIGINT: abort open transactions, checkpoint, exit) and wait up to
+    /// [`STOP_TIMEOUT`]; past that, SIGKILL and [`EmbeddedError::StopTimeout`]. The directories
+    /// stay, so [`start_server`](Self::start_server) can bring the same cluster back.
+    pub fn stop_server(&mut self) -> Result<(), EmbeddedError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        signal(&child, libc::SIGINT);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => std::thread::sleep(POLL_INTERVAL),
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(EmbeddedError::StopTimeout {
+            seconds: STOP_TIMEOUT.as_secs(),
+        })
+    }
+
+    /// Starts the server if it is not running and waits until it accepts connections. Retries
+    /// for [`LOCK_RETRY_FOR`] while an older postmaster on this directory is still going away.
+    pub fn start_server(&mut self) -> Result<(), EmbeddedError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let give_up_on_lock = Instant::now() + LOCK_RETRY_FOR;
+        loop {
+            match self.spawn_and_wait_ready() {
+                Err(StartFailure::LockHeld(_)) if Instant::now() < give_up_on_lock => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(StartFailure::LockHeld(error) | StartFailure::Other(error)) => {
+                    return Err(error)
+                }
+                Ok(child) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.join(LOG_FILE)
+    }
+
+    /// A command that runs as the cluster's user, from `/` (root's cwd may be unreadable to it).
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        command.current_dir("/").stdin(Stdio::null());
+        if let Some(user) = &self.run_as {
+            command.uid(user.uid).gid(user.gid);
+        }
+        command
+    }
+
+    fn initdb(&self) -> Result<(), EmbeddedError> {
+        log::info!(
+            "initialising a PostgreSQL cluster in {}",
+            self.data_dir.display()
+        );
+        let output = self
+            .command(&self.binaries.initdb)
+            .arg("--pgdata")
+            .arg(&self.data_dir)
+            .arg("--auth=trust")
+            .arg(format!("--username={SUPERUSER}"))
+            .arg("--encoding=UTF8")
+            .arg("--locale=C")
+            .output()
+            .map_err(io_error("run", &self.binaries.initdb))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        Err(EmbeddedError::Initdb {
+            data_dir: self.data_dir.clone(),
+            status: output.status,
+            output: last_lines(&text, LOG_TAIL_LINES),
+        })
+    }
+
+    fn spawn_and_wait_ready(&self) -> Result<Child, StartFailure> {
+        let log_path = self.log_path();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error("open", &log_path))?;
+        if let Some(user) = &self.run_as {
+            chown(&log_path, user)?;
+        }
+        // Only what this attempt writes counts when deciding why it failed.
+        let log_start = log.metadata().map(|meta| meta.len()).unwrap_or(0);
+        let log_for_stderr = log.try_clone().map_err(io_error("open", &log_path))?;
+
+        let mut command = self.command(&self.binaries.postgres);
+        command
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-c", "listen_addresses="])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories=\"{}\"",
+                self.socket_dir.to_string_lossy()
+            ))
+            .arg("-c")
+            .arg(format!("port={PORT}"))
+            .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
+            .args(["-c", "logging_collector=off"])
+            .stdout(log)
+            .stderr(log_for_stderr)
+            // Its own process group: a Ctrl-C on tally's terminal must not reach postgres before
+            // tally has committed its last batch; tally stops it afterwards.
+            .process_group(0);
+        // SAFETY: getpid is async-signal-safe; the closure below only calls prctl and getppid
+        // (both async-signal-safe) and builds an io::Error from an errno without allocating.
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            command.pre_exec(move || {
+                // std has already switched uid/gid here; a credential change would clear the
+                // death signal, which is why it is set now and not earlier.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(io_error("run", &self.binaries.postgres))?;
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let log_tail = read_log_since(&log_path, log_start);
+                    let error = EmbeddedError::Exited {
+                        status,
+                        log: log_path,
+                        log_tail: log_tail.clone(),
+                    };
+                    return Err(if lock_held_by_older_server(&log_tail) {
+                        StartFailure::LockHeld(error)
+                    } else {
+                        StartFailure::Other(error)
+                    });
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io_error("wait for", &self.binaries.postgres)(error).into());
+                }
+            }
+            if self.accepts_connections(child.id()) {
+                log::info!(
+                    "PostgreSQL (pid {}) is up on {}",
+                    child.id(),
+                    self.socket_dir.display()
+                );
+                return Ok(child);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StartFailure::Other(EmbeddedError::StartTimeout {
+                    seconds: START_TIMEOUT.as_secs(),
+                    log_tail: read_log_since(&log_path, log_start),
+                    log: log_path,
+                }));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The test `pg_ctl start --wait` uses: `postmaster.pid` names our child and its status
+    /// line (line 8, PostgreSQL 10+) says `ready`; and the socket exists.
+    fn accepts_connections(&self, pid: u32) -> bool {
+        let Ok(pid_file) = fs::read_to_string(self.data_dir.join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = pid_file.lines().collect();
+        let names_child = lines.first().map(|line| line.trim()) == Some(&*pid.to_string());
+        let ready = lines.get(7).map(|line| line.trim()) == Some("ready");
+        names_child && ready && self.socket_dir.join(SOCKET_FILE).exists()
+    }
+
+    fn remove_private_socket_dir(&mut self) {
+        if self.socket_dir_is_private {
+            let _ = fs::remove_dir_all(&self.socket_dir);
+            self.socket_dir_is_private = false;
+        }
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop_server() {
+            log::warn!("stopping the embedded PostgreSQL: {error}");
+        }
+        self.remove_private_socket_dir();
+    }
+}
+
+enum StartFailure {
+    /// Another postmaster still holds this directory's lock file or shared memory.
+    LockHeld(EmbeddedError),
+    Other(EmbeddedError),
+}
+
+impl From<EmbeddedError> for StartFailure {
+    fn from(error: EmbeddedError) -> Self {
+        StartFailure::Other(error)
+    }
+}
+
+/// PostgreSQL's messages when an older postmaster (alive, or its backends) still owns the
+/// directory: `lock file "postmaster.pid" already exists`, the same for the socket's lock file,
+/// and `pre-existing shared memory block ... is still in use`.
+fn lock_held_by_older_server(log_tail: &str) -> bool {
+    (log_tail.contains("lock file") && log_tail.contains("already exists"))
+        || log_tail.contains("pre-existing shared memory block")
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet, so the
+        // pid still names it.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+fn chown(path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io_error("chown", path))
+}
+
+/// Every ancestor of `data_dir` must be searchable by the cluster's user.
+fn check_reachable(user: &RunAs, data_dir: &Path) -> Result<(), EmbeddedError> {
+    for dir in data_dir.ancestors().skip(1) {
+        if !user.can_search(dir).map_err(io_error("inspect", dir))? {
+            return Err(EmbeddedError::DataDirUnreachable {
+                user: user.name.clone(),
+                data_dir: data_dir.to_owned(),
+                blocked: dir.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the socket can live in `dir`: `<dir>/.s.PGSQL.5432` fits in `sun_path`, and the
+/// path survives quoting in `unix_socket_directories` and the connection string.
+fn socket_dir_fits(dir: &Path) -> bool {
+    match dir.to_str() {
+        Some(text) => {
+            text.len() + 1 + SOCKET_FILE.len() <= SUN_PATH_MAX_BYTES && !text.contains('"')
+        }
+        None => false,
+    }
+}
+
+/// A fresh `/tmp/tally-pg-XXXXXX` (mode 0700, owned by the cluster's user).
+fn private_socket_dir(run_as: Option<&RunAs>) -> Result<PathBuf, EmbeddedError> {
+    let mut template = *b"/tmp/tally-pg-XXXXXX\0";
+    // SAFETY: template is a writable NUL-terminated buffer ending in six X, as mkdtemp requires.
+    let made = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+    let fallback = PathBuf::from("/tmp/tally-pg-XXXXXX");
+    if made.is_null() {
+        return Err(io_error("create", &fallback)(io::Error::last_os_error()));
+    }
+    let name = &template[..template.len() - 1];
+    let dir = PathBuf::from(String::from_utf8_lossy(name).into_owned());
+    if let Some(user) = run_as {
+        chown(&dir, user)?;
+    }
+    Ok(dir)
+}
+
+/// A conninfo value in single quotes, escaping `\` and `'` (libpq's rules, which
+/// tokio-postgres follows), when it holds anything that would end a bare value.
+fn quote_conninfo(value: &str) -> String {
+    if !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+        return value.to_owned();
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// The last lines the server wrote since byte `start` of its log (at most 8 KiB read).
+fn read_log_since(path: &Path, start: u64) -> String {
+    const MAX_BYTES: u64 = 8 * 1024;
+    let Ok(mut file) = File::open(path) else {
+        return format!("(cannot read {})", path.display());
+    };
+    let end = file.metadata().map(|meta| meta.len()).unwrap_or(start);
+    let from = start.max(end.saturating_sub(MAX_BYTES));
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(from)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return format!("(cannot read {})", path.display());
+    }
+    last_lines(&String::from_utf8_lossy(&bytes), LOG_TAIL_LINES)
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_binaries_error_says_how_to_fix_it() {
+        let message = EmbeddedError::NoBinaries.to_string();
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("--database-url"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
+    }
+
+    #[test]
+    fn long_data_dirs_do_not_host_the_socket() {
+        assert!(socket_dir_fits(Path::new("/work/app/.tally/pg")));
+        let long = format!("/tmp/{}", "d".repeat(100));
+        assert!(!socket_dir_fits(Path::new(&long)));
+        // Exactly at the limit: 93 + 1 + 13 = 107 bytes.
+        let edge = format!("/{}", "e".repeat(92));
+        assert!(socket_dir_fits(Path::new(&edge)));
+        let over = format!("/{}", "e".repeat(93));
+        assert!(!socket_dir_fits(Path::new(&over)));
+    }
+
+    #[test]
+    fn conninfo_values_are_quoted_only_when_needed() {
+        assert_eq!(quote_conninfo("/tmp/x"), "/tmp/x");
+        assert_eq!(quote_conninfo("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(quote_conninfo("/tmp/it's"), "'/tmp/it\\'s'");
+    }
+
+    #[test]
+    fn lock_messages_are_recognised() {
+        assert!(lock_held_by_older_server(
+            "FATAL:  lock file \"postmaster.pid\" already exists\nHINT: ..."
+        ));
+        assert!(lock_held_by_older_server(
+            "FATAL:  pre-existing shared memory block (key 1, ID 2) is still in use"
+        ));
+        assert!(!lock_held_by_older_server(
+            "FATAL:  data directory has wrong ownership"
+        ));
+    }
+}

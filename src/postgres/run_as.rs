@@ -1,0 +1,78 @@
+//! Which OS user runs the embedded cluster. PostgreSQL refuses to run as root, so when tally
+//! is root the cluster runs as `postgres` (or `nobody`), and that user must be able to reach
+//! and own its directories.
+
+use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// The unprivileged account the server runs as when tally itself runs as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Tried in order when tally is root.
+const CANDIDATE_USERS: [&str; 2] = ["postgres", "nobody"];
+
+impl RunAs {
+    /// `None` when tally is not root (the cluster then runs as tally's own user);
+    /// `Some(Err(()))` when root and no candidate account exists.
+    pub fn for_current_process() -> Option<Result<RunAs, ()>> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        Some(
+            CANDIDATE_USERS
+                .iter()
+                .find_map(|name| lookup(name))
+                .ok_or(()),
+        )
+    }
+
+    /// Whether this user may search (`x`) `dir`, judged from its mode bits the way the kernel
+    /// would for a process with exactly this uid and primary gid. That is what the child gets:
+    /// std drops supplementary groups when it switches uid (`setgroups(0)`). ACLs are ignored.
+    pub fn can_search(&self, dir: &Path) -> std::io::Result<bool> {
+        let meta = std::fs::metadata(dir)?;
+        let mode = meta.mode();
+        let bit = if meta.uid() == self.uid {
+            0o100
+        } else if meta.gid() == self.gid {
+            0o010
+        } else {
+            0o001
+        };
+        Ok(mode & bit != 0)
+    }
+}
+
+fn lookup(name: &str) -> Option<RunAs> {
+    let c_name = CString::new(name).ok()?;
+    // SAFETY: a zeroed passwd is a valid out-parameter (plain integers and null pointers).
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, buf.len() is its true size; getpwnam_r
+    // (unlike getpwnam) is thread-safe and only writes into what we pass.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    Some(RunAs {
+        name: name.to_owned(),
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+    })
+}

@@ -1,0 +1,282 @@
+//! The embedded PostgreSQL cluster (`tally::postgres`), against the real server binaries:
+//! first start, restarts keep data, stopping leaves no process, root runs it unprivileged,
+//! and a killed tally takes its postgres down.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::pg::TestPg;
+use tally::postgres::{EmbeddedError, EmbeddedPostgres};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Alive and not a zombie (PID 1 in a container may never reap the orphans it inherits).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name, is the state.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Live processes whose parent is `pid` (a postmaster's backends and helpers).
+fn live_children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .filter(|&child| process_alive(child))
+        .collect()
+}
+
+fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/tally-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn stored_value(url: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .query_one("SELECT v FROM kept", &[])
+        .await
+        .expect("select")
+        .get(0)
+}
+
+#[tokio::test]
+async fn fresh_directory_is_initialised_and_accepts_connections() {
+    let pg = TestPg::start();
+    assert!(pg.data_dir().join("PG_VERSION").exists());
+    let client = pg.client().await;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_setting('fsync'), \
+             current_setting('synchronous_commit'), current_setting('listen_addresses'), \
+             current_setting('server_encoding')",
+            &[],
+        )
+        .await
+        .expect("settings");
+    assert_eq!(row.get::<_, String>(0), "tally");
+    assert_eq!(row.get::<_, String>(1), "on", "fsync must stay on");
+    assert_eq!(
+        row.get::<_, String>(2),
+        "on",
+        "synchronous_commit must stay on"
+    );
+    assert_eq!(row.get::<_, String>(3), "", "Unix socket only");
+    assert_eq!(row.get::<_, String>(4), "UTF8");
+    assert!(pg.url().contains("user=tally"), "{}", pg.url());
+}
+
+#[tokio::test]
+async fn as_root_the_cluster_runs_as_an_unprivileged_user() {
+    if !is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let pg = TestPg::start();
+    let owner = std::fs::metadata(pg.data_dir()).expect("data dir").uid();
+    assert_ne!(owner, 0, "data directory must not belong to root");
+    let pid = pg.pid().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid_line = status
+        .lines()
+        .find(|line| line.starts_with("Uid:"))
+        .expect("Uid line");
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|uid| uid == owner.to_string()),
+        "postmaster runs as {uid_line}, data dir owner {owner}"
+    );
+}
+
+#[test]
+fn as_root_an_unreachable_data_dir_is_a_clear_error() {
+    if !is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let locked = fresh_dir("locked");
+    std::fs::create_dir_all(&locked).expect("mkdir");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let result = EmbeddedPostgres::start(&locked.join("pg"));
+    let _ = std::fs::remove_dir_all(&locked);
+    match result {
+        Err(error @ EmbeddedError::DataDirUnreachable { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&*locked.to_string_lossy()), "{message}");
+        }
+        other => panic!("expected DataDirUnreachable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn restart_keeps_the_data() {
+    let mut pg = TestPg::start();
+    let client = pg.client().await;
+    client
+        .batch_execute("CREATE TABLE kept (v bigint); INSERT INTO kept VALUES (42)")
+        .await
+        .expect("write");
+    drop(client);
+
+    pg.restart();
+    assert_eq!(stored_value(pg.url()).await, 42);
+
+    pg.stop();
+    pg.start_again();
+    assert_eq!(stored_value(pg.url()).await, 42);
+}
+
+#[tokio::test]
+async fn a_second_start_on_the_same_directory_reuses_the_cluster() {
+    let dir = fresh_dir("reuse");
+    let first = EmbeddedPostgres::start(&dir).expect("first start");
+    let (client, connection) = tokio_postgres::connect(first.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let io = tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE kept (v bigint); INSERT INTO kept VALUES (7)")
+        .await
+        .expect("write");
+    drop(client);
+    let _ = io.await;
+    first.stop().expect("stop");
+
+    let second = EmbeddedPostgres::start(&dir).expect("second start");
+    assert_eq!(stored_value(second.url()).await, 7);
+    second.stop().expect("stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn stop_leaves_no_postgres_process() {
+    let dir = fresh_dir("stop");
+    let pg = EmbeddedPostgres::start(&dir).expect("start");
+    let pid = pg.pid().expect("running");
+    // A backend for our connection, plus the checkpointer, WAL writer...
+    let (client, connection) = tokio_postgres::connect(pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.expect("query");
+    assert!(!live_children_of(pid).is_empty());
+
+    pg.stop().expect("stop");
+    assert!(!process_alive(pid), "postmaster {pid} still running");
+    assert!(
+        wait_until(Duration::from_secs(5), || live_children_of(pid).is_empty()),
+        "children of postmaster {pid} still running"
+    );
+    assert!(!dir.join("postmaster.pid").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_data_dir_too_long_for_a_socket_path_gets_a_short_private_socket_dir() {
+    let dir = fresh_dir(&"long".repeat(30));
+    let pg = EmbeddedPostgres::start(&dir).expect("start");
+    let socket_dir = pg.socket_dir().to_owned();
+    assert!(
+        socket_dir.to_string_lossy().starts_with("/tmp/tally-pg-"),
+        "{}",
+        socket_dir.display()
+    );
+    let (client, connection) = tokio_postgres::connect(pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.expect("query");
+    pg.stop().expect("stop");
+    assert!(!socket_dir.exists(), "private socket dir left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Set in the re-executed child of `a_killed_tally_takes_its_postgres_down`.
+const ORPHAN_DIR_ENV: &str = "TALLY_TEST_ORPHAN_DIR";
+
+/// Not a test on its own: when the variable is set, plays a tally process that starts its
+/// cluster, writes the postmaster's pid and then waits to be SIGKILLed.
+#[test]
+fn orphan_child_process() {
+    let Some(dir) = std::env::var_os(ORPHAN_DIR_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let pg = EmbeddedPostgres::start(&dir).expect("start");
+    let pid = pg.pid().expect("running");
+    std::fs::write(dir.with_extension("pid"), pid.to_string()).expect("write pid");
+    std::thread::sleep(Duration::from_secs(60));
+    drop(pg);
+}
+
+#[test]
+fn a_killed_tally_takes_its_postgres_down() {
+    let dir = fresh_dir("orphan");
+    let pid_file = dir.with_extension("pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "orphan_child_process", "--nocapture"])
+        .env(ORPHAN_DIR_ENV, &dir)
+        .spawn()
+        .expect("spawn child");
+    let read_pid = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    };
+    let started = wait_until(Duration::from_secs(30), || read_pid(&pid_file).is_some());
+    let postmaster = read_pid(&pid_file);
+    let _ = child.kill(); // SIGKILL: no destructor runs in the child.
+    let _ = child.wait();
+    assert!(started, "child never started its cluster");
+    let postmaster = postmaster.expect("pid");
+    let gone = wait_until(Duration::from_secs(20), || !process_alive(postmaster));
+    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        gone,
+        "postmaster {postmaster} outlived the SIGKILLed parent"
+    );
+}

@@ -1,0 +1,264 @@
+//! The counter store (`tally::counter::store`) against a real PostgreSQL: exact counts,
+//! `highest_seen`, concurrent instances on one row, and faults (server stopped, row locked,
+//! database unreachable), where an `add` must fail rather than return an unconfirmed `Ok`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::pg::TestPg;
+use tally::counter::store::{self, CommitError, StoreConfig, StoreHandle};
+
+fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
+    StoreConfig {
+        url: url.to_owned(),
+        commit_timeout,
+        refresh_interval: Duration::from_millis(50),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+fn spawn(url: &str, commit_timeout: Duration) -> StoreHandle {
+    store::spawn(config(url, commit_timeout)).expect("store thread")
+}
+
+async fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+async fn connected(handle: &StoreHandle) -> bool {
+    wait_for(Duration::from_secs(15), || handle.is_connected()).await
+}
+
+async fn row_count(pg: &TestPg) -> i64 {
+    pg.client()
+        .await
+        .query_one("SELECT count FROM tally_counter WHERE id = 1", &[])
+        .await
+        .expect("read row")
+        .get(0)
+}
+
+#[tokio::test]
+async fn add_returns_the_count_right_after_its_delta() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await, "store never connected");
+
+    let mut count = store.add(1).await.expect("first add");
+    assert_eq!(count, 1, "a fresh database starts at 0");
+    let started = Instant::now();
+    const ADDS: i64 = 500;
+    for i in 0..ADDS {
+        let delta = i % 7 + 1;
+        let next = store.add(delta).await.expect("add");
+        assert_eq!(next, count + delta);
+        count = next;
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{ADDS} sequential add() calls: {:.0} commits/s, mean {:.0} µs",
+        ADDS as f64 / elapsed.as_secs_f64(),
+        elapsed.as_micros() as f64 / ADDS as f64
+    );
+
+    assert_eq!(store.highest_seen(), Some(count));
+    assert_eq!(row_count(&pg).await, count);
+    let stats = store.stats();
+    assert_eq!(stats.commits, ADDS as u64 + 1);
+    assert_eq!(stats.committed_delta_sum, count as u64);
+    assert!(stats.commit_latency_micros_sum > 0);
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn highest_seen_follows_another_instance_writing_the_same_row() {
+    let pg = TestPg::start();
+    let writer = spawn(pg.url(), Duration::from_secs(5));
+    let reader = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&writer).await && connected(&reader).await);
+    assert!(wait_for(Duration::from_secs(2), || reader.highest_seen() == Some(0)).await);
+
+    let mut last = 0;
+    for _ in 0..10 {
+        last = writer.add(3).await.expect("add");
+    }
+    assert_eq!(writer.highest_seen(), Some(last));
+    assert!(
+        wait_for(Duration::from_secs(2), || reader.highest_seen()
+            == Some(last))
+        .await,
+        "reader saw {:?}, writer reached {last}",
+        reader.highest_seen()
+    );
+    writer.shutdown();
+    reader.shutdown();
+}
+
+#[tokio::test]
+async fn stores_starting_together_create_the_schema_once_and_lose_no_update() {
+    let pg = TestPg::start();
+    const STORES: usize = 4;
+    const ADDS_EACH: usize = 150;
+    let stores: Vec<StoreHandle> = (0..STORES)
+        .map(|_| spawn(pg.url(), Duration::from_secs(5)))
+        .collect();
+    for store in &stores {
+        assert!(connected(store).await, "a store never connected");
+    }
+
+    let mut tasks = Vec::new();
+    for store in &stores {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut values = Vec::with_capacity(ADDS_EACH);
+            for _ in 0..ADDS_EACH {
+                values.push(store.add(1).await.expect("add"));
+            }
+            values
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for task in tasks {
+        for value in task.await.expect("task") {
+            assert!(all.insert(value), "value {value} handed out twice");
+        }
+    }
+    let total = (STORES * ADDS_EACH) as i64;
+    assert_eq!(all, (1..=total).collect::<BTreeSet<i64>>());
+    assert_eq!(row_count(&pg).await, total);
+    for store in &stores {
+        store.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_postgres_fails_adds_and_is_reconnected_to_when_back() {
+    let mut pg = TestPg::start();
+    let commit_timeout = Duration::from_secs(2);
+    let store = spawn(pg.url(), commit_timeout);
+    assert!(connected(&store).await);
+    let before = store.add(1).await.expect("add while up");
+
+    pg.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let result = store.add(1).await;
+        assert!(
+            result.is_err(),
+            "add returned {result:?} with PostgreSQL down"
+        );
+        assert!(
+            started.elapsed() <= commit_timeout + Duration::from_millis(500),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(wait_for(Duration::from_secs(2), || !store.is_connected()).await);
+    assert!(matches!(
+        store.add(1).await,
+        Err(CommitError::Unavailable(_))
+    ));
+
+    pg.start_again();
+    assert!(connected(&store).await, "store did not reconnect by itself");
+    let after = store.add(1).await.expect("add after restart");
+    // Nothing could commit while the server was down.
+    assert_eq!(after, before + 1);
+    let stats = store.stats();
+    assert!(stats.connects >= 2 && stats.disconnects >= 1, "{stats:?}");
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn an_update_blocked_past_the_commit_timeout_is_a_timeout_not_ok() {
+    let pg = TestPg::start();
+    let commit_timeout = Duration::from_secs(1);
+    let store = spawn(pg.url(), commit_timeout);
+    assert!(connected(&store).await);
+    let before = store.add(1).await.expect("add");
+
+    let locker = pg.client().await;
+    locker
+        .batch_execute("BEGIN; SELECT count FROM tally_counter WHERE id = 1 FOR UPDATE")
+        .await
+        .expect("lock the row");
+    let started = Instant::now();
+    assert_eq!(store.add(5).await, Err(CommitError::Timeout));
+    let waited = started.elapsed();
+    assert!(
+        waited >= commit_timeout && waited < commit_timeout * 2,
+        "{waited:?}"
+    );
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    assert!(connected(&store).await, "store did not reconnect");
+    // The abandoned UPDATE may still commit (its outcome was unknown, not failed).
+    let after = store.add(1).await.expect("add after the lock");
+    assert!(after == before + 1 || after == before + 6, "{after}");
+    assert_eq!(store.stats().commit_errors_timeout, 1);
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn shutdown_answers_queued_adds_then_refuses_new_ones() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+
+    let queued: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.add(1).await })
+        })
+        .collect();
+    // Let every task send its request before the shutdown message.
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
+    store.shutdown();
+    let mut values = BTreeSet::new();
+    for task in queued {
+        values.insert(task.await.expect("task").expect("queued add answered"));
+    }
+    assert_eq!(values, (1..=20).collect::<BTreeSet<i64>>());
+    assert!(!store.is_connected());
+    assert!(matches!(
+        store.add(1).await,
+        Err(CommitError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_refuses_adds_at_once() {
+    let store = spawn(
+        "host=/tmp/tally-no-such-dir port=5432 user=tally dbname=postgres",
+        Duration::from_secs(5),
+    );
+    let started = Instant::now();
+    assert!(matches!(
+        store.add(1).await,
+        Err(CommitError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(store.add(0).await, Err(CommitError::InvalidDelta(0)));
+    assert_eq!(store.add(-3).await, Err(CommitError::InvalidDelta(-3)));
+    assert!(!store.is_connected());
+    assert_eq!(store.highest_seen(), None);
+    assert!(
+        wait_for(Duration::from_secs(2), || store.stats().connect_failures
+            >= 2)
+        .await
+    );
+    let started = Instant::now();
+    store.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
