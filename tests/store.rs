@@ -262,3 +262,60 @@ async fn an_unreachable_database_refuses_adds_at_once() {
     store.shutdown();
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn a_restart_under_load_never_confirms_an_uncommitted_increment() {
+    let mut pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(2));
+    let load = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                assert!(connected(&store).await);
+                let mut confirmed = Vec::new();
+                let mut failed = 0;
+                let deadline = Instant::now() + Duration::from_secs(4);
+                while Instant::now() < deadline {
+                    match store.add(1).await {
+                        Ok(value) => confirmed.push(value),
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+                (confirmed, failed)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    pg.restart();
+    let (confirmed, failed) = load.join().expect("load thread");
+    store.shutdown();
+
+    let distinct: BTreeSet<i64> = confirmed.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        confirmed.len(),
+        "a value was confirmed twice"
+    );
+    assert!(failed > 0, "the restart went unnoticed");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let row = runtime.block_on(row_count(&pg));
+    let highest = confirmed.last().copied().unwrap_or(0);
+    // Every confirmed value is durable; failed ones may or may not have committed.
+    assert!(row >= highest, "row {row} is behind confirmed {highest}");
+    assert!(row <= highest + failed, "row {row} beyond every attempt");
+    assert!(confirmed.windows(2).all(|pair| pair[0] < pair[1]));
+    eprintln!(
+        "restart under load: {} confirmed, {failed} refused, row {row}",
+        confirmed.len()
+    );
+}
