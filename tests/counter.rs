@@ -60,9 +60,14 @@ fn row(cluster: &TestCluster) -> i64 {
 
 /// Sends `requests` POSTs on one keep-alive connection, `depth` at a time (pipelined), and
 /// returns the value of every 200 and the number of other statuses.
-fn post_many(server_addr: std::net::SocketAddr, requests: usize, depth: usize) -> (Vec<i64>, usize) {
+fn post_many(
+    server_addr: std::net::SocketAddr,
+    requests: usize,
+    depth: usize,
+) -> (Vec<i64>, usize) {
     let mut c = TcpStream::connect(server_addr).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let mut values = Vec::with_capacity(requests);
     let mut failed = 0;
     let mut sent = 0;
@@ -106,7 +111,10 @@ fn concurrent_increments_get_exactly_the_next_n_values() {
     assert_eq!(count(&server), start + n);
     assert_eq!(row(&cluster), start + n);
     let metrics = server.get("/metrics").text();
-    assert!(metrics.contains("tally_counter_batch_size_count"), "{metrics}");
+    assert!(
+        metrics.contains("tally_counter_batch_size_count"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -127,7 +135,15 @@ fn invalid_by_is_400_and_changes_nothing() {
     let cluster = TestCluster::start();
     let server = tally(&cluster, &[]);
     let start = count(&server);
-    for body in [r#"{"by": 0}"#, r#"{"by": -3}"#, r#"{"by": 2147483648}"#, r#"{"by": "2"}"#, r#"{"by": 1.5}"#, "not json", "[1]"] {
+    for body in [
+        r#"{"by": 0}"#,
+        r#"{"by": -3}"#,
+        r#"{"by": 2147483648}"#,
+        r#"{"by": "2"}"#,
+        r#"{"by": 1.5}"#,
+        "not json",
+        "[1]",
+    ] {
         let r = server.post("/api/v1/counter", body);
         assert_eq!(r.status, 400, "{body}");
         assert!(r.json()["message"].is_string());
@@ -245,7 +261,9 @@ fn a_postgres_restart_under_load_gives_503s_never_a_false_200_and_recovers() {
     wait_for("load", Duration::from_secs(10), || load.acked() > 200);
     cluster.restart();
     let before = load.acked();
-    wait_for("recovery", Duration::from_secs(30), || load.acked() > before + 500);
+    wait_for("recovery", Duration::from_secs(30), || {
+        load.acked() > before + 500
+    });
     let (acked, failed) = load.finish();
     let final_row = row(&cluster);
     let distinct: BTreeSet<i64> = acked.iter().copied().collect();
@@ -254,7 +272,11 @@ fn a_postgres_restart_under_load_gives_503s_never_a_false_200_and_recovers() {
     // are at least as many increments in the row as acknowledgements.
     assert!(distinct.last().copied().unwrap_or(start) <= final_row);
     assert!(final_row - start >= acked.len() as i64);
-    eprintln!("acked {}, 503s {failed}, row grew by {}", acked.len(), final_row - start);
+    eprintln!(
+        "acked {}, 503s {failed}, row grew by {}",
+        acked.len(),
+        final_row - start
+    );
     assert_eq!(server.get("/api/v1/system/ready").status, 200);
 }
 
@@ -288,7 +310,12 @@ fn sigterm_under_load_answers_what_it_received_and_exits_zero() {
     assert_eq!(distinct.len(), acked.len());
     // Every increment the server received was committed and answered: the acknowledged
     // values are exactly start+1 ..= start+k with no gap, and the row is at start+k.
-    assert_eq!(final_row, start + acked.len() as i64, "{}", server.log_text());
+    assert_eq!(
+        final_row,
+        start + acked.len() as i64,
+        "{}",
+        server.log_text()
+    );
     assert_eq!(distinct.last().copied(), Some(final_row));
 }
 
@@ -313,7 +340,12 @@ fn the_embedded_postgres_default_keeps_the_count_across_restarts() {
     assert_eq!(r.status, 200, "{}", first.log_text());
     let value = r.json()["count"].as_i64().expect("count");
     let data_dir = first.data_dir.clone();
-    assert_eq!(first.terminate(Duration::from_secs(30)).code(), Some(0), "{}", first.log_text());
+    assert_eq!(
+        first.terminate(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        first.log_text()
+    );
     let second = TestServer::start_in(data_dir, &[], &[]);
     wait_ready(&second);
     assert_eq!(count(&second), value);

@@ -85,16 +85,66 @@ impl CounterShared {
         let stats = self.store.stats();
         type Line = (&'static str, &'static str, &'static str, u64);
         let lines: [Line; 10] = [
-            ("tally_counter_commits_total", "counter", "Transactions committed.", stats.commits),
-            ("tally_counter_committed_increments_total", "counter", "Sum of committed deltas.", stats.committed_delta_sum),
-            ("tally_counter_failed_commits_total", "counter", "Transactions not confirmed (their requests got 503).", self.failed_commits.load(Relaxed)),
-            ("tally_counter_store_unavailable_total", "counter", "Commits refused: no store connection.", stats.commit_errors_unavailable),
-            ("tally_counter_store_timeouts_total", "counter", "Commits past the commit timeout (outcome unknown).", stats.commit_errors_timeout),
-            ("tally_counter_store_lost_total", "counter", "Commits whose connection was lost in flight (outcome unknown).", stats.commit_errors_unknown),
-            ("tally_counter_store_connects_total", "counter", "Store connections established.", stats.connects),
-            ("tally_counter_store_connect_failures_total", "counter", "Failed connection attempts.", stats.connect_failures),
-            ("tally_counter_store_disconnects_total", "counter", "Store connections lost or dropped.", stats.disconnects),
-            ("tally_counter_pending_increments", "gauge", "Increments at the owner core awaiting their commit.", self.pending_increments.load(Relaxed)),
+            (
+                "tally_counter_commits_total",
+                "counter",
+                "Transactions committed.",
+                stats.commits,
+            ),
+            (
+                "tally_counter_committed_increments_total",
+                "counter",
+                "Sum of committed deltas.",
+                stats.committed_delta_sum,
+            ),
+            (
+                "tally_counter_failed_commits_total",
+                "counter",
+                "Transactions not confirmed (their requests got 503).",
+                self.failed_commits.load(Relaxed),
+            ),
+            (
+                "tally_counter_store_unavailable_total",
+                "counter",
+                "Commits refused: no store connection.",
+                stats.commit_errors_unavailable,
+            ),
+            (
+                "tally_counter_store_timeouts_total",
+                "counter",
+                "Commits past the commit timeout (outcome unknown).",
+                stats.commit_errors_timeout,
+            ),
+            (
+                "tally_counter_store_lost_total",
+                "counter",
+                "Commits whose connection was lost in flight (outcome unknown).",
+                stats.commit_errors_unknown,
+            ),
+            (
+                "tally_counter_store_connects_total",
+                "counter",
+                "Store connections established.",
+                stats.connects,
+            ),
+            (
+                "tally_counter_store_connect_failures_total",
+                "counter",
+                "Failed connection attempts.",
+                stats.connect_failures,
+            ),
+            (
+                "tally_counter_store_disconnects_total",
+                "counter",
+                "Store connections lost or dropped.",
+                stats.disconnects,
+            ),
+            (
+                "tally_counter_pending_increments",
+                "gauge",
+                "Increments at the owner core awaiting their commit.",
+                self.pending_increments.load(Relaxed),
+            ),
         ];
         for (name, kind, help, v) in lines {
             let _ = writeln!(
