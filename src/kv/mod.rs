@@ -7,6 +7,8 @@
 //! - [`Replica::build`] runs on each core's thread; [`lookup`] answers from it with no
 //!   allocation and no cross-core traffic.
 
+#[cfg(test)]
+mod bench;
 mod csv;
 mod dataset;
 mod json;
