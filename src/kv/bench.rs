@@ -10,10 +10,6 @@ use super::*;
 
 const LOOKUPS: usize = 2_000_000;
 
-fn key_text(key: u128) -> String {
-    String::from_utf8(uuid_v4::format_uuid(key).to_vec()).expect("ASCII")
-}
-
 /// ns per lookup of the whole path (parse, check, find, escape) and of each step, with the
 /// default 10,000-pair sample and with 10,000,000 pairs (cache misses dominate there).
 #[test]
