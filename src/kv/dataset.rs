@@ -1,9 +1,9 @@
 //! The parsed dataset: built once at start-up by a loader or the sample generator, then shared
 //! read-only by every core, each of which builds its [`Replica`](super::Replica) from it.
 //!
-//! Layout: keys in file order, values in one arena, and the permutation that sorts the keys
-//! (computed once here, where duplicates are found, so each core's replica build is one linear
-//! gather instead of a sort).
+//! Layout: keys sorted, values in one arena in key order, and the permutation back to file
+//! order. Sorting (and finding duplicates) happens once here, so a core's replica build is three
+//! sequential copies (about 0.2 s at 10,000,000 pairs) instead of a sort or a random gather.
 
 /// Most value bytes a dataset may hold: offsets into the value arena are `u32` here and in
 /// every replica (4 bytes a pair instead of 8).
@@ -12,14 +12,14 @@ pub const MAX_VALUE_BYTES: usize = u32::MAX as usize;
 /// Parsed key/value pairs. `Send + Sync`; never mutated after it is built.
 #[derive(Debug)]
 pub struct Dataset {
-    /// Keys in file order.
-    keys: Vec<u128>,
-    /// `values[ends[i - 1]..ends[i]]` is the value of `keys[i]` (with `ends[-1]` = 0).
-    ends: Vec<u32>,
-    /// Every value, back to back, in file order.
-    values: String,
-    /// Indices into `keys` in ascending key order.
-    sorted: Vec<u32>,
+    /// Keys in ascending order.
+    pub(crate) keys: Box<[u128]>,
+    /// `arena[bounds[i]..bounds[i + 1]]` is the value of `keys[i]`.
+    pub(crate) bounds: Box<[u32]>,
+    /// Every value, back to back, in key order.
+    pub(crate) arena: Box<str>,
+    /// `file_order[j]` is the index in `keys` of the `j`-th pair of the file.
+    file_order: Box<[u32]>,
 }
 
 impl Dataset {
@@ -34,28 +34,19 @@ impl Dataset {
     /// 16 bytes per key plus the value bytes: the size of the data itself, the yardstick for
     /// the per-replica memory report.
     pub fn raw_bytes(&self) -> usize {
-        self.keys.len() * std::mem::size_of::<u128>() + self.values.len()
+        self.keys.len() * std::mem::size_of::<u128>() + self.arena.len()
     }
 
     /// Pairs in file order.
     pub fn iter(&self) -> impl Iterator<Item = (u128, &str)> + '_ {
-        (0..self.keys.len()).map(|i| (self.keys[i], self.value(i)))
-    }
-
-    /// Pairs in ascending key order, for building replicas.
-    pub(crate) fn iter_sorted(&self) -> impl Iterator<Item = (u128, &str)> + '_ {
-        self.sorted
-            .iter()
-            .map(|&i| (self.keys[i as usize], self.value(i as usize)))
-    }
-
-    pub(crate) fn value_bytes(&self) -> usize {
-        self.values.len()
+        self.file_order.iter().map(|&i| {
+            let i = i as usize;
+            (self.keys[i], self.value(i))
+        })
     }
 
     fn value(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.values[start..self.ends[i] as usize]
+        &self.arena[self.bounds[i] as usize..self.bounds[i + 1] as usize]
     }
 }
 
@@ -85,10 +76,6 @@ impl DatasetBuilder {
         Self::default()
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Adds a pair whose value is everything appended to `values` since the previous pair.
     pub(crate) fn push_key(&mut self, key: u128) -> Result<(), TooLarge> {
         let end = u32::try_from(self.values.len()).map_err(|_| TooLarge)?;
@@ -112,35 +99,46 @@ impl DatasetBuilder {
         self.push_key(key)
     }
 
-    /// Sorts the keys and returns the dataset, or the duplicate whose second occurrence comes
-    /// first in file order.
+    /// Sorts the pairs by key and returns the dataset, or the duplicate whose second
+    /// occurrence comes first in file order.
     pub(crate) fn finish(self) -> Result<Dataset, DuplicateKey> {
-        let sorted = sort_keys(&self.keys);
+        let (keys, file_index) = sort_keys(self.keys);
         let mut duplicate: Option<DuplicateKey> = None;
-        for pair in sorted.windows(2) {
-            let (a, b) = (pair[0] as usize, pair[1] as usize);
+        for p in 1..keys.len() {
             // Equal keys are ordered by index, so the first pair of a group is (first, second).
-            if self.keys[a] == self.keys[b] && duplicate.map_or(true, |d| b < d.second) {
+            let (first, second) = (file_index[p - 1] as usize, file_index[p] as usize);
+            if keys[p - 1] == keys[p] && duplicate.map_or(true, |d| second < d.second) {
                 duplicate = Some(DuplicateKey {
-                    first: a,
-                    second: b,
-                    key: self.keys[a],
+                    first,
+                    second,
+                    key: keys[p],
                 });
             }
         }
         if let Some(d) = duplicate {
             return Err(d);
         }
-        let mut values = self.values;
-        values.shrink_to_fit();
-        let (mut keys, mut ends) = (self.keys, self.ends);
-        keys.shrink_to_fit();
-        ends.shrink_to_fit();
+        // Values into key order: one random gather, done once rather than on every core.
+        let mut arena = String::with_capacity(self.values.len());
+        let mut bounds = Vec::with_capacity(keys.len() + 1);
+        bounds.push(0_u32);
+        for &i in &file_index {
+            let i = i as usize;
+            let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+            arena.push_str(&self.values[start..self.ends[i] as usize]);
+            // Fits: push_key checked the whole arena against u32::MAX.
+            bounds.push(arena.len() as u32);
+        }
+        drop(self.values);
+        let mut file_order = vec![0_u32; keys.len()];
+        for (p, &i) in file_index.iter().enumerate() {
+            file_order[i as usize] = p as u32;
+        }
         Ok(Dataset {
-            keys,
-            ends,
-            values,
-            sorted,
+            keys: keys.into_boxed_slice(),
+            bounds: bounds.into_boxed_slice(),
+            arena: arena.into_boxed_str(),
+            file_order: file_order.into_boxed_slice(),
         })
     }
 }
@@ -151,34 +149,52 @@ pub(crate) fn bucket_bits(n: usize) -> u32 {
     (n / 2).max(2).ilog2()
 }
 
-/// Indices of `keys` in ascending (key, index) order.
+/// The keys in ascending (key, file index) order, with the file index of each.
 ///
 /// UUID v4 keys are uniformly random in their top 48 bits, so a counting sort on the top bits
-/// leaves buckets of a few keys each, finished by a comparison sort: O(n), about 10x faster than
-/// `sort_unstable` at 10,000,000 keys. Skewed keys only make some buckets bigger; the result is
-/// the same.
-fn sort_keys(keys: &[u128]) -> Vec<u32> {
+/// leaves buckets of a few keys each, finished by a comparison sort: O(n) and sequential but
+/// for the scatter. Skewed keys only make some buckets bigger; the result is the same.
+fn sort_keys(keys: Vec<u128>) -> (Vec<u128>, Vec<u32>) {
     let bits = bucket_bits(keys.len());
     let shift = 128 - bits;
     let mut starts = vec![0_u32; (1_usize << bits) + 1];
-    for &key in keys {
+    for &key in &keys {
         starts[(key >> shift) as usize + 1] += 1;
     }
     for b in 1..starts.len() {
         starts[b] += starts[b - 1];
     }
     let mut next = starts.clone();
-    let mut sorted = vec![0_u32; keys.len()];
+    let mut sorted = vec![0_u128; keys.len()];
+    let mut file_index = vec![0_u32; keys.len()];
     for (i, &key) in keys.iter().enumerate() {
         let slot = &mut next[(key >> shift) as usize];
-        sorted[*slot as usize] = i as u32;
+        sorted[*slot as usize] = key;
+        file_index[*slot as usize] = i as u32;
         *slot += 1;
     }
-    for bucket in starts.windows(2) {
-        sorted[bucket[0] as usize..bucket[1] as usize]
-            .sort_unstable_by_key(|&i| (keys[i as usize], i));
+    drop(next);
+    drop(keys);
+    let mut bucket: Vec<(u128, u32)> = Vec::new();
+    for range in starts.windows(2) {
+        let range = range[0] as usize..range[1] as usize;
+        if range.len() < 2 {
+            continue;
+        }
+        bucket.clear();
+        bucket.extend(
+            sorted[range.clone()]
+                .iter()
+                .copied()
+                .zip(file_index[range.clone()].iter().copied()),
+        );
+        bucket.sort_unstable();
+        for (p, (key, i)) in range.zip(bucket.iter().copied()) {
+            sorted[p] = key;
+            file_index[p] = i;
+        }
     }
-    sorted
+    (sorted, file_index)
 }
 
 #[cfg(test)]
@@ -198,8 +214,8 @@ mod tests {
         let pairs = [(30, "c"), (u128::MAX, ""), (10, "a"), (1 << 127, "b")];
         let dataset = build(&pairs).expect("no duplicates");
         assert_eq!(dataset.iter().collect::<Vec<_>>(), pairs);
-        let keys: Vec<u128> = dataset.iter_sorted().map(|(k, _)| k).collect();
-        assert_eq!(keys, [10, 30, 1 << 127, u128::MAX]);
+        assert_eq!(&*dataset.keys, [10, 30, 1 << 127, u128::MAX]);
+        assert_eq!(&*dataset.arena, "acb");
         assert_eq!(dataset.raw_bytes(), 4 * 16 + 3);
         assert_eq!(dataset.len(), 4);
     }
@@ -239,8 +255,10 @@ mod tests {
     fn sort_handles_skewed_keys() {
         // All keys in one bucket: the top bits are equal.
         let keys: Vec<u128> = (0..1000_u128).rev().map(|k| k * 7919 % 1000).collect();
-        let sorted = sort_keys(&keys);
-        let in_order: Vec<u128> = sorted.iter().map(|&i| keys[i as usize]).collect();
-        assert!(in_order.windows(2).all(|w| w[0] < w[1]));
+        let (sorted, file_index) = sort_keys(keys.clone());
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]));
+        for (key, i) in sorted.iter().zip(file_index) {
+            assert_eq!(keys[i as usize], *key);
+        }
     }
 }

@@ -21,6 +21,8 @@ pub enum Position {
     Line(u64),
     /// A point in the text.
     Offset { line: u64, column: u64, byte: u64 },
+    /// A byte offset alone (when the text could not be read again to count lines).
+    Byte(u64),
 }
 
 impl Position {
@@ -48,6 +50,7 @@ impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Line(line) => write!(f, "line {line}"),
+            Position::Byte(byte) => write!(f, "byte offset {byte}"),
             Position::Offset { line, column, byte } => {
                 write!(f, "line {line}, column {column} (byte offset {byte})")
             }
@@ -165,7 +168,48 @@ pub fn load(path: &Path) -> Result<Dataset, LoadError> {
         Format::JsonLines => loader.json_lines(start)?,
         Format::Csv => loader.csv(start)?,
     }
-    loader.finish()
+    let Loader {
+        builder, positions, ..
+    } = loader;
+    // The text is only needed again to place a duplicate, which reads the file anew; freeing it
+    // first keeps the peak at about the file size plus the dataset.
+    drop(bytes);
+    builder
+        .finish()
+        .map_err(|DuplicateKey { first, second, key }| {
+            let position = pair_position(path, format, &positions);
+            LoadError::DuplicateKey {
+                path: path.to_owned(),
+                at: position(second),
+                first: position(first),
+                key: key_text(key),
+            }
+        })
+}
+
+/// Maps a pair index to its position, for a duplicate found after the text was freed.
+fn pair_position<'p>(
+    path: &Path,
+    format: Format,
+    positions: &'p [u64],
+) -> impl Fn(usize) -> Position + 'p {
+    // A `.json` position is a byte offset: line and column need the text (read again; if that
+    // fails, the offset alone still places the pair).
+    let text = (format == Format::Json)
+        .then(|| {
+            std::fs::read(path)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+        })
+        .flatten();
+    move |pair| {
+        let at = positions[pair];
+        match (format, &text) {
+            (Format::Json, Some(text)) => Position::of_offset(text, at as usize),
+            (Format::Json, None) => Position::Byte(at),
+            _ => Position::Line(at),
+        }
+    }
 }
 
 /// Where a pair was found, kept per pair so a duplicate can say where its twin was.
@@ -177,10 +221,19 @@ enum PairAt {
     Line(u64),
 }
 
-fn position(text: &str, at: PairAt) -> Position {
-    match at {
-        PairAt::Byte(offset) => Position::of_offset(text, offset),
-        PairAt::Line(line) => Position::Line(line),
+impl PairAt {
+    fn position(self, text: &str) -> Position {
+        match self {
+            PairAt::Byte(offset) => Position::of_offset(text, offset),
+            PairAt::Line(line) => Position::Line(line),
+        }
+    }
+
+    fn raw(self) -> u64 {
+        match self {
+            PairAt::Byte(offset) => offset as u64,
+            PairAt::Line(line) => line,
+        }
     }
 }
 
@@ -188,7 +241,8 @@ struct Loader<'a> {
     path: &'a Path,
     text: &'a str,
     builder: DatasetBuilder,
-    positions: Vec<PairAt>,
+    /// Per pair: its key's byte offset (`.json`) or its line (`.jsonl`, `.csv`).
+    positions: Vec<u64>,
 }
 
 impl Loader<'_> {
@@ -205,7 +259,7 @@ impl Loader<'_> {
         let Some(key) = parse_uuid_v4(key_text) else {
             return Err(LoadError::KeyNotUuidV4 {
                 path: self.path.to_owned(),
-                at: position(self.text, at),
+                at: at.position(self.text),
                 key: key_text.to_owned(),
             });
         };
@@ -213,24 +267,10 @@ impl Loader<'_> {
             .push_key(key)
             .map_err(|_| LoadError::TooLarge {
                 path: self.path.to_owned(),
-                at: position(self.text, at),
+                at: at.position(self.text),
             })?;
-        self.positions.push(at);
+        self.positions.push(at.raw());
         Ok(())
-    }
-
-    fn finish(self) -> Result<Dataset, LoadError> {
-        debug_assert_eq!(self.builder.len(), self.positions.len());
-        self.builder
-            .finish()
-            .map_err(
-                |DuplicateKey { first, second, key }| LoadError::DuplicateKey {
-                    path: self.path.to_owned(),
-                    at: position(self.text, self.positions[second]),
-                    first: position(self.text, self.positions[first]),
-                    key: key_text(key),
-                },
-            )
     }
 
     /// `{"<uuid>": "<value>", ...}`.

@@ -39,7 +39,7 @@ impl LookupScratch {
     }
 
     /// The key field of the body: `Ok(None)` when it is a string but not a UUID v4.
-    fn key(&mut self, body: &mut [u8]) -> Result<Option<u128>, &'static str> {
+    pub(crate) fn key(&mut self, body: &mut [u8]) -> Result<Option<u128>, &'static str> {
         let mut tape = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
         let key = match simd_json::fill_tape(body, &mut self.buffers, &mut tape) {
             Ok(()) => key_of(&tape.0),

@@ -7,6 +7,8 @@
 //! - [`Replica::build`] runs on each core's thread; [`lookup`] answers from it with no
 //!   allocation and no cross-core traffic.
 
+#[cfg(test)]
+mod bench;
 mod csv;
 mod dataset;
 mod json;
@@ -27,3 +29,11 @@ pub use replica::Replica;
 pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED};
 pub use uuid_v4::parse_uuid_v4;
 pub use write::write;
+
+/// The dataset is shared by reference across cores; a replica may be built on one thread and
+/// moved to another.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Dataset>();
+    shared::<Replica>();
+};

@@ -18,39 +18,31 @@ pub struct Replica {
     dir: Box<[u32]>,
     /// `128 - bits`: a key's bucket is `key >> shift`.
     shift: u32,
-    /// `arena[ends[i - 1]..ends[i]]` is the value of `keys[i]` (with `ends[-1]` = 0), stored as
-    /// one leading 0 then the ends, so both bounds are one load apart.
+    /// `arena[bounds[i]..bounds[i + 1]]` is the value of `keys[i]`.
     bounds: Box<[u32]>,
     arena: Box<str>,
 }
 
 impl Replica {
-    /// Copies the dataset into a new table (a linear gather; the dataset is already sorted).
+    /// Copies the dataset's sorted arrays (sequential copies, first touched by this thread)
+    /// and indexes them.
     pub fn build(dataset: &Dataset) -> Replica {
-        let n = dataset.len();
-        let bits = bucket_bits(n);
+        let keys = dataset.keys.clone();
+        let bits = bucket_bits(keys.len());
         let shift = 128 - bits;
-        let mut keys = Vec::with_capacity(n);
-        let mut bounds = Vec::with_capacity(n + 1);
-        let mut arena = String::with_capacity(dataset.value_bytes());
         let mut dir = vec![0_u32; (1_usize << bits) + 1];
-        bounds.push(0_u32);
-        for (key, value) in dataset.iter_sorted() {
-            keys.push(key);
-            arena.push_str(value);
-            // Fits: a dataset's value bytes are at most u32::MAX (MAX_VALUE_BYTES).
-            bounds.push(arena.len() as u32);
+        for &key in keys.iter() {
             dir[(key >> shift) as usize + 1] += 1;
         }
         for b in 1..dir.len() {
             dir[b] += dir[b - 1];
         }
         Replica {
-            keys: keys.into_boxed_slice(),
+            keys,
             dir: dir.into_boxed_slice(),
             shift,
-            bounds: bounds.into_boxed_slice(),
-            arena: arena.into_boxed_str(),
+            bounds: dataset.bounds.clone(),
+            arena: dataset.arena.clone(),
         }
     }
 
