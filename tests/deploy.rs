@@ -75,7 +75,8 @@ const TALLY_SYSCALLS: &[&str] = &[
 /// Seen with `strace -f` in tokio-postgres on a tokio current-thread runtime (tally's side
 /// runtime) talking to PostgreSQL over TCP and a Unix socket, and in the embedded cluster's
 /// tests: tally spawning initdb and postgres (as root, with a switch to an unprivileged user, and
-/// as that user), committing, and stopping them.
+/// as that user), committing, and stopping them; and in a full release build of tally in its
+/// embedded mode under load.
 const STORE_AND_EMBEDDED_SYSCALLS: &[&str] = &[
     "chdir",
     "chmod",
@@ -107,6 +108,7 @@ const STORE_AND_EMBEDDED_SYSCALLS: &[&str] = &[
     "kill",
     "lseek",
     "mkdir",
+    "mremap",
     "pipe2",
     "pselect6",
     "pwrite64",
@@ -124,6 +126,7 @@ const STORE_AND_EMBEDDED_SYSCALLS: &[&str] = &[
     "shmctl",
     "shmdt",
     "shmget",
+    "signalfd4",
     "statfs",
     "sync_file_range",
     "umask",
