@@ -1,0 +1,109 @@
+# syntax=docker/dockerfile:1
+#
+# tally container image: a thin wrapper around the release build CI runs.
+#
+#   docker build -t tally .
+#   docker run --rm -p 8080:8080 --ulimit memlock=67108864:67108864 \
+#       --security-opt seccomp=./deploy/seccomp-io_uring.json tally
+#
+# io_uring in a container needs three things this file cannot set (compose.yaml sets the first
+# two, the host sets the third): a locked-memory limit of at least 512 KiB (`--ulimit memlock`),
+# a seccomp profile that allows io_uring_setup/io_uring_enter/io_uring_register (Docker's default
+# profile blocks them; deploy/seccomp-io_uring.json is Docker's usual allow-list plus those three),
+# and the host sysctl kernel.io_uring_disabled = 0 (see sysctl.conf). tally checks all three at
+# start-up and says which one is missing.
+
+ARG RUST_VERSION=1.95
+
+# ---------------------------------------------------------------------------------------------
+# Build stage: the official Rust image on Debian bookworm, the same Debian release as the runtime
+# stage, so the binary links against the same glibc it runs with.
+FROM rust:${RUST_VERSION}-bookworm AS build
+
+# glommio's build script runs `git` and compiles its bundled liburing with the C compiler. The
+# rust:*-bookworm images ship both (they are built on buildpack-deps); fail here, with a clear
+# message, rather than deep inside the glommio build if a future base image drops them.
+RUN git --version && cc --version
+
+WORKDIR /src
+# .dockerignore keeps target/, .git, .tally/ and bench/out/ out of the context.
+COPY . .
+
+# The build command is exactly the one CI's release build uses (tests/deploy.rs checks it):
+# --locked builds the dependency versions in Cargo.lock, nothing newer. The release profile in
+# Cargo.toml (lto = "fat", codegen-units = 1, debug = 1) applies unchanged.
+#
+# Caching: BuildKit cache mounts keep the cargo registry and the target directory between builds,
+# so a change in src/ recompiles tally (and the fat-LTO link) but not the ~300 dependency crates.
+# The target directory is a cache mount, so the binary is copied out of it in the same step.
+#
+# Panic strategy: the default, panic = "unwind", deliberately (Cargo.toml sets no `panic`).
+# glommio runs every task of a core on that core's one thread and does not catch panics in tasks,
+# so a panic in a connection task unwinds out of that core's executor: that core's thread ends
+# (its connections and its SO_REUSEPORT listener are dropped, so the kernel routes new connections
+# to the other cores), the other cores keep serving, destructors run, and at shutdown tally exits
+# non-zero with "an executor thread panicked". With panic = "abort" the same bug would kill every
+# core at once without running destructors. Either way a panic is a bug to fix; the container's
+# restart policy (compose.yaml) brings a process back after it exits.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+    && install -D -m 0755 target/release/tally /out/tally
+
+# ---------------------------------------------------------------------------------------------
+# Runtime stage: small Debian image with the same glibc as the build stage.
+FROM debian:bookworm-slim AS runtime
+
+# - ca-certificates: root CAs for any TLS a future DATABASE_URL may need.
+# - curl: the HEALTHCHECK below.
+# - postgresql-15 (server binaries only, under /usr/lib/postgresql/15/bin): tally's embedded
+#   default. Without DATABASE_URL, tally runs initdb and postgres itself in $TALLY_DATA_DIR/pg, so
+#   `docker run tally` works with no other container. With DATABASE_URL set (as in compose.yaml)
+#   these binaries are unused; they are kept so that the default always works.
+#   postgresql-common is installed first and told not to create Debian's own "main" cluster,
+#   which tally would never use.
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends ca-certificates curl postgresql-common; \
+    sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' \
+        /etc/postgresql-common/createcluster.conf; \
+    apt-get install -y --no-install-recommends postgresql-15; \
+    rm -rf /var/lib/apt/lists/*
+
+# A fixed, unprivileged uid/gid, so volume ownership is predictable across rebuilds and hosts.
+# PostgreSQL refuses to run as root; as `tally`, the embedded cluster runs as `tally` too.
+RUN groupadd --system --gid 10001 tally \
+    && useradd --system --uid 10001 --gid tally --home-dir /var/lib/tally --no-create-home \
+        --shell /usr/sbin/nologin tally \
+    && install -d -o tally -g tally -m 0700 /var/lib/tally
+
+COPY --from=build /out/tally /usr/local/bin/tally
+
+# Configuration through the environment (every flag has one; `tally --help` lists them):
+# - TALLY_LISTEN: all interfaces inside the container, port 8080.
+# - TALLY_DATA_DIR: tally's state; the embedded PostgreSQL cluster lives in $TALLY_DATA_DIR/pg.
+#   A volume, so the count survives container replacement.
+ENV TALLY_LISTEN=0.0.0.0:8080 \
+    TALLY_DATA_DIR=/var/lib/tally
+VOLUME ["/var/lib/tally"]
+WORKDIR /var/lib/tally
+
+USER tally:tally
+EXPOSE 8080
+
+# Liveness only (/api/v1/system/health answers as soon as a core serves); readiness, dataset
+# loaded and store reachable, is /api/v1/system/ready, for load balancers. If you change
+# TALLY_LISTEN's port, change it here too. The start period covers initdb on first run.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/api/v1/system/health || exit 1
+
+# SIGTERM (docker stop) makes tally stop accepting, let in-flight requests finish for
+# TALLY_SHUTDOWN_GRACE_SECS (default 10), commit the last counter batch and stop the embedded
+# PostgreSQL. Give the container longer than that before SIGKILL (compose.yaml: stop_grace_period).
+STOPSIGNAL SIGTERM
+
+# Exec form: tally receives SIGTERM itself (no shell in between). tally does not reap orphaned
+# grandchildren, so run it under a minimal init when it may be PID 1 (`docker run --init`,
+# compose.yaml's `init: true`); the init forwards SIGTERM to tally.
+ENTRYPOINT ["/usr/local/bin/tally"]
