@@ -2,7 +2,11 @@
 # tally's benchmark: one command, one table.
 #
 #   bench/run.sh                 # every workload (about 3 minutes)
-#   DURATION=5 bench/run.sh health kv   # selected workloads: health kv counter nginx
+#   DURATION=5 ROUNDS=1 bench/run.sh health kv   # selected workloads: health kv counter nginx
+#
+# Each workload runs ROUNDS times (default 3), the rounds interleaved, and the summary gives
+# the median of each column: this machine is a VM whose neighbours make single runs swing by
+# +-20%.
 #
 # The release binary runs pinned to one CPU (taskset, --cores 1) and wrk to another, so the two
 # never share a core. For each load the server's CPU time (utime+stime of the whole process from
@@ -15,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PORT=${PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
@@ -106,74 +111,100 @@ echo "server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU, $CONNECTIONS connections,
 printf '%-28s %12s %9s %9s %12s\n' workload req/s p50_ms p99_ms cpu_us/req
 
 HEALTH=/api/v1/system/health
-if [[ " $WORKLOADS " == *" health "* || " $WORKLOADS " == *" kv "* || " $WORKLOADS " == *" counter "* ]]; then
-    start_tally main
-    if [[ " $WORKLOADS " == *" health "* ]]; then
-        load tally-health "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
-        load tally-health-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH" -s bench/pipeline.lua -- 16
-    fi
-    if [[ " $WORKLOADS " == *" kv "* ]]; then
-        "$BIN" sample | python3 -c 'import sys, json; [print(json.loads(l)["key"]) for l in sys.stdin]' >"$OUT/keys.txt"
-        load tally-kv-lookup "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
-        load tally-kv-lookup-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 16
-    fi
-    if [[ " $WORKLOADS " == *" counter "* ]]; then
-        load tally-counter-post "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
-        curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-counter.txt"
-        load tally-counter-get "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
-    fi
-    stop_tally
-    if [[ " $WORKLOADS " == *" counter "* ]]; then
-        start_tally batch1 --max-batch 1
-        load tally-counter-post-batch-1 "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
-        stop_tally
-    fi
-fi
+"$BIN" sample | python3 -c 'import sys, json; [print(json.loads(l)["key"]) for l in sys.stdin]' >"$OUT/keys.txt"
 
-if [[ " $WORKLOADS " == *" nginx "* ]]; then
-    if command -v nginx >/dev/null; then
-        mkdir -p "$OUT/nginx"
-        cat >"$OUT/nginx/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $PWD/$OUT/nginx/nginx.pid;
-error_log $PWD/$OUT/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $PWD/$OUT/nginx;
-    server {
-        listen 127.0.0.1:$NGINX_PORT reuseport;
-        location / {
-            default_type application/json;
-            return 200 '{"healthy":true}';
+one_round() {
+    if [[ " $WORKLOADS " == *" health "* || " $WORKLOADS " == *" kv "* || " $WORKLOADS " == *" counter "* ]]; then
+        start_tally main
+        if [[ " $WORKLOADS " == *" health "* ]]; then
+            load tally-health "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
+            load tally-health-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH" -s bench/pipeline.lua -- 16
+        fi
+        if [[ " $WORKLOADS " == *" kv "* ]]; then
+            load tally-kv-lookup "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
+            load tally-kv-lookup-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 16
+        fi
+        if [[ " $WORKLOADS " == *" counter "* ]]; then
+            load tally-counter-post "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-counter.txt"
+            load tally-counter-get "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
+        fi
+        stop_tally
+        if [[ " $WORKLOADS " == *" counter "* ]]; then
+            start_tally batch1 --max-batch 1
+            load tally-counter-post-batch-1 "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            stop_tally
+        fi
+    fi
+
+    if [[ " $WORKLOADS " == *" nginx "* ]]; then
+        if command -v nginx >/dev/null; then
+            mkdir -p "$OUT/nginx"
+            cat >"$OUT/nginx/nginx.conf" <<EOF
+    daemon off;
+    master_process off;
+    worker_processes 1;
+    pid $PWD/$OUT/nginx/nginx.pid;
+    error_log $PWD/$OUT/nginx/error.log warn;
+    events { worker_connections 4096; }
+    http {
+        access_log off;
+        keepalive_requests 10000000;
+        keepalive_timeout 75s;
+        client_body_temp_path $PWD/$OUT/nginx;
+        server {
+            listen 127.0.0.1:$NGINX_PORT reuseport;
+            location / {
+                default_type application/json;
+                return 200 '{"healthy":true}';
+            }
         }
     }
-}
 EOF
-        taskset -c "$SERVER_CPU" nginx -c "$PWD/$OUT/nginx/nginx.conf" -p "$PWD/$OUT/nginx" &
-        NGINX_PID=$!
-        PIDS+=("$NGINX_PID")
-        wait_http "http://127.0.0.1:$NGINX_PORT$HEALTH"
-        load nginx-fixed-200 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH"
-        load nginx-fixed-200-pipelined-16 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH" -s bench/pipeline.lua -- 16
-        kill -TERM "$NGINX_PID"
-    else
-        echo "bench: nginx not installed (apt-get install nginx-light); no reference rows" >&2
+            taskset -c "$SERVER_CPU" nginx -c "$PWD/$OUT/nginx/nginx.conf" -p "$PWD/$OUT/nginx" &
+            NGINX_PID=$!
+            PIDS+=("$NGINX_PID")
+            wait_http "http://127.0.0.1:$NGINX_PORT$HEALTH"
+            load nginx-fixed-200 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH"
+            load nginx-fixed-200-pipelined-16 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH" -s bench/pipeline.lua -- 16
+            kill -TERM "$NGINX_PID"
+            wait "$NGINX_PID" 2>/dev/null || true
+        else
+            echo "bench: nginx not installed (apt-get install nginx-light); no reference rows" >&2
+        fi
     fi
-fi
+
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    echo "-- round $round of $ROUNDS"
+    one_round
+done
 
 echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, DURATION=${DURATION}s, CONNECTIONS=$CONNECTIONS) =="
-printf '%-28s %12s %9s %9s %12s\n' workload req/s p50_ms p99_ms cpu_us/req
-printf '%s\n' "${ROWS[@]}" | tee "$OUT/summary.txt"
+printf '%s\n' "${ROWS[@]}" >"$OUT/rows.txt"
+python3 - "$OUT/rows.txt" <<'PY' | tee "$OUT/summary.txt"
+import statistics, sys
+order, runs = [], {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) < 5:
+        continue
+    if f[0] not in runs:
+        order.append(f[0])
+        runs[f[0]] = []
+    runs[f[0]].append([float(f[1].replace(",", "")), float(f[2]), float(f[3]), float(f[4])])
+print(f"{'workload (median of runs)':<28} {'req/s':>12} {'p50_ms':>9} {'p99_ms':>9} {'cpu_us/req':>12} runs")
+for name in order:
+    cols = list(zip(*runs[name]))
+    m = [statistics.median(c) for c in cols]
+    print(f"{name:<28} {m[0]:>12,.0f} {m[1]:>9.3f} {m[2]:>9.3f} {m[3]:>12.2f} {len(runs[name])}")
+PY
 python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
 import sys, os
 rows = {}
-for line in open(sys.argv[1]):
+for line in list(open(sys.argv[1]))[1:]:
     f = line.split()
     if len(f) >= 5:
         rows[f[0]] = (float(f[1].replace(",", "")), float(f[4]))

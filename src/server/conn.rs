@@ -60,7 +60,7 @@ enum Next {
 }
 
 /// Serves a connection until the client closes it, an error closes it, or a timeout does.
-pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     use std::os::fd::AsRawFd;
     let registry = &core.registry;
     let slot = registry.insert(
@@ -82,15 +82,23 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         continue_sent: false,
         request_deadline: 0,
     };
-    let mut stream = stream;
     if let Err(err) = conn.run(&mut stream).await {
         log::debug!("connection closed: {err}");
     }
-    if conn.slot.timed_out() {
-        metrics.timed_out_connections.add(1);
+    // `conn` drops here, before `stream` (a parameter) closes the socket: see `Drop`.
+}
+
+impl Drop for Conn {
+    /// Leaves the registry while the socket is still open (so the sweeper never touches a
+    /// reused descriptor), also when a bug made the connection task panic.
+    fn drop(&mut self) {
+        let metrics = self.core.metrics();
+        if self.slot.timed_out() {
+            metrics.timed_out_connections.add(1);
+        }
+        self.core.registry.remove(&self.slot);
+        metrics.open_connections.sub(1);
     }
-    core.registry.remove(&conn.slot);
-    metrics.open_connections.sub(1);
 }
 
 impl Conn {

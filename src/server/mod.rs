@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_lite::FutureExt as _;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::ServeArgs;
@@ -414,7 +415,15 @@ async fn accept_loop(
                 if let Err(err) = stream.set_nodelay(true) {
                     log::debug!("TCP_NODELAY: {err}");
                 }
-                glommio::spawn_local(conn::serve(core.clone(), stream)).detach();
+                // A bug that panics while serving one connection must cost only that
+                // connection, not the core (glommio would unwind through its executor).
+                let served = std::panic::AssertUnwindSafe(conn::serve(core.clone(), stream));
+                glommio::spawn_local(async move {
+                    if served.catch_unwind().await.is_err() {
+                        log::error!("a connection task panicked; its connection was closed");
+                    }
+                })
+                .detach();
             }
             Event::Accepted(Err(err)) => {
                 // EMFILE, ENOBUFS and friends: back off rather than spin.
