@@ -21,6 +21,9 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
+# The counter's batches grow with the number of requests waiting on a commit, so the counter
+# and, for a like-for-like ratio, the lookup also run with this many connections.
+CONNECTIONS_HIGH=${CONNECTIONS_HIGH:-256}
 PORT=${PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 OUT=bench/out
@@ -64,7 +67,7 @@ load() {
     shift 3
     local before after log=$OUT/$name.txt
     before=$(cpu_ticks "$pid")
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" "$@" >"$log"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"${CONNS:-$CONNECTIONS}" -d"${DURATION}s" --latency "$url" "$@" >"$log"
     after=$(cpu_ticks "$pid")
     local row
     row=$(python3 - "$log" "$before" "$after" "$TICKS" "$name" <<'PY'
@@ -123,9 +126,11 @@ one_round() {
         if [[ " $WORKLOADS " == *" kv "* ]]; then
             load tally-kv-lookup "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
             load tally-kv-lookup-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 16
+            CONNS=$CONNECTIONS_HIGH load tally-kv-lookup-${CONNECTIONS_HIGH}c "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
         fi
         if [[ " $WORKLOADS " == *" counter "* ]]; then
             load tally-counter-post "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            CONNS=$CONNECTIONS_HIGH load tally-counter-post-${CONNECTIONS_HIGH}c "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
             curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-counter.txt"
             load tally-counter-get "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
         fi
@@ -219,6 +224,11 @@ ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 0, "tally/ngi
 ratio("tally-kv-lookup", "nginx-fixed-200", 1, "kv lookup / nginx fixed-200 cpu per request")
 ratio("tally-counter-post", "tally-kv-lookup", 0, "counter POST / kv lookup req/s")
 ratio("tally-counter-post", "tally-kv-lookup", 1, "counter POST / kv lookup cpu per request")
+high = [k for k in rows if k.startswith("tally-counter-post-") and k.endswith("c")]
+for k in high:
+    kv = "tally-kv-lookup-" + k.rsplit("-", 1)[1]
+    ratio(k, kv, 0, f"counter POST / kv lookup req/s ({k.rsplit('-', 1)[1]})")
+    ratio(k, kv, 1, f"counter POST / kv lookup cpu per request ({k.rsplit('-', 1)[1]})")
 ratio("tally-counter-post", "tally-counter-post-batch-1", 0, "counter POST batched / one transaction each")
 if "tally-counter-post" in rows:
     print(f"{'seed counter API (published, other hardware)':<48} 4,630 req/s -> tally {rows['tally-counter-post'][0] / 4630:,.0f}x")
@@ -228,9 +238,10 @@ m = sys.argv[2]
 if os.path.exists(m):
     vals = {}
     for line in open(m):
-        if line.startswith("tally_counter_batch_size_sum") or line.startswith("tally_counter_batch_size_count"):
+        if line.startswith(("tally_counter_batch_size_sum", "tally_counter_batch_size_count", "tally_counter_commit_seconds_sum", "tally_counter_commit_seconds_count")):
             k, v = line.split()
             vals[k] = float(v)
     if vals.get("tally_counter_batch_size_count"):
         print(f"{'average counter batch (increments/transaction)':<48} {vals['tally_counter_batch_size_sum'] / vals['tally_counter_batch_size_count']:.1f}")
+        print(f"{'average commit round trip (ms)':<48} {1000 * vals['tally_counter_commit_seconds_sum'] / vals['tally_counter_commit_seconds_count']:.2f}")
 PY
