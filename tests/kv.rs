@@ -28,7 +28,7 @@ fn write_dataset(name: &str) -> PathBuf {
     path
 }
 
-fn server(dataset: &PathBuf) -> TestServer {
+fn server(dataset: &std::path::Path) -> TestServer {
     TestServer::start(&[
         "--database-url",
         NO_DATABASE,
