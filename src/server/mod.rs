@@ -201,6 +201,10 @@ pub fn run(cfg: &ServeArgs, services: Services, cpus: &[usize]) -> Result<(), Se
         threads.push(thread);
     }
     drop(started_tx);
+    // The cores hold their own references until their replicas are built; once the last one
+    // is, the parsed dataset is freed (at 10M pairs that is ~0.4 GB per copy).
+    let pairs = dataset.len();
+    drop(dataset);
 
     let mut failure = None;
     for _ in 0..cores {
@@ -220,7 +224,7 @@ pub fn run(cfg: &ServeArgs, services: Services, cpus: &[usize]) -> Result<(), Se
         log::info!(
             "tally listening on {} with {cores} core(s) (CPUs {cpus:?}), {} key/value pairs",
             cfg.listen,
-            dataset.len()
+            pairs
         );
     }
     for thread in threads {
