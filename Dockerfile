@@ -9,7 +9,8 @@
 # io_uring in a container needs three things this file cannot set (compose.yaml sets the first
 # two, the host sets the third): a locked-memory limit of at least 512 KiB (`--ulimit memlock`),
 # a seccomp profile that allows io_uring_setup/io_uring_enter/io_uring_register (Docker's default
-# profile blocks them; deploy/seccomp-io_uring.json is Docker's usual allow-list plus those three),
+# profile blocks them; deploy/seccomp-io_uring.json is an allow-list in Docker's format, written
+# for tally from traced system calls, that includes those three),
 # and the host sysctl kernel.io_uring_disabled = 0 (see sysctl.conf). tally checks all three at
 # start-up and says which one is missing.
 
@@ -38,13 +39,11 @@ COPY . .
 # The target directory is a cache mount, so the binary is copied out of it in the same step.
 #
 # Panic strategy: the default, panic = "unwind", deliberately (Cargo.toml sets no `panic`).
-# glommio runs every task of a core on that core's one thread and does not catch panics in tasks,
-# so a panic in a connection task unwinds out of that core's executor: that core's thread ends
-# (its connections and its SO_REUSEPORT listener are dropped, so the kernel routes new connections
-# to the other cores), the other cores keep serving, destructors run, and at shutdown tally exits
-# non-zero with "an executor thread panicked". With panic = "abort" the same bug would kill every
-# core at once without running destructors. Either way a panic is a bug to fix; the container's
-# restart policy (compose.yaml) brings a process back after it exits.
+# tally catches a panic in a connection task (catch_unwind around each connection), so a bug hit
+# by one request closes that one connection and the core goes on serving. With panic = "abort"
+# the same bug would kill every core and every connection at once. A panic elsewhere (the owner
+# core's commit loop, start-up) still ends the process with a non-zero status, and the
+# container's restart policy (compose.yaml) brings it back.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \

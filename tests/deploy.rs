@@ -172,15 +172,6 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
 }
 
-fn read_optional(relative: &str) -> Option<String> {
-    let path = root().join(relative);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(err) => panic!("reading {}: {err}", path.display()),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // compose.yaml
 
@@ -627,10 +618,8 @@ fn dockerfile_wraps_the_ci_build_and_runs_unprivileged() {
         vec![BUILD_COMMAND],
         "the image builds with exactly `{BUILD_COMMAND}`"
     );
-    if let Some(ci) = read_optional(".ci/run") {
-        for build in cargo_builds(&ci) {
-            assert_eq!(build, BUILD_COMMAND, "CI and the Dockerfile build alike");
-        }
+    for build in cargo_builds(&read(".ci/run")) {
+        assert_eq!(build, BUILD_COMMAND, "CI and the Dockerfile build alike");
     }
 
     // Instructions after the last FROM belong to the runtime image.
@@ -782,10 +771,7 @@ fn commands(script: &str) -> Vec<&str> {
 
 #[test]
 fn ci_runs_the_test_command() {
-    let Some(ci) = read_optional(".ci/run") else {
-        eprintln!("skipped: .ci/run does not exist on this branch");
-        return;
-    };
+    let ci = read(".ci/run");
     assert!(
         commands(&ci).contains(&TEST_COMMAND),
         ".ci/run should run `{TEST_COMMAND}`"
@@ -794,11 +780,7 @@ fn ci_runs_the_test_command() {
 
 #[test]
 fn readme_shows_the_commands_ci_runs() {
-    // Lenient until README.md is written: skip when it does not exist yet.
-    let Some(readme) = read_optional("README.md") else {
-        eprintln!("skipped: README.md does not exist yet");
-        return;
-    };
+    let readme = read("README.md");
     assert!(
         readme.contains(TEST_COMMAND),
         "README.md should show the test command `{TEST_COMMAND}`"
@@ -807,9 +789,7 @@ fn readme_shows_the_commands_ci_runs() {
         readme.contains(RUN_COMMAND),
         "README.md should show the run command `{RUN_COMMAND}`"
     );
-    if let Some(ci) = read_optional(".ci/run") {
-        assert!(commands(&ci).contains(&TEST_COMMAND));
-    }
+    assert!(commands(&read(".ci/run")).contains(&TEST_COMMAND));
     // Any release build README.md shows is the one the Dockerfile runs.
     for build in cargo_builds(&readme) {
         if build.starts_with("cargo build --release") {

@@ -61,10 +61,12 @@ impl fmt::Display for Position {
 /// Why a dataset file could not be loaded. Display: `<file>: <position>: <reason>`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{}: cannot read the dataset file: {source}", path.display())]
+    #[error("{}: cannot read the dataset file: {reason}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not a `#[source]`: the message already says it, and error reports that walk the
+        /// source chain would say it twice.
+        reason: std::io::Error,
     },
     #[error(
         "{}: unknown dataset format: the file name must end in .json, .jsonl, .ndjson or .csv",
@@ -139,9 +141,9 @@ pub fn load(path: &Path) -> Result<Dataset, LoadError> {
     let format = Format::of(path).ok_or_else(|| LoadError::UnknownExtension {
         path: path.to_owned(),
     })?;
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|reason| LoadError::Read {
         path: path.to_owned(),
-        source,
+        reason,
     })?;
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
