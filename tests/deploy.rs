@@ -575,13 +575,14 @@ fn dockerfile() -> Vec<(String, String)> {
     instructions
 }
 
-/// Every `cargo build ...` invocation in a piece of shell, up to its command separator.
+/// Every `cargo build ...` invocation in a piece of shell (or Markdown), up to its command
+/// separator or the backtick closing inline code.
 fn cargo_builds(shell: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = shell;
     while let Some(at) = rest.find("cargo build") {
         let tail = &rest[at..];
-        let end = tail.find(['&', ';', '|', '\n']).unwrap_or(tail.len());
+        let end = tail.find(['&', ';', '|', '\n', '`']).unwrap_or(tail.len());
         found.push(tail[..end].split_whitespace().collect::<Vec<_>>().join(" "));
         rest = &tail[end..];
     }
