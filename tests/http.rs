@@ -389,3 +389,37 @@ fn too_little_locked_memory_is_a_clear_error_not_a_hang() {
         "{err}"
     );
 }
+
+#[test]
+fn a_client_that_never_reads_its_responses_is_disconnected() {
+    let s = server(&["--request-timeout-secs", "1"]);
+    let open_connections = |s: &TestServer| -> u64 {
+        s.get("/metrics")
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("tally_open_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let mut c = s.connect();
+    c.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // Far more responses than the socket buffers hold, never read.
+    let flood = HEALTH.repeat(200_000);
+    let writer = std::thread::spawn(move || {
+        let _ = c.write_all(&flood);
+        c
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(open_connections(&s) >= 2, "the flooding connection is open");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Only the connection asking for /metrics remains.
+    while open_connections(&s) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(writer.join());
+}

@@ -71,6 +71,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     );
     let metrics = core.metrics();
     metrics.open_connections.add(1);
+    // A client that stops reading its responses would otherwise hold a write (and the
+    // connection) forever; glommio arms this timer only when a write would block.
+    let write_timeout = std::time::Duration::from_secs(core.request_timeout_secs);
+    if let Err(err) = stream.set_write_timeout(Some(write_timeout)) {
+        log::debug!("write timeout: {err}");
+    }
     let mut conn = Conn {
         core: core.clone(),
         slot,
