@@ -380,10 +380,25 @@ async fn core_main(start: CoreStart, started: flume::Sender<Result<usize, Server
 
     if let Some(owner_task) = owner_task {
         // The owner ends once every core has closed its CounterCore (dropping its sender).
-        while instance.serving_cores.load(Ordering::Acquire) > 0 {
+        // Bounded, so a core that died without closing cannot keep the process alive.
+        let give_up = deadline + grace + grace;
+        while instance.serving_cores.load(Ordering::Acquire) > 0 && Instant::now() < give_up {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        owner_task.await;
+        let finished = futures_lite::future::or(
+            async {
+                owner_task.await;
+                true
+            },
+            async {
+                glommio::timer::sleep(give_up.saturating_duration_since(Instant::now())).await;
+                false
+            },
+        )
+        .await;
+        if !finished {
+            log::error!("the counter's owner did not finish draining; exiting anyway");
+        }
     }
 }
 
