@@ -71,12 +71,25 @@ impl CoreMetrics {
     }
 }
 
+/// Appends a metric's `# HELP` and `# TYPE` lines (Prometheus text format 0.0.4).
+pub fn write_header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Appends a metric with one unlabelled sample.
+pub fn write_single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    write_header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// Appends the Prometheus text for all cores' metrics to `out`.
 pub fn render_cores(cores: &[CoreMetrics], out: &mut String) {
-    out.push_str(
-        "# HELP tally_http_requests_total HTTP requests answered, by route, status and core.\n",
+    write_header(
+        out,
+        "tally_http_requests_total",
+        "counter",
+        "HTTP requests answered, by route, status and core.",
     );
-    out.push_str("# TYPE tally_http_requests_total counter\n");
     for (core, m) in cores.iter().enumerate() {
         for (r, route) in ROUTE_NAMES.iter().enumerate() {
             for (s, status) in STATUSES.iter().enumerate() {
@@ -135,7 +148,7 @@ pub fn render_cores(cores: &[CoreMetrics], out: &mut String) {
         ),
     ];
     for (name, kind, help, get) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        write_header(out, name, kind, help);
         for (core, m) in cores.iter().enumerate() {
             let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(m));
         }
@@ -184,7 +197,7 @@ impl Histogram {
     }
 
     pub fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        write_header(out, name, "histogram", help);
         let mut cumulative = 0;
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Relaxed);

@@ -16,6 +16,16 @@ fn server(extra: &[&str]) -> TestServer {
 
 const HEALTH: &[u8] = b"GET /api/v1/system/health HTTP/1.1\r\nHost: t\r\n\r\n";
 
+/// Open connections over all cores, from /metrics (the request asking counts itself).
+fn open_connections(s: &TestServer) -> u64 {
+    s.get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("tally_open_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[test]
 fn health_answers_200_json_with_the_required_headers() {
     let s = server(&[]);
@@ -276,12 +286,7 @@ fn a_thousand_concurrent_connections_are_all_served() {
     for c in &mut conns {
         assert_eq!(read_response(c).expect("response").status, 200);
     }
-    let metrics = s.get("/metrics").text();
-    let open: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("tally_open_connections{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let open = open_connections(&s);
     assert!(open >= 1200, "open connections {open}");
 }
 
@@ -393,14 +398,6 @@ fn too_little_locked_memory_is_a_clear_error_not_a_hang() {
 #[test]
 fn a_client_that_never_reads_its_responses_is_disconnected() {
     let s = server(&["--request-timeout-secs", "1"]);
-    let open_connections = |s: &TestServer| -> u64 {
-        s.get("/metrics")
-            .text()
-            .lines()
-            .filter(|l| l.starts_with("tally_open_connections{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
     let mut c = s.connect();
     c.set_write_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");

@@ -71,7 +71,6 @@ impl CounterShared {
     }
 
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         self.batch_size.render(
             "tally_counter_batch_size",
             "Increments per committed transaction.",
@@ -147,15 +146,14 @@ impl CounterShared {
             ),
         ];
         for (name, kind, help, v) in lines {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            crate::metrics::write_single(out, name, kind, help, v);
         }
-        let up = u8::from(self.store.is_connected());
-        let _ = writeln!(
+        crate::metrics::write_single(
             out,
-            "# HELP tally_counter_store_up Whether the store connection is up.\n# TYPE tally_counter_store_up gauge\ntally_counter_store_up {up}"
+            "tally_counter_store_up",
+            "gauge",
+            "Whether the store connection is up.",
+            u64::from(self.store.is_connected()),
         );
     }
 }

@@ -88,14 +88,15 @@ impl Core {
 
     /// `/metrics`: every core's HTTP metrics plus the counter's.
     pub fn render_metrics(&self) -> String {
-        use std::fmt::Write as _;
         let mut out = String::with_capacity(8192);
         metrics::render_cores(&self.instance.metrics, &mut out);
         self.instance.counter.render_metrics(&mut out);
-        let _ = writeln!(
-            out,
-            "# HELP tally_uptime_seconds Seconds since start-up.\n# TYPE tally_uptime_seconds gauge\ntally_uptime_seconds {}",
-            self.instance.started.elapsed().as_secs()
+        metrics::write_single(
+            &mut out,
+            "tally_uptime_seconds",
+            "gauge",
+            "Seconds since start-up.",
+            self.instance.started.elapsed().as_secs(),
         );
         out
     }
