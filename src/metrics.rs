@@ -187,15 +187,6 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
-    pub fn mean(&self) -> f64 {
-        let n = self.count();
-        if n == 0 {
-            0.0
-        } else {
-            self.sum.load(Relaxed) as f64 / 1e6 / n as f64
-        }
-    }
-
     pub fn render(&self, name: &str, help: &str, out: &mut String) {
         write_header(out, name, "histogram", help);
         let mut cumulative = 0;
