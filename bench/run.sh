@@ -3,6 +3,8 @@
 #
 #   bench/run.sh                 # every workload (about 3 minutes)
 #   DURATION=5 ROUNDS=1 bench/run.sh health kv   # selected workloads: health kv counter nginx
+#   BASELINE_BIN=/path/to/old/tally bench/run.sh  # also runs an older build in every round
+#                                                 # (rows prefixed base-), for before/after
 #
 # Each workload runs ROUNDS times (default 3), the rounds interleaved, and the summary gives
 # the median of each column: this machine is a VM whose neighbours make single runs swing by
@@ -41,6 +43,7 @@ command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)
 mkdir -p "$OUT"
 cargo build --release --quiet
 BIN=target/release/tally
+BASELINE_BIN=${BASELINE_BIN:-}
 TICKS=$(getconf CLK_TCK)
 PIDS=()
 cleanup() {
@@ -98,7 +101,7 @@ PY
 start_tally() { # name, extra args...
     local name=$1
     shift
-    taskset -c "$SERVER_CPU" "$BIN" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/data" \
+    taskset -c "$SERVER_CPU" "$RUN_BIN" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/data" \
         --log warn "$@" >"$OUT/tally-$name.log" 2>&1 &
     TALLY_PID=$!
     PIDS+=("$TALLY_PID")
@@ -116,30 +119,38 @@ printf '%-28s %12s %9s %9s %12s\n' workload req/s p50_ms p99_ms cpu_us/req
 HEALTH=/api/v1/system/health
 "$BIN" sample | python3 -c 'import sys, json; [print(json.loads(l)["key"]) for l in sys.stdin]' >"$OUT/keys.txt"
 
-one_round() {
+# tally_workloads: every tally row, with the binary $RUN_BIN and row names prefixed $TAG.
+tally_workloads() {
     if [[ " $WORKLOADS " == *" health "* || " $WORKLOADS " == *" kv "* || " $WORKLOADS " == *" counter "* ]]; then
         start_tally main
         if [[ " $WORKLOADS " == *" health "* ]]; then
-            load tally-health "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
-            load tally-health-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH" -s bench/pipeline.lua -- 16
+            load "${TAG}tally-health" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
+            load "${TAG}tally-health-pipelined-16" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH" -s bench/pipeline.lua -- 16
         fi
         if [[ " $WORKLOADS " == *" kv "* ]]; then
-            load tally-kv-lookup "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
-            load tally-kv-lookup-pipelined-16 "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 16
-            CONNS=$CONNECTIONS_HIGH load tally-kv-lookup-${CONNECTIONS_HIGH}c "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
+            load "${TAG}tally-kv-lookup" "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
+            load "${TAG}tally-kv-lookup-pipelined-16" "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 16
+            CONNS=$CONNECTIONS_HIGH load "${TAG}tally-kv-lookup-${CONNECTIONS_HIGH}c" "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1
         fi
         if [[ " $WORKLOADS " == *" counter "* ]]; then
-            load tally-counter-post "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
-            CONNS=$CONNECTIONS_HIGH load tally-counter-post-${CONNECTIONS_HIGH}c "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
-            curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-counter.txt"
-            load tally-counter-get "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
+            load "${TAG}tally-counter-post" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            CONNS=$CONNECTIONS_HIGH load "${TAG}tally-counter-post-${CONNECTIONS_HIGH}c" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/${TAG}metrics-counter.txt"
+            load "${TAG}tally-counter-get" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
         fi
         stop_tally
         if [[ " $WORKLOADS " == *" counter "* ]]; then
             start_tally batch1 --max-batch 1
-            load tally-counter-post-batch-1 "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            load "${TAG}tally-counter-post-batch-1" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
             stop_tally
         fi
+    fi
+}
+
+one_round() {
+    RUN_BIN=$BIN TAG="" tally_workloads
+    if [ -n "$BASELINE_BIN" ]; then
+        RUN_BIN=$BASELINE_BIN TAG=base- tally_workloads
     fi
 
     if [[ " $WORKLOADS " == *" nginx "* ]]; then
@@ -236,6 +247,8 @@ if "tally-counter-post" in rows:
     print(f"{'seed counter API (published, other hardware)':<48} 4,630 req/s -> tally {rows['tally-counter-post'][0] / 4630:,.0f}x")
 if "tally-kv-lookup" in rows:
     print(f"{'seed KV server (published, other hardware)':<48} 100 req/s -> tally {rows['tally-kv-lookup'][0] / 100:,.0f}x")
+for base in [k for k in rows if k.startswith("base-")]:
+    ratio(base[len("base-"):], base, 1, f"this/baseline cpu per request ({base[len('base-tally-'):]})")
 m = sys.argv[2]
 if os.path.exists(m):
     vals = {}

@@ -1,5 +1,7 @@
 //! Command line and environment: every setting is a flag with an environment fallback, and
-//! `--help` explains each one. Parsing only; nothing here starts anything.
+//! `--help` explains each one. Parsing, and turning the flags into the values the rest of tally
+//! takes ([`ServerConfig`]); nothing here starts anything. Defaults of the HTTP limits are the
+//! `http` module's own constants, so they exist once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::http::request::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_URI_BYTES,
+    MAX_HEADERS_CAP,
+};
 use crate::http::Limits;
+use crate::server::ServerConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,20 +80,20 @@ pub struct ServeArgs {
     pub max_connections_per_core: usize,
 
     /// Largest request line + header section, in bytes (431 beyond).
-    #[arg(long, env = "TALLY_MAX_HEADER_BYTES", default_value_t = 8192)]
+    #[arg(long, env = "TALLY_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEAD_BYTES)]
     pub max_header_bytes: usize,
 
     /// Most header fields in one request (431 beyond; at most 128).
-    #[arg(long, env = "TALLY_MAX_HEADERS", default_value_t = 64,
-          value_parser = clap::value_parser!(u16).range(1..=128))]
+    #[arg(long, env = "TALLY_MAX_HEADERS", default_value_t = DEFAULT_MAX_HEADERS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_HEADERS_CAP as i64))]
     pub max_headers: u16,
 
     /// Longest request target, in bytes (414 beyond).
-    #[arg(long, env = "TALLY_MAX_URI_BYTES", default_value_t = 2048)]
+    #[arg(long, env = "TALLY_MAX_URI_BYTES", default_value_t = DEFAULT_MAX_URI_BYTES)]
     pub max_uri_bytes: usize,
 
     /// Largest request body, in bytes (413 beyond).
-    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 65536)]
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
     /// Seconds a client has to send a whole request once it started one (408 after).
@@ -116,6 +123,19 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The server's configuration, on `cpus` (one core each).
+    pub fn server_config(&self, cpus: Vec<usize>) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            cpus,
+            limits: self.limits(),
+            max_connections_per_core: self.max_connections_per_core.max(1),
+            request_timeout: self.request_timeout(),
+            idle_timeout: self.idle_timeout(),
+            shutdown_grace: self.shutdown_grace(),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_head_bytes: self.max_header_bytes,

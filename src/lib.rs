@@ -10,6 +10,7 @@
 //!   [`counter::store`], the only code that speaks to PostgreSQL, on a side runtime.
 //! - [`postgres`] runs the embedded PostgreSQL cluster used when no database URL is given.
 
+pub mod app;
 pub mod config;
 pub mod counter;
 pub mod http;

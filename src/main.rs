@@ -75,59 +75,35 @@ fn sample(args: &SampleArgs) -> anyhow::Result<()> {
 fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
     server::uring::check()?;
-
-    let allowed = server::allowed_cpus()?;
-    let cores = match cfg.cores {
-        Some(0) => bail!("--cores must be at least 1"),
-        Some(n) if n > allowed.len() => {
-            log::warn!(
-                "--cores {n}: only {} CPUs are available to this process; using them all",
-                allowed.len()
-            );
-            allowed.len()
-        }
-        Some(n) => n,
-        None => allowed.len(),
-    };
-    let cpus = &allowed[..cores];
-
+    let cpus = choose_cpus(cfg.cores)?;
+    let owner_cpu = cpus[0];
     let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
-
     let embedded = match &cfg.database_url {
         Some(_) => None,
-        None => {
-            let dir = cfg.data_dir.join("pg");
-            let started = Instant::now();
-            let pg = EmbeddedPostgres::start(&dir).with_context(|| {
-                format!("starting the embedded PostgreSQL in {}", dir.display())
-            })?;
-            log::info!(
-                "embedded PostgreSQL up in {:?} ({})",
-                started.elapsed(),
-                dir.display()
-            );
-            Some(pg)
-        }
+        None => Some(start_embedded_postgres(&cfg.data_dir.join("pg"))?),
     };
     let url = match (&cfg.database_url, &embedded) {
         (Some(url), _) => url.clone(),
         (None, Some(pg)) => pg.url().to_owned(),
         (None, None) => unreachable!("the embedded cluster was started above"),
     };
+    // The store thread shares the owner core's CPU: the owner waits while it commits, and
+    // their messages stay in that CPU's cache.
     let store = store::spawn(store::StoreConfig {
         url,
         commit_timeout: cfg.commit_timeout(),
         refresh_interval: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(5),
+        cpu: Some(owner_cpu),
     })
     .context("starting the store thread")?;
     let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));
     let services = server::Services {
         dataset,
         counter,
-        wiring: counter::wire(cores),
+        wiring: counter::wire(cpus.len()),
     };
-    let served = server::run(cfg, services, cpus);
+    let served = server::run(&cfg.server_config(cpus), services);
     store.shutdown();
     if let Some(pg) = embedded {
         if let Err(err) = pg.stop() {
@@ -137,6 +113,33 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     served?;
     log::info!("stopped");
     Ok(())
+}
+
+/// The CPUs to run on: the first `cores` of those this process may use (all by default).
+fn choose_cpus(cores: Option<usize>) -> anyhow::Result<Vec<usize>> {
+    let mut allowed = server::allowed_cpus()?;
+    match cores {
+        Some(0) => bail!("--cores must be at least 1"),
+        Some(n) if n > allowed.len() => log::warn!(
+            "--cores {n}: only {} CPUs are available to this process; using them all",
+            allowed.len()
+        ),
+        Some(n) => allowed.truncate(n),
+        None => {}
+    }
+    Ok(allowed)
+}
+
+fn start_embedded_postgres(dir: &Path) -> anyhow::Result<EmbeddedPostgres> {
+    let started = Instant::now();
+    let pg = EmbeddedPostgres::start(dir)
+        .with_context(|| format!("starting the embedded PostgreSQL in {}", dir.display()))?;
+    log::info!(
+        "embedded PostgreSQL up in {:?} ({})",
+        started.elapsed(),
+        dir.display()
+    );
+    Ok(pg)
 }
 
 fn load_dataset(path: Option<&Path>) -> anyhow::Result<kv::Dataset> {

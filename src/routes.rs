@@ -1,54 +1,82 @@
-//! Method + path to handler. Handlers write their JSON body into a scratch buffer and say
-//! which status it goes with; the connection loop turns that into a response. A counter
+//! Method + path to handler. The route table below is the one place a route is described: its
+//! path, the methods it allows (which also make its `Allow` header) and its metric label.
+//!
+//! Handlers see only the core's [`App`]: they write their JSON body into a scratch buffer and
+//! say which status it goes with; the connection loop turns that into a response. A counter
 //! increment cannot be answered yet: it returns a [`Ticket`] the connection awaits.
 
+use crate::app::App;
 use crate::counter::{self, Ticket};
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTENT_TYPE_METRICS};
-use crate::http::Method;
+use crate::http::{Method, Status};
 use crate::kv::{self, Lookup};
-use crate::metrics;
-use crate::server::Core;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    Counter,
-    GetValue,
-    Health,
-    Ready,
-    Metrics,
+/// Generates [`Route`] and its table from one list: variant, path, allowed methods (as sent in
+/// `Allow`; GET implies HEAD, which is listed too).
+macro_rules! route_table {
+    ($($route:ident => $path:literal, [$first:ident $(, $method:ident)*];)+) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Route {
+            $($route,)+
+        }
+
+        impl Route {
+            /// Every route, in table order.
+            pub const ALL: &'static [Route] = &[$(Route::$route,)+];
+
+            /// Metric label of each route index, then [`Route::UNMATCHED_LABEL`] for requests
+            /// no route matched ([`Route::metric_index`] of `None`).
+            pub const METRIC_LABELS: &'static [&'static str] =
+                &[$($path,)+ Route::UNMATCHED_LABEL];
+
+            pub fn from_path(path: &[u8]) -> Option<Route> {
+                match path {
+                    $(p if p == $path.as_bytes() => Some(Route::$route),)+
+                    _ => None,
+                }
+            }
+
+            pub const fn path(self) -> &'static str {
+                match self {
+                    $(Route::$route => $path,)+
+                }
+            }
+
+            /// The value of the `Allow` header (RFC 9110 §10.2.1) on a 405 from this route.
+            pub const fn allow(self) -> &'static str {
+                match self {
+                    $(Route::$route => concat!(stringify!($first) $(, ", ", stringify!($method))*),)+
+                }
+            }
+
+            fn allows(self, method: Method) -> bool {
+                match self {
+                    $(Route::$route => [route_table!(@method $first) $(, route_table!(@method $method))*]
+                        .contains(&method),)+
+                }
+            }
+        }
+    };
+    (@method GET) => { Method::Get };
+    (@method HEAD) => { Method::Head };
+    (@method POST) => { Method::Post };
+}
+
+route_table! {
+    Counter => "/api/v1/counter", [GET, HEAD, POST];
+    GetValue => "/get_value", [POST];
+    Health => "/api/v1/system/health", [GET, HEAD];
+    Ready => "/api/v1/system/ready", [GET, HEAD];
+    Metrics => "/metrics", [GET, HEAD];
 }
 
 impl Route {
-    pub fn from_path(path: &[u8]) -> Option<Route> {
-        match path {
-            b"/api/v1/counter" => Some(Route::Counter),
-            b"/get_value" => Some(Route::GetValue),
-            b"/api/v1/system/health" => Some(Route::Health),
-            b"/api/v1/system/ready" => Some(Route::Ready),
-            b"/metrics" => Some(Route::Metrics),
-            _ => None,
-        }
-    }
+    /// The metric label of requests that matched no route.
+    pub const UNMATCHED_LABEL: &'static str = "other";
 
-    /// Index into [`metrics::ROUTE_NAMES`].
+    /// Index into [`Route::METRIC_LABELS`].
     pub fn metric_index(route: Option<Route>) -> usize {
-        match route {
-            Some(Route::Counter) => 0,
-            Some(Route::GetValue) => 1,
-            Some(Route::Health) => 2,
-            Some(Route::Ready) => 3,
-            Some(Route::Metrics) => 4,
-            None => metrics::ROUTE_OTHER,
-        }
-    }
-
-    /// The `Allow` header of a 405 on this route.
-    fn allow(self) -> &'static str {
-        match self {
-            Route::Counter => "GET, HEAD, POST",
-            Route::GetValue => "POST",
-            Route::Health | Route::Ready | Route::Metrics => "GET, HEAD",
-        }
+        route.map_or(Route::ALL.len(), |r| r as usize)
     }
 }
 
@@ -56,7 +84,7 @@ impl Route {
 pub enum Reply {
     /// The body is in the scratch buffer.
     Now {
-        status: u16,
+        status: Status,
         content_type: &'static str,
         allow: Option<&'static str>,
     },
@@ -64,7 +92,7 @@ pub enum Reply {
     Increment(Ticket),
 }
 
-fn json(status: u16) -> Reply {
+fn json(status: Status) -> Reply {
     Reply::Now {
         status,
         content_type: CONTENT_TYPE_JSON,
@@ -72,59 +100,59 @@ fn json(status: u16) -> Reply {
     }
 }
 
-fn message(out: &mut Vec<u8>, status: u16, msg: &str) -> Reply {
+fn message(out: &mut Vec<u8>, status: Status, msg: &str) -> Reply {
     write_message_body(out, msg);
     json(status)
 }
 
 /// Serves one request. HEAD is answered as GET (the connection drops the body).
 pub fn dispatch(
-    core: &Core,
+    app: &App,
     method: Method,
     route: Option<Route>,
     body: &mut [u8],
     out: &mut Vec<u8>,
 ) -> Reply {
     let Some(route) = route else {
-        return message(out, 404, "not found");
+        return message(out, Status::NotFound, "not found");
     };
-    let get = matches!(method, Method::Get | Method::Head);
-    match (route, get, method == Method::Post) {
-        (Route::Health, true, _) => {
+    if !route.allows(method) {
+        write_message_body(out, "method not allowed");
+        return Reply::Now {
+            status: Status::MethodNotAllowed,
+            content_type: CONTENT_TYPE_JSON,
+            allow: Some(route.allow()),
+        };
+    }
+    match route {
+        Route::Health => {
             out.extend_from_slice(br#"{"healthy":true}"#);
-            json(200)
+            json(Status::Ok)
         }
-        (Route::Ready, true, _) => ready(core, out),
-        (Route::Metrics, true, _) => {
-            let text = core.render_metrics();
+        Route::Ready => ready(app, out),
+        Route::Metrics => {
+            let mut text = String::with_capacity(16 * 1024);
+            app.shared.render_metrics(&mut text);
             out.extend_from_slice(text.as_bytes());
             Reply::Now {
-                status: 200,
+                status: Status::Ok,
                 content_type: CONTENT_TYPE_METRICS,
                 allow: None,
             }
         }
-        (Route::GetValue, _, true) => get_value(core, body, out),
-        (Route::Counter, _, true) => match counter::parse_by(body) {
-            Ok(by) => Reply::Increment(core.counter.increment(by)),
-            Err(msg) => message(out, 400, msg),
+        Route::GetValue => get_value(app, body, out),
+        Route::Counter if method == Method::Post => match counter::parse_by(body) {
+            Ok(by) => Reply::Increment(app.counter.increment(by)),
+            Err(msg) => message(out, Status::BadRequest, msg),
         },
-        (Route::Counter, true, _) => match core.instance.counter.current() {
+        Route::Counter => match app.shared.counter.current() {
             Some(count) => counter_body(out, count),
             None => message(
                 out,
-                503,
+                Status::ServiceUnavailable,
                 "the count is not known yet: the store is unavailable",
             ),
         },
-        _ => {
-            write_message_body(out, "method not allowed");
-            Reply::Now {
-                status: 405,
-                content_type: CONTENT_TYPE_JSON,
-                allow: Some(route.allow()),
-            }
-        }
     }
 }
 
@@ -134,7 +162,11 @@ pub fn increment_reply(result: Result<i64, counter::CommitError>, out: &mut Vec<
         Ok(count) => counter_body(out, count),
         Err(err) => {
             log::debug!("increment not confirmed: {err}");
-            message(out, 503, "the increment was not confirmed by the store")
+            message(
+                out,
+                Status::ServiceUnavailable,
+                "the increment was not confirmed by the store",
+            )
         }
     }
 }
@@ -143,43 +175,37 @@ fn counter_body(out: &mut Vec<u8>, count: i64) -> Reply {
     out.extend_from_slice(b"{\"count\":");
     out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
     out.push(b'}');
-    json(200)
+    json(Status::Ok)
 }
 
-fn ready(core: &Core, out: &mut Vec<u8>) -> Reply {
-    let instance = &core.instance;
-    let why = if !instance.kv_ready() {
-        Some("the key/value replicas are still being built")
-    } else if !instance.counter.store.is_connected() {
-        Some("the counter store (PostgreSQL) is unreachable")
-    } else {
-        None
-    };
-    match why {
+fn ready(app: &App, out: &mut Vec<u8>) -> Reply {
+    match app.shared.not_ready_reason() {
         None => {
             out.extend_from_slice(br#"{"ready":true}"#);
-            json(200)
+            json(Status::Ok)
         }
         Some(msg) => {
             out.extend_from_slice(br#"{"ready":false,"message":""#);
             out.extend_from_slice(msg.as_bytes());
             out.extend_from_slice(b"\"}");
-            json(503)
+            json(Status::ServiceUnavailable)
         }
     }
 }
 
-fn get_value(core: &Core, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
-    let mut scratch = core.kv_scratch.borrow_mut();
-    match kv::lookup(&core.replica, &mut scratch, body) {
+fn get_value(app: &App, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
+    match app.lookup(body) {
         Lookup::Found(value) => {
             out.extend_from_slice(b"{\"value\":");
             kv::write_json_string(out, value);
             out.push(b'}');
-            json(200)
+            json(Status::Ok)
         }
-        Lookup::NotFound => message(out, 404, "key not found"),
-        Lookup::NotUuidV4 => message(out, 422, "key is not a UUID v4"),
-        Lookup::BadRequest(why) => message(out, 400, why),
+        Lookup::NotFound => message(out, Status::NotFound, "key not found"),
+        Lookup::NotUuidV4 => message(out, Status::UnprocessableContent, "key is not a UUID v4"),
+        Lookup::BadRequest(why) => message(out, Status::BadRequest, why),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,19 +3,24 @@
 //!
 //! The loop reads into a buffer that holds at most one request's head and body (so a client
 //! cannot make it grow without bound), frames requests with [`http::parse`], lets
-//! [`routes::dispatch`] answer them and appends the responses to one output buffer. Counter
-//! increments are answered after their commit; responses keep request order (RFC 9112 §9.3.2).
+//! [`routes::dispatch`] answer them from the core's [`App`](crate::app::App) and appends the
+//! responses to one output buffer. Counter increments are answered after their commit;
+//! responses keep request order (RFC 9112 §9.3.2).
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
-use crate::http::{self, BodyLocation, HttpError, Method, Parsed, Persistence, ResponseHead};
+use crate::http::{
+    self, BodyLocation, HttpError, Method, Parsed, Persistence, ResponseHead, Status,
+};
 use crate::routes::{self, Reply, Route};
-use crate::server::registry::{Phase, Slot};
-use crate::server::Core;
+
+use super::context::ConnContext;
+use super::registry::{Phase, Slot};
 
 /// Initial size of a connection's read and write buffers; enough for 16-deep pipelining of
 /// small requests without growing.
@@ -23,17 +28,17 @@ const INITIAL_BUFFER_BYTES: usize = 4096;
 
 /// Per-connection state that outlives one read.
 struct Conn {
-    core: Rc<Core>,
+    ctx: Rc<ConnContext>,
     slot: Rc<Slot>,
     /// Bytes read; `filled` of them are valid.
     rbuf: Vec<u8>,
     filled: usize,
     /// Responses of the current batch, written with one call.
     wbuf: Vec<u8>,
-    /// A handler's body before it gets its head (the head needs its length).
-    body: Vec<u8>,
-    /// Decoded chunked request body.
-    chunked: Vec<u8>,
+    /// A handler's response body before it gets its head (the head needs its length).
+    response_body: Vec<u8>,
+    /// A chunked request body, decoded.
+    decoded_body: Vec<u8>,
     /// Increments of this batch waiting for their commit: where their response goes in
     /// `wbuf`, and what it looks like.
     deferred: Vec<Deferred>,
@@ -45,6 +50,11 @@ struct Conn {
     continue_sent: bool,
     /// Coarse-clock deadline of the request being read, from its first byte.
     request_deadline: u64,
+    /// When the read that completed this batch's requests returned (for request durations).
+    batch_arrived: Instant,
+    /// Route index and status of each request answered in this batch, recorded in the
+    /// metrics once the batch is written (two clock reads per batch, not per request).
+    answered: Vec<(usize, Status)>,
 }
 
 struct Deferred {
@@ -62,34 +72,36 @@ enum Next {
 }
 
 /// Serves a connection until the client closes it, an error closes it, or a timeout does.
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
     use std::os::fd::AsRawFd;
-    let registry = &core.registry;
+    let registry = &ctx.registry;
     let slot = registry.insert(
         stream.as_raw_fd(),
-        registry.now() + core.idle_timeout_secs + 1,
+        registry.now() + ctx.idle_timeout_secs + 1,
     );
-    let metrics = core.metrics();
+    let metrics = ctx.app.metrics();
     metrics.open_connections.add(1);
     // A client that stops reading its responses would otherwise hold a write (and the
     // connection) forever; glommio arms this timer only when a write would block.
-    let write_timeout = std::time::Duration::from_secs(core.request_timeout_secs);
+    let write_timeout = std::time::Duration::from_secs(ctx.request_timeout_secs);
     if let Err(err) = stream.set_write_timeout(Some(write_timeout)) {
         log::debug!("write timeout: {err}");
     }
     let mut conn = Conn {
-        core: core.clone(),
+        ctx: ctx.clone(),
         slot,
         rbuf: vec![0; INITIAL_BUFFER_BYTES],
         filled: 0,
         wbuf: Vec::with_capacity(INITIAL_BUFFER_BYTES),
-        body: Vec::new(),
-        chunked: Vec::new(),
+        response_body: Vec::new(),
+        decoded_body: Vec::new(),
         deferred: Vec::new(),
         assembled: Vec::new(),
         after_commit: false,
         continue_sent: false,
         request_deadline: 0,
+        batch_arrived: Instant::now(),
+        answered: Vec::new(),
     };
     if let Err(err) = conn.run(&mut stream).await {
         log::debug!("connection closed: {err}");
@@ -101,11 +113,11 @@ impl Drop for Conn {
     /// Leaves the registry while the socket is still open (so the sweeper never touches a
     /// reused descriptor), also when a bug made the connection task panic.
     fn drop(&mut self) {
-        let metrics = self.core.metrics();
+        let metrics = self.ctx.app.metrics();
         if self.slot.timed_out() {
             metrics.timed_out_connections.add(1);
         }
-        self.core.registry.remove(&self.slot);
+        self.ctx.registry.remove(&self.slot);
         metrics.open_connections.sub(1);
     }
 }
@@ -124,32 +136,35 @@ impl Conn {
                 }
                 return Ok(());
             }
-            let registry = &self.core.registry;
+            self.batch_arrived = Instant::now();
+            let registry = &self.ctx.registry;
             if self.filled == 0 {
-                self.request_deadline = registry.now() + self.core.request_timeout_secs + 1;
+                self.request_deadline = registry.now() + self.ctx.request_timeout_secs + 1;
             }
             self.filled += n;
             self.slot.set_phase(Phase::Busy, 0);
 
             let (consumed, next) = self.answer_buffered();
-            self.flush(stream).await?;
+            let flushed = self.flush(stream).await;
+            self.record_answered();
+            flushed?;
             if next == Next::Close {
                 return self.linger(stream).await;
             }
 
             self.rbuf.copy_within(consumed..self.filled, 0);
             self.filled -= consumed;
-            let registry = &self.core.registry;
+            let registry = &self.ctx.registry;
             if self.filled == 0 {
-                if self.core.shutting_down.get() {
+                if self.ctx.shutting_down.get() {
                     return Ok(());
                 }
-                let deadline = registry.now() + self.core.idle_timeout_secs + 1;
+                let deadline = registry.now() + self.ctx.idle_timeout_secs + 1;
                 self.slot.set_phase(Phase::Idle, deadline);
             } else {
                 if consumed > 0 {
                     // A new request started in this read: its own timeout starts now.
-                    self.request_deadline = registry.now() + self.core.request_timeout_secs + 1;
+                    self.request_deadline = registry.now() + self.ctx.request_timeout_secs + 1;
                 }
                 self.slot.set_phase(Phase::Reading, self.request_deadline);
             }
@@ -197,16 +212,15 @@ impl Conn {
     /// Frames and answers every complete request in the read buffer. Returns the bytes
     /// consumed and whether the connection closes after these responses.
     fn answer_buffered(&mut self) -> (usize, Next) {
-        let core = self.core.clone();
-        let date = core.date.borrow();
-        let metrics = core.metrics();
+        let ctx = self.ctx.clone();
+        let date = ctx.date.borrow();
         self.wbuf.clear();
         let mut pos = 0;
         while pos < self.filled {
             let parsed = http::parse(
                 &self.rbuf[pos..self.filled],
-                &core.limits,
-                &mut self.chunked,
+                &ctx.limits,
+                &mut self.decoded_body,
             );
             let (head, body, len) = match parsed {
                 Ok(Parsed::Complete { head, body, len }) => (head, body, len),
@@ -220,12 +234,13 @@ impl Conn {
                 Err(err) => {
                     write_error(
                         &mut self.wbuf,
-                        &mut self.body,
+                        &mut self.response_body,
                         &date,
                         err.status(),
                         &err.to_string(),
                     );
-                    metrics.count_request(crate::metrics::ROUTE_OTHER, err.status());
+                    self.answered
+                        .push((Route::metric_index(None), err.status()));
                     return (pos, Next::Close);
                 }
             };
@@ -236,9 +251,9 @@ impl Conn {
             let route = Route::from_path(path);
             let body: &mut [u8] = match body {
                 BodyLocation::Input(r) => &mut self.rbuf[start + r.start..start + r.end],
-                BodyLocation::Scratch => &mut self.chunked,
+                BodyLocation::Scratch => &mut self.decoded_body,
             };
-            let persistence = if !head.keep_alive || core.shutting_down.get() {
+            let persistence = if !head.keep_alive || ctx.shutting_down.get() {
                 Persistence::Close
             } else if head.http10 {
                 Persistence::KeepAliveHttp10
@@ -246,8 +261,8 @@ impl Conn {
                 Persistence::KeepAlive
             };
             let head_only = head.method == Method::Head;
-            self.body.clear();
-            match routes::dispatch(&core, head.method, route, body, &mut self.body) {
+            self.response_body.clear();
+            match routes::dispatch(&ctx.app, head.method, route, body, &mut self.response_body) {
                 Reply::Now {
                     status,
                     content_type,
@@ -260,8 +275,8 @@ impl Conn {
                         head_only,
                         allow,
                     };
-                    http::write_response(&mut self.wbuf, &response, &date, &self.body);
-                    metrics.count_request(Route::metric_index(route), status);
+                    http::write_response(&mut self.wbuf, &response, &date, &self.response_body);
+                    self.answered.push((Route::metric_index(route), status));
                 }
                 Reply::Increment(ticket) => self.deferred.push(Deferred {
                     at: self.wbuf.len(),
@@ -294,12 +309,12 @@ impl Conn {
             out.extend_from_slice(&self.wbuf[copied..deferred.at]);
             copied = deferred.at;
             let result = deferred.ticket.await;
-            self.body.clear();
+            self.response_body.clear();
             if let Reply::Now {
                 status,
                 content_type,
                 allow,
-            } = routes::increment_reply(result, &mut self.body)
+            } = routes::increment_reply(result, &mut self.response_body)
             {
                 let response = ResponseHead {
                     status,
@@ -308,10 +323,10 @@ impl Conn {
                     head_only: deferred.head_only,
                     allow,
                 };
-                http::write_response(&mut out, &response, &self.core.date.borrow(), &self.body);
-                self.core
-                    .metrics()
-                    .count_request(Route::metric_index(Some(Route::Counter)), status);
+                let date = self.ctx.date.borrow();
+                http::write_response(&mut out, &response, &date, &self.response_body);
+                self.answered
+                    .push((Route::metric_index(Some(Route::Counter)), status));
             }
         }
         out.extend_from_slice(&self.wbuf[copied..]);
@@ -323,7 +338,7 @@ impl Conn {
     /// Grows the read buffer for a request larger than it; false once the buffer has reached
     /// the most one request may need (head + body, plus room for chunked framing).
     fn grow_read_buffer(&mut self) -> bool {
-        let limits = &self.core.limits;
+        let limits = &self.ctx.limits;
         let max = limits.max_head_bytes + 2 * limits.max_body_bytes + INITIAL_BUFFER_BYTES;
         if self.rbuf.len() >= max {
             return false;
@@ -340,23 +355,34 @@ impl Conn {
     }
 
     async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
-        self.prepare_error(408, "request timed out");
+        self.prepare_error(Status::RequestTimeout, "request timed out");
         stream.write_all(&self.wbuf).await
     }
 
     /// Replaces the output with one error response that closes the connection.
-    fn prepare_error(&mut self, status: u16, msg: &str) {
+    fn prepare_error(&mut self, status: Status, msg: &str) {
         self.wbuf.clear();
         write_error(
             &mut self.wbuf,
-            &mut self.body,
-            &self.core.date.borrow(),
+            &mut self.response_body,
+            &self.ctx.date.borrow(),
             status,
             msg,
         );
-        self.core
-            .metrics()
-            .count_request(crate::metrics::ROUTE_OTHER, status);
+        self.answered.push((Route::metric_index(None), status));
+        self.record_answered();
+    }
+
+    /// Records this batch's answered requests with the time since the batch arrived.
+    fn record_answered(&mut self) {
+        if self.answered.is_empty() {
+            return;
+        }
+        let elapsed = self.batch_arrived.elapsed();
+        let metrics = self.ctx.app.metrics();
+        for (route, status) in self.answered.drain(..) {
+            metrics.record_request(route, status, elapsed);
+        }
     }
 
     /// Closes after an error without losing the response: a close with unread input makes
@@ -365,7 +391,7 @@ impl Conn {
     async fn linger(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
         const LINGER_BYTES: usize = 1 << 20;
         stream.close().await?;
-        let deadline = self.core.registry.now() + 2;
+        let deadline = self.ctx.registry.now() + 2;
         self.slot.set_phase(Phase::Reading, deadline);
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
@@ -383,7 +409,7 @@ fn write_error(
     out: &mut Vec<u8>,
     body: &mut Vec<u8>,
     date: &http::HttpDate,
-    status: u16,
+    status: Status,
     msg: &str,
 ) {
     body.clear();
@@ -399,14 +425,14 @@ fn write_error(
 }
 
 /// Answers a connection over the per-core cap with 503 and closes it.
-pub async fn refuse(core: Rc<Core>, mut stream: TcpStream) {
+pub async fn refuse(ctx: Rc<ConnContext>, mut stream: TcpStream) {
     let mut out = Vec::with_capacity(256);
     let mut body = Vec::with_capacity(64);
     write_error(
         &mut out,
         &mut body,
-        &core.date.borrow(),
-        503,
+        &ctx.date.borrow(),
+        Status::ServiceUnavailable,
         "too many connections",
     );
     let _ = stream.write_all(&out).await;

@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 /// What a connection is doing, which decides the timeout that applies.
@@ -58,6 +59,8 @@ pub struct Registry {
     started: Instant,
     /// Seconds since `started`, advanced by the sweeper.
     now: Cell<u64>,
+    /// The task waiting in [`Registry::until_empty`], woken when the last slot leaves.
+    drain_waiter: Cell<Option<Waker>>,
 }
 
 impl Registry {
@@ -66,6 +69,7 @@ impl Registry {
             slots: RefCell::new(Vec::new()),
             started: Instant::now(),
             now: Cell::new(0),
+            drain_waiter: Cell::new(None),
         }
     }
 
@@ -103,6 +107,24 @@ impl Registry {
         if let Some(moved) = slots.get(i) {
             moved.index.set(i);
         }
+        if slots.is_empty() {
+            if let Some(waker) = self.drain_waiter.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Resolves once no connection is open (at shutdown, after new ones stopped arriving).
+    pub async fn until_empty(&self) {
+        std::future::poll_fn(|cx| {
+            if self.is_empty() {
+                Poll::Ready(())
+            } else {
+                self.drain_waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Advances the clock and interrupts every connection past its deadline.

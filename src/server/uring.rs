@@ -1,8 +1,6 @@
 //! Checks, before any executor starts, that this process can use io_uring, and says what to
 //! change when it cannot. glommio has no epoll fallback, and its own failures are terse.
 
-use std::fmt;
-
 /// Locked memory glommio needs at the least (it refuses to start below this).
 const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
 
@@ -11,18 +9,12 @@ pub const HINT: &str = "tally needs io_uring: Linux >= 5.8, sysctl kernel.io_uri
     a seccomp profile that allows io_uring_setup/io_uring_enter/io_uring_register, and \
     `ulimit -l` of at least 512 KiB";
 
-#[derive(Debug)]
+/// Why this process cannot use io_uring, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("io_uring is not available: {what}")]
 pub struct UringError {
     what: String,
 }
-
-impl fmt::Display for UringError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "io_uring is not available: {}", self.what)
-    }
-}
-
-impl std::error::Error for UringError {}
 
 fn fail(what: impl Into<String>) -> Result<(), UringError> {
     Err(UringError { what: what.into() })

@@ -1,0 +1,110 @@
+//! The application as handlers see it: no sockets, no executors, no connection state.
+//!
+//! [`App`] is one core's value (its key/value replica, its side of the counter, its metrics),
+//! built on that core and used only there; [`Shared`] is what every core's `App` points to
+//! (the counter's store, every core's metrics, readiness). Handlers in `routes` take an `&App`,
+//! so a unit test builds one directly and calls them without a listener or a binary.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::counter::{CounterCore, CounterShared};
+use crate::kv::{self, Lookup, LookupScratch, Replica};
+use crate::metrics::{self, CoreMetrics};
+
+/// State shared by every core (read-mostly; metrics are written each by its own core).
+pub struct Shared {
+    /// One entry per core, indexed by core id.
+    pub metrics: Vec<CoreMetrics>,
+    pub counter: Arc<CounterShared>,
+    /// Cores whose key/value replica is built; ready once it equals `metrics.len()`.
+    kv_ready_cores: AtomicUsize,
+    /// For `tally_uptime_seconds`.
+    started: Instant,
+}
+
+impl Shared {
+    /// `metrics` has one entry per core.
+    pub fn new(metrics: Vec<CoreMetrics>, counter: Arc<CounterShared>) -> Self {
+        Shared {
+            metrics,
+            counter,
+            kv_ready_cores: AtomicUsize::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn cores(&self) -> usize {
+        self.metrics.len()
+    }
+
+    /// Whether every core has built its key/value replica.
+    pub fn kv_ready(&self) -> bool {
+        self.kv_ready_cores.load(Ordering::Acquire) == self.cores()
+    }
+
+    /// Why the instance is not ready to serve, if it is not (for `/api/v1/system/ready`).
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.kv_ready() {
+            Some("the key/value replicas are still being built")
+        } else if !self.counter.store.is_connected() {
+            Some("the counter store (PostgreSQL) is unreachable")
+        } else {
+            None
+        }
+    }
+
+    /// `/metrics`: every core's HTTP metrics, the counter's, uptime and the process's.
+    pub fn render_metrics(&self, out: &mut String) {
+        metrics::render_cores(&self.metrics, out);
+        self.counter.render_metrics(out);
+        metrics::write_single(
+            out,
+            "tally_uptime_seconds",
+            "gauge",
+            "Seconds since start-up.",
+            self.started.elapsed().as_secs(),
+        );
+        metrics::process::render(out);
+    }
+}
+
+/// One core's application state.
+pub struct App {
+    pub core: usize,
+    pub shared: Arc<Shared>,
+    pub replica: Replica,
+    /// simd-json's reusable buffers for `/get_value` bodies (no allocation per lookup).
+    kv_scratch: RefCell<LookupScratch>,
+    pub counter: Rc<CounterCore>,
+}
+
+impl App {
+    /// Builds core `core`'s state and counts its replica as ready.
+    pub fn new(core: usize, shared: Arc<Shared>, replica: Replica, counter: Rc<CounterCore>) -> App {
+        let metrics = &shared.metrics[core];
+        metrics.kv_replica_bytes.set(replica.memory_bytes() as u64);
+        metrics.kv_replica_pairs.set(replica.len() as u64);
+        shared.kv_ready_cores.fetch_add(1, Ordering::AcqRel);
+        App {
+            core,
+            shared,
+            replica,
+            kv_scratch: RefCell::new(LookupScratch::new()),
+            counter,
+        }
+    }
+
+    /// This core's metrics.
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics[self.core]
+    }
+
+    /// Answers a `/get_value` body from this core's replica; the value borrows the replica.
+    pub fn lookup<'a>(&'a self, body: &mut [u8]) -> Lookup<'a> {
+        kv::lookup(&self.replica, &mut self.kv_scratch.borrow_mut(), body)
+    }
+}
