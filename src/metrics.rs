@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::http::Status;
+
 /// Routes as counted in metrics; `Other` is every unknown path.
 pub const ROUTE_NAMES: [&str; 6] = [
     "/api/v1/counter",
@@ -16,19 +18,6 @@ pub const ROUTE_NAMES: [&str; 6] = [
     "other",
 ];
 pub const ROUTE_OTHER: usize = 5;
-
-/// Status codes tally sends; anything else is counted under 500.
-const STATUSES: [u16; 13] = [
-    200, 400, 404, 405, 408, 413, 414, 417, 422, 431, 500, 501, 503,
-];
-const STATUS_500: usize = 10;
-
-fn status_index(status: u16) -> usize {
-    STATUSES
-        .iter()
-        .position(|&s| s == status)
-        .unwrap_or(STATUS_500)
-}
 
 /// A counter written by one core only.
 #[derive(Default)]
@@ -55,7 +44,7 @@ impl Counter {
 #[repr(align(128))]
 #[derive(Default)]
 pub struct CoreMetrics {
-    requests: [[Counter; STATUSES.len()]; ROUTE_NAMES.len()],
+    requests: [[Counter; Status::COUNT]; ROUTE_NAMES.len()],
     pub open_connections: Counter,
     pub accepted_connections: Counter,
     pub refused_connections: Counter,
@@ -66,8 +55,8 @@ pub struct CoreMetrics {
 
 impl CoreMetrics {
     #[inline]
-    pub fn count_request(&self, route: usize, status: u16) {
-        self.requests[route.min(ROUTE_OTHER)][status_index(status)].add(1);
+    pub fn count_request(&self, route: usize, status: Status) {
+        self.requests[route.min(ROUTE_OTHER)][status.index()].add(1);
     }
 }
 
@@ -92,7 +81,7 @@ pub fn render_cores(cores: &[CoreMetrics], out: &mut String) {
     );
     for (core, m) in cores.iter().enumerate() {
         for (r, route) in ROUTE_NAMES.iter().enumerate() {
-            for (s, status) in STATUSES.iter().enumerate() {
+            for (s, status) in Status::ALL.iter().enumerate() {
                 let n = m.requests[r][s].get();
                 if n > 0 {
                     let _ = writeln!(
@@ -208,9 +197,9 @@ mod tests {
     #[test]
     fn requests_are_rendered_by_route_status_and_core() {
         let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
-        cores[1].count_request(1, 404);
-        cores[1].count_request(1, 404);
-        cores[0].count_request(ROUTE_OTHER, 299);
+        cores[1].count_request(1, Status::NotFound);
+        cores[1].count_request(1, Status::NotFound);
+        cores[0].count_request(ROUTE_OTHER, Status::InternalServerError);
         let mut out = String::new();
         render_cores(&cores, &mut out);
         assert!(out.contains(

@@ -4,7 +4,7 @@
 
 use crate::counter::{self, Ticket};
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTENT_TYPE_METRICS};
-use crate::http::Method;
+use crate::http::{Method, Status};
 use crate::kv::{self, Lookup};
 use crate::metrics;
 use crate::server::Core;
@@ -56,7 +56,7 @@ impl Route {
 pub enum Reply {
     /// The body is in the scratch buffer.
     Now {
-        status: u16,
+        status: Status,
         content_type: &'static str,
         allow: Option<&'static str>,
     },
@@ -64,7 +64,7 @@ pub enum Reply {
     Increment(Ticket),
 }
 
-fn json(status: u16) -> Reply {
+fn json(status: Status) -> Reply {
     Reply::Now {
         status,
         content_type: CONTENT_TYPE_JSON,
@@ -72,7 +72,7 @@ fn json(status: u16) -> Reply {
     }
 }
 
-fn message(out: &mut Vec<u8>, status: u16, msg: &str) -> Reply {
+fn message(out: &mut Vec<u8>, status: Status, msg: &str) -> Reply {
     write_message_body(out, msg);
     json(status)
 }
@@ -86,20 +86,20 @@ pub fn dispatch(
     out: &mut Vec<u8>,
 ) -> Reply {
     let Some(route) = route else {
-        return message(out, 404, "not found");
+        return message(out, Status::NotFound, "not found");
     };
     let get = matches!(method, Method::Get | Method::Head);
     match (route, get, method == Method::Post) {
         (Route::Health, true, _) => {
             out.extend_from_slice(br#"{"healthy":true}"#);
-            json(200)
+            json(Status::Ok)
         }
         (Route::Ready, true, _) => ready(core, out),
         (Route::Metrics, true, _) => {
             let text = core.render_metrics();
             out.extend_from_slice(text.as_bytes());
             Reply::Now {
-                status: 200,
+                status: Status::Ok,
                 content_type: CONTENT_TYPE_METRICS,
                 allow: None,
             }
@@ -107,20 +107,20 @@ pub fn dispatch(
         (Route::GetValue, _, true) => get_value(core, body, out),
         (Route::Counter, _, true) => match counter::parse_by(body) {
             Ok(by) => Reply::Increment(core.counter.increment(by)),
-            Err(msg) => message(out, 400, msg),
+            Err(msg) => message(out, Status::BadRequest, msg),
         },
         (Route::Counter, true, _) => match core.instance.counter.current() {
             Some(count) => counter_body(out, count),
             None => message(
                 out,
-                503,
+                Status::ServiceUnavailable,
                 "the count is not known yet: the store is unavailable",
             ),
         },
         _ => {
             write_message_body(out, "method not allowed");
             Reply::Now {
-                status: 405,
+                status: Status::MethodNotAllowed,
                 content_type: CONTENT_TYPE_JSON,
                 allow: Some(route.allow()),
             }
@@ -134,7 +134,11 @@ pub fn increment_reply(result: Result<i64, counter::CommitError>, out: &mut Vec<
         Ok(count) => counter_body(out, count),
         Err(err) => {
             log::debug!("increment not confirmed: {err}");
-            message(out, 503, "the increment was not confirmed by the store")
+            message(
+                out,
+                Status::ServiceUnavailable,
+                "the increment was not confirmed by the store",
+            )
         }
     }
 }
@@ -143,7 +147,7 @@ fn counter_body(out: &mut Vec<u8>, count: i64) -> Reply {
     out.extend_from_slice(b"{\"count\":");
     out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
     out.push(b'}');
-    json(200)
+    json(Status::Ok)
 }
 
 fn ready(core: &Core, out: &mut Vec<u8>) -> Reply {
@@ -158,13 +162,13 @@ fn ready(core: &Core, out: &mut Vec<u8>) -> Reply {
     match why {
         None => {
             out.extend_from_slice(br#"{"ready":true}"#);
-            json(200)
+            json(Status::Ok)
         }
         Some(msg) => {
             out.extend_from_slice(br#"{"ready":false,"message":""#);
             out.extend_from_slice(msg.as_bytes());
             out.extend_from_slice(b"\"}");
-            json(503)
+            json(Status::ServiceUnavailable)
         }
     }
 }
@@ -176,10 +180,10 @@ fn get_value(core: &Core, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
             out.extend_from_slice(b"{\"value\":");
             kv::write_json_string(out, value);
             out.push(b'}');
-            json(200)
+            json(Status::Ok)
         }
-        Lookup::NotFound => message(out, 404, "key not found"),
-        Lookup::NotUuidV4 => message(out, 422, "key is not a UUID v4"),
-        Lookup::BadRequest(why) => message(out, 400, why),
+        Lookup::NotFound => message(out, Status::NotFound, "key not found"),
+        Lookup::NotUuidV4 => message(out, Status::UnprocessableContent, "key is not a UUID v4"),
+        Lookup::BadRequest(why) => message(out, Status::BadRequest, why),
     }
 }

@@ -12,7 +12,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
-use crate::http::{self, BodyLocation, HttpError, Method, Parsed, Persistence, ResponseHead};
+use crate::http::{
+    self, BodyLocation, HttpError, Method, Parsed, Persistence, ResponseHead, Status,
+};
 use crate::routes::{self, Reply, Route};
 use crate::server::registry::{Phase, Slot};
 use crate::server::Core;
@@ -340,12 +342,12 @@ impl Conn {
     }
 
     async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
-        self.prepare_error(408, "request timed out");
+        self.prepare_error(Status::RequestTimeout, "request timed out");
         stream.write_all(&self.wbuf).await
     }
 
     /// Replaces the output with one error response that closes the connection.
-    fn prepare_error(&mut self, status: u16, msg: &str) {
+    fn prepare_error(&mut self, status: Status, msg: &str) {
         self.wbuf.clear();
         write_error(
             &mut self.wbuf,
@@ -383,7 +385,7 @@ fn write_error(
     out: &mut Vec<u8>,
     body: &mut Vec<u8>,
     date: &http::HttpDate,
-    status: u16,
+    status: Status,
     msg: &str,
 ) {
     body.clear();
@@ -406,7 +408,7 @@ pub async fn refuse(core: Rc<Core>, mut stream: TcpStream) {
         &mut out,
         &mut body,
         &core.date.borrow(),
-        503,
+        Status::ServiceUnavailable,
         "too many connections",
     );
     let _ = stream.write_all(&out).await;
