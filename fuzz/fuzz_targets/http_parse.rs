@@ -3,11 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally::http::{parse, BodyLocation, Limits, Parsed};
+use tally::http::{parse, BodyLocation, Limits, Parsed, Status};
 
 /// Frames `input` as the connection loop would, with reads ending at `splits`: the requests
 /// it yields (method, path, body) and the error that ended it, if any.
-fn frame(input: &[u8], splits: &[usize]) -> Vec<Result<(u8, Vec<u8>, Vec<u8>), u16>> {
+fn frame(input: &[u8], splits: &[usize]) -> Vec<Result<(u8, Vec<u8>, Vec<u8>), Status>> {
     let limits = Limits::default();
     let mut scratch = Vec::new();
     let mut out = Vec::new();

@@ -3,9 +3,11 @@
 
 pub mod request;
 pub mod response;
+pub mod status;
 
 #[cfg(test)]
 mod tests;
 
 pub use request::{parse, BodyFraming, BodyLocation, Head, HttpError, Limits, Method, Parsed};
 pub use response::{write_response, HttpDate, Persistence, ResponseHead};
+pub use status::Status;

@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use super::Status;
+
 /// Upper bound for [`Limits::max_headers`]: the size of the on-stack `httparse` header array.
 pub const MAX_HEADERS_CAP: usize = 128;
 /// A chunk-size line longer than this (hex digits plus extensions) is rejected.
@@ -115,14 +117,16 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    pub fn status(self) -> u16 {
+    pub fn status(self) -> Status {
         match self {
-            HttpError::BadRequest(_) => 400,
-            HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
-            HttpError::UriTooLong => 414,
-            HttpError::BodyTooLarge => 413,
-            HttpError::NotImplemented(_) => 501,
-            HttpError::ExpectationFailed => 417,
+            HttpError::BadRequest(_) => Status::BadRequest,
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders => {
+                Status::RequestHeaderFieldsTooLarge
+            }
+            HttpError::UriTooLong => Status::UriTooLong,
+            HttpError::BodyTooLarge => Status::ContentTooLarge,
+            HttpError::NotImplemented(_) => Status::NotImplemented,
+            HttpError::ExpectationFailed => Status::ExpectationFailed,
         }
     }
 }

@@ -4,11 +4,14 @@
 
 use std::time::SystemTime;
 
+use super::Status;
+
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const SERVER: &[u8] = b"\r\nServer: tally\r\nDate: ";
 
-/// The interim response for `Expect: 100-continue` (RFC 9110 §10.1.1).
+/// The interim response for `Expect: 100-continue` (RFC 9110 §10.1.1); a test checks it
+/// against [`Status::Continue`].
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What the `Connection` header of a response says.
@@ -25,7 +28,7 @@ pub enum Persistence {
 /// One response's metadata; the body is passed separately.
 #[derive(Clone, Copy, Debug)]
 pub struct ResponseHead<'a> {
-    pub status: u16,
+    pub status: Status,
     pub content_type: &'a str,
     pub persistence: Persistence,
     /// HEAD request: headers as for GET, no body.
@@ -38,7 +41,7 @@ pub struct ResponseHead<'a> {
 pub fn write_response(out: &mut Vec<u8>, head: &ResponseHead<'_>, date: &HttpDate, body: &[u8]) {
     out.reserve(160 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status_line(head.status).as_bytes());
+    out.extend_from_slice(head.status.line().as_bytes());
     out.extend_from_slice(SERVER);
     out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: ");
@@ -73,27 +76,6 @@ pub fn write_message_body(out: &mut Vec<u8>, msg: &str) {
         }
     }
     out.extend_from_slice(b"\"}");
-}
-
-/// "200 OK" and friends: the status code and its reason phrase.
-pub fn status_line(status: u16) -> &'static str {
-    match status {
-        100 => "100 Continue",
-        200 => "200 OK",
-        400 => "400 Bad Request",
-        404 => "404 Not Found",
-        405 => "405 Method Not Allowed",
-        408 => "408 Request Timeout",
-        413 => "413 Content Too Large",
-        414 => "414 URI Too Long",
-        417 => "417 Expectation Failed",
-        422 => "422 Unprocessable Content",
-        431 => "431 Request Header Fields Too Large",
-        500 => "500 Internal Server Error",
-        501 => "501 Not Implemented",
-        503 => "503 Service Unavailable",
-        _ => "500 Internal Server Error",
-    }
 }
 
 /// The `Date` header value (IMF-fixdate, RFC 9110 §5.6.7), formatted at most once a second.
@@ -135,5 +117,16 @@ impl HttpDate {
 impl Default for HttpDate {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_is_the_status_line_of_100() {
+        let expected = format!("HTTP/1.1 {}\r\n\r\n", Status::Continue.line());
+        assert_eq!(CONTINUE, expected.as_bytes());
     }
 }

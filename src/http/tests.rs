@@ -3,6 +3,7 @@
 
 use super::request::*;
 use super::response::*;
+use super::Status;
 use proptest::prelude::*;
 
 fn limits() -> Limits {
@@ -119,22 +120,22 @@ fn content_length_with_transfer_encoding_is_400() {
     let err = error(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
-    assert_eq!(err.status(), 400);
+    assert_eq!(err.status(), Status::BadRequest);
 }
 
 #[test]
 fn chunked_not_last_is_400_and_unknown_codings_are_501() {
     assert_eq!(
         error(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").status(),
-        400
+        Status::BadRequest
     );
     assert_eq!(
         error(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n").status(),
-        400
+        Status::BadRequest
     );
     assert_eq!(
         error(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").status(),
-        501
+        Status::NotImplemented
     );
 }
 
@@ -142,7 +143,7 @@ fn chunked_not_last_is_400_and_unknown_codings_are_501() {
 fn transfer_encoding_in_http10_is_400() {
     assert_eq!(
         error(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").status(),
-        400
+        Status::BadRequest
     );
 }
 
@@ -161,12 +162,12 @@ fn bad_or_conflicting_content_lengths_are_400() {
         let req = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n");
         assert_eq!(
             error(req.as_bytes()).status(),
-            400,
+            Status::BadRequest,
             "Content-Length: {cl:?}"
         );
     }
     let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
-    assert_eq!(error(req).status(), 400);
+    assert_eq!(error(req).status(), Status::BadRequest);
 }
 
 #[test]
@@ -205,7 +206,11 @@ fn malformed_chunks_are_400() {
     ] {
         let req =
             format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}");
-        assert_eq!(error(req.as_bytes()).status(), 400, "chunks {chunks:?}");
+        assert_eq!(
+            error(req.as_bytes()).status(),
+            Status::BadRequest,
+            "chunks {chunks:?}"
+        );
     }
 }
 
@@ -226,7 +231,10 @@ fn too_many_header_fields_is_431() {
     }
     req.push_str("\r\n");
     assert_eq!(error(req.as_bytes()), HttpError::TooManyHeaders);
-    assert_eq!(HttpError::TooManyHeaders.status(), 431);
+    assert_eq!(
+        HttpError::TooManyHeaders.status(),
+        Status::RequestHeaderFieldsTooLarge
+    );
 }
 
 #[test]
@@ -236,15 +244,18 @@ fn a_long_request_target_is_414_complete_or_not() {
     assert_eq!(error(req.as_bytes()), HttpError::UriTooLong);
     let unfinished = format!("GET {path}");
     assert_eq!(error(unfinished.as_bytes()), HttpError::UriTooLong);
-    assert_eq!(HttpError::UriTooLong.status(), 414);
+    assert_eq!(HttpError::UriTooLong.status(), Status::UriTooLong);
 }
 
 #[test]
 fn http11_without_exactly_one_host_is_400() {
-    assert_eq!(error(b"GET / HTTP/1.1\r\n\r\n").status(), 400);
+    assert_eq!(
+        error(b"GET / HTTP/1.1\r\n\r\n").status(),
+        Status::BadRequest
+    );
     assert_eq!(
         error(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").status(),
-        400
+        Status::BadRequest
     );
 }
 
@@ -295,7 +306,7 @@ fn garbage_and_other_versions_are_400() {
         b"GET / FTP/1.1\r\n\r\n",
         b"GET\r\n\r\n",
     ] {
-        assert_eq!(error(input).status(), 400, "{input:?}");
+        assert_eq!(error(input).status(), Status::BadRequest, "{input:?}");
     }
 }
 
@@ -304,7 +315,7 @@ fn date() -> HttpDate {
 }
 
 fn head(
-    status: u16,
+    status: Status,
     persistence: Persistence,
     head_only: bool,
     allow: Option<&str>,
@@ -323,7 +334,7 @@ fn every_response_has_length_type_date_and_server() {
     let mut out = Vec::new();
     write_response(
         &mut out,
-        &head(200, Persistence::KeepAlive, false, None),
+        &head(Status::Ok, Persistence::KeepAlive, false, None),
         &date(),
         b"{\"a\":1}",
     );
@@ -342,7 +353,7 @@ fn a_head_response_has_the_get_length_and_no_body() {
     let mut out = Vec::new();
     write_response(
         &mut out,
-        &head(200, Persistence::KeepAlive, true, None),
+        &head(Status::Ok, Persistence::KeepAlive, true, None),
         &date(),
         b"12345",
     );
@@ -356,7 +367,12 @@ fn close_keep_alive_10_and_allow_headers_are_written() {
     let mut out = Vec::new();
     write_response(
         &mut out,
-        &head(405, Persistence::Close, false, Some("GET, HEAD")),
+        &head(
+            Status::MethodNotAllowed,
+            Persistence::Close,
+            false,
+            Some("GET, HEAD"),
+        ),
         &date(),
         b"",
     );
@@ -367,7 +383,7 @@ fn close_keep_alive_10_and_allow_headers_are_written() {
     let mut out = Vec::new();
     write_response(
         &mut out,
-        &head(200, Persistence::KeepAliveHttp10, false, None),
+        &head(Status::Ok, Persistence::KeepAliveHttp10, false, None),
         &date(),
         b"",
     );
