@@ -84,7 +84,12 @@ pub struct App {
 
 impl App {
     /// Builds core `core`'s state and counts its replica as ready.
-    pub fn new(core: usize, shared: Arc<Shared>, replica: Replica, counter: Rc<CounterCore>) -> App {
+    pub fn new(
+        core: usize,
+        shared: Arc<Shared>,
+        replica: Replica,
+        counter: Rc<CounterCore>,
+    ) -> App {
         let metrics = &shared.metrics[core];
         metrics.kv_replica_bytes.set(replica.memory_bytes() as u64);
         metrics.kv_replica_pairs.set(replica.len() as u64);

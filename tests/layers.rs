@@ -85,10 +85,14 @@ fn every_module_uses_only_modules_below_it() {
         if module == "lib" {
             continue; // declares the modules; uses none of them
         }
-        let own = rank(&module)
-            .unwrap_or_else(|| panic!("src module `{module}` is missing from LAYERS"));
+        let own =
+            rank(&module).unwrap_or_else(|| panic!("src module `{module}` is missing from LAYERS"));
         let text = std::fs::read_to_string(file).expect("readable source");
-        let prefix = if module == "main" { "tally::" } else { "crate::" };
+        let prefix = if module == "main" {
+            "tally::"
+        } else {
+            "crate::"
+        };
         for used in uses(&text, prefix) {
             if used == module {
                 continue;
@@ -100,7 +104,11 @@ fn every_module_uses_only_modules_below_it() {
             }
         }
     }
-    assert!(upward.is_empty(), "uses that are not downward:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "uses that are not downward:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]

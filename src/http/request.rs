@@ -28,13 +28,22 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
+/// Default of [`Limits::max_head_bytes`].
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Default of [`Limits::max_headers`].
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default of [`Limits::max_uri_bytes`].
+pub const DEFAULT_MAX_URI_BYTES: usize = 2 * 1024;
+/// Default of [`Limits::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_head_bytes: 8 * 1024,
-            max_headers: 64,
-            max_uri_bytes: 2 * 1024,
-            max_body_bytes: 64 * 1024,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }

@@ -81,7 +81,10 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     /// `route_labels[i]` names route index `i`; route indices past the end count under the last.
     pub fn new(route_labels: &'static [&'static str]) -> Self {
-        assert!(!route_labels.is_empty(), "at least the label for unmatched requests");
+        assert!(
+            !route_labels.is_empty(),
+            "at least the label for unmatched requests"
+        );
         CoreMetrics {
             route_labels,
             requests: (0..route_labels.len() * Status::COUNT)
@@ -294,9 +297,7 @@ mod tests {
         cores[0].record_request(7, Status::InternalServerError, ms);
         let mut out = String::new();
         render_cores(&cores, &mut out);
-        assert!(
-            out.contains("tally_http_requests_total{route=\"/b\",status=\"404\",core=\"1\"} 2")
-        );
+        assert!(out.contains("tally_http_requests_total{route=\"/b\",status=\"404\",core=\"1\"} 2"));
         assert!(
             out.contains("tally_http_requests_total{route=\"other\",status=\"500\",core=\"0\"} 1"),
             "a route index past the labels counts as the last label"
@@ -314,13 +315,27 @@ mod tests {
         render_cores(&cores, &mut out);
         let line = |s: &str| out.lines().any(|l| l == s);
         let d = "tally_http_request_duration_seconds";
-        assert!(line(&format!("{d}_bucket{{route=\"/a\",core=\"0\",le=\"0.00005\"}} 1")), "{out}");
-        assert!(line(&format!("{d}_bucket{{route=\"/a\",core=\"0\",le=\"0.0001\"}} 3")));
-        assert!(line(&format!("{d}_bucket{{route=\"/a\",core=\"0\",le=\"5\"}} 3")));
-        assert!(line(&format!("{d}_bucket{{route=\"/a\",core=\"0\",le=\"+Inf\"}} 4")));
+        assert!(
+            line(&format!(
+                "{d}_bucket{{route=\"/a\",core=\"0\",le=\"0.00005\"}} 1"
+            )),
+            "{out}"
+        );
+        assert!(line(&format!(
+            "{d}_bucket{{route=\"/a\",core=\"0\",le=\"0.0001\"}} 3"
+        )));
+        assert!(line(&format!(
+            "{d}_bucket{{route=\"/a\",core=\"0\",le=\"5\"}} 3"
+        )));
+        assert!(line(&format!(
+            "{d}_bucket{{route=\"/a\",core=\"0\",le=\"+Inf\"}} 4"
+        )));
         assert!(line(&format!("{d}_count{{route=\"/a\",core=\"0\"}} 4")));
         assert!(line(&format!("{d}_sum{{route=\"/a\",core=\"0\"}} 7.00022")));
-        assert!(!out.contains("route=\"/b\",core"), "routes without requests are left out");
+        assert!(
+            !out.contains("route=\"/b\",core"),
+            "routes without requests are left out"
+        );
     }
 
     #[test]

@@ -144,7 +144,10 @@ mod tests {
             "process_open_fds",
             "process_max_fds",
         ] {
-            assert!(out.contains(&format!("\n{name} ")), "{name} missing:\n{out}");
+            assert!(
+                out.contains(&format!("\n{name} ")),
+                "{name} missing:\n{out}"
+            );
         }
     }
 }

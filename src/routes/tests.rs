@@ -40,7 +40,12 @@ fn fixture() -> Fixture {
         vec![CoreMetrics::new(Route::METRIC_LABELS)],
         counter,
     ));
-    let app = App::new(0, shared, Replica::build(&dataset), CounterCore::new(port, 0));
+    let app = App::new(
+        0,
+        shared,
+        Replica::build(&dataset),
+        CounterCore::new(port, 0),
+    );
     Fixture {
         app,
         store,
@@ -50,10 +55,21 @@ fn fixture() -> Fixture {
 }
 
 /// Calls the handler and returns its status, body and `Allow` header.
-fn call(f: &Fixture, method: Method, path: &str, body: &str) -> (Status, String, Option<&'static str>) {
+fn call(
+    f: &Fixture,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (Status, String, Option<&'static str>) {
     let mut body = body.as_bytes().to_vec();
     let mut out = Vec::new();
-    match dispatch(&f.app, method, Route::from_path(path.as_bytes()), &mut body, &mut out) {
+    match dispatch(
+        &f.app,
+        method,
+        Route::from_path(path.as_bytes()),
+        &mut body,
+        &mut out,
+    ) {
         Reply::Now { status, allow, .. } => (status, String::from_utf8(out).expect("UTF-8"), allow),
         Reply::Increment(_) => panic!("{path} was answered with an increment ticket"),
     }
@@ -63,7 +79,10 @@ fn call(f: &Fixture, method: Method, path: &str, body: &str) -> (Status, String,
 fn every_route_has_its_own_metric_label_and_unmatched_requests_have_one_more() {
     assert_eq!(Route::METRIC_LABELS.len(), Route::ALL.len() + 1);
     for &route in Route::ALL {
-        assert_eq!(Route::METRIC_LABELS[Route::metric_index(Some(route))], route.path());
+        assert_eq!(
+            Route::METRIC_LABELS[Route::metric_index(Some(route))],
+            route.path()
+        );
         assert_eq!(Route::from_path(route.path().as_bytes()), Some(route));
     }
     assert_eq!(
@@ -73,7 +92,11 @@ fn every_route_has_its_own_metric_label_and_unmatched_requests_have_one_more() {
     let mut labels = Route::METRIC_LABELS.to_vec();
     labels.sort_unstable();
     labels.dedup();
-    assert_eq!(labels.len(), Route::METRIC_LABELS.len(), "labels are distinct");
+    assert_eq!(
+        labels.len(),
+        Route::METRIC_LABELS.len(),
+        "labels are distinct"
+    );
 }
 
 #[test]
@@ -114,7 +137,12 @@ fn ready_is_503_with_the_reason_while_the_store_is_unreachable() {
 #[test]
 fn a_known_key_is_found_and_its_value_returned_as_json() {
     let f = fixture();
-    let (status, body, _) = call(&f, Method::Post, "/get_value", &format!(r#"{{"key":"{}"}}"#, f.key));
+    let (status, body, _) = call(
+        &f,
+        Method::Post,
+        "/get_value",
+        &format!(r#"{{"key":"{}"}}"#, f.key),
+    );
     assert_eq!(status, Status::Ok);
     assert_eq!(body, format!(r#"{{"value":"{}"}}"#, f.value));
 }
@@ -123,9 +151,15 @@ fn a_known_key_is_found_and_its_value_returned_as_json() {
 fn lookups_answer_404_422_and_400_for_unknown_non_v4_and_malformed_keys() {
     let f = fixture();
     let unknown = r#"{"key":"6f1c1c9e-7a3b-4c2d-9e8f-0a1b2c3d4e5f"}"#;
-    assert_eq!(call(&f, Method::Post, "/get_value", unknown).0, Status::NotFound);
+    assert_eq!(
+        call(&f, Method::Post, "/get_value", unknown).0,
+        Status::NotFound
+    );
     let v1 = r#"{"key":"6f1c1c9e-7a3b-1c2d-9e8f-0a1b2c3d4e5f"}"#;
-    assert_eq!(call(&f, Method::Post, "/get_value", v1).0, Status::UnprocessableContent);
+    assert_eq!(
+        call(&f, Method::Post, "/get_value", v1).0,
+        Status::UnprocessableContent
+    );
     for bad in ["", "not json", r#"{"key":7}"#, r#"{"nokey":"x"}"#] {
         let (status, body, _) = call(&f, Method::Post, "/get_value", bad);
         assert_eq!(status, Status::BadRequest, "{bad:?}");
@@ -146,20 +180,41 @@ fn a_valid_increment_waits_for_its_commit_and_a_bad_body_is_400() {
     let f = fixture();
     for body in ["", r#"{"by":5}"#] {
         let mut body = body.as_bytes().to_vec();
-        let reply = dispatch(&f.app, Method::Post, Some(Route::Counter), &mut body, &mut Vec::new());
+        let reply = dispatch(
+            &f.app,
+            Method::Post,
+            Some(Route::Counter),
+            &mut body,
+            &mut Vec::new(),
+        );
         assert!(matches!(reply, Reply::Increment(_)));
     }
-    assert_eq!(call(&f, Method::Post, "/api/v1/counter", r#"{"by":0}"#).0, Status::BadRequest);
+    assert_eq!(
+        call(&f, Method::Post, "/api/v1/counter", r#"{"by":0}"#).0,
+        Status::BadRequest
+    );
 }
 
 #[test]
 fn a_failed_commit_is_503_and_a_committed_one_gives_the_count() {
     let mut out = Vec::new();
     let reply = increment_reply(Err(counter::CommitError::Timeout), &mut out);
-    assert!(matches!(reply, Reply::Now { status: Status::ServiceUnavailable, .. }));
+    assert!(matches!(
+        reply,
+        Reply::Now {
+            status: Status::ServiceUnavailable,
+            ..
+        }
+    ));
     out.clear();
     let reply = increment_reply(Ok(42), &mut out);
-    assert!(matches!(reply, Reply::Now { status: Status::Ok, .. }));
+    assert!(matches!(
+        reply,
+        Reply::Now {
+            status: Status::Ok,
+            ..
+        }
+    ));
     assert_eq!(out, br#"{"count":42}"#);
 }
 
@@ -174,7 +229,11 @@ fn a_method_a_route_does_not_allow_is_405_with_the_routes_allow_header() {
     ];
     for (method, path, allow) in cases {
         let (status, _, got) = call(&f, method, path, "");
-        assert_eq!((status, got), (Status::MethodNotAllowed, Some(allow)), "{method:?} {path}");
+        assert_eq!(
+            (status, got),
+            (Status::MethodNotAllowed, Some(allow)),
+            "{method:?} {path}"
+        );
     }
 }
 

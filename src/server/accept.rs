@@ -24,14 +24,12 @@ pub async fn serve_until_stopped(
         Stop,
     }
     loop {
-        let event = futures_lite::future::or(
-            async { Event::Accepted(listener.accept().await) },
-            async {
+        let event =
+            futures_lite::future::or(async { Event::Accepted(listener.accept().await) }, async {
                 let _ = stop.recv_async().await;
                 Event::Stop
-            },
-        )
-        .await;
+            })
+            .await;
         match event {
             Event::Stop => return,
             Event::Accepted(Ok(stream)) => admit(ctx, stream),

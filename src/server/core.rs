@@ -104,7 +104,11 @@ pub fn spawn_all(
     Ok(Cores { threads, started })
 }
 
-fn spawn_core(start: CoreStart, cpu: usize, started: Started) -> Result<JoinHandle<()>, ServerError> {
+fn spawn_core(
+    start: CoreStart,
+    cpu: usize,
+    started: Started,
+) -> Result<JoinHandle<()>, ServerError> {
     let id = start.id;
     let name = format!("tally-core-{id}");
     std::thread::Builder::new()
@@ -141,7 +145,8 @@ async fn core_main(start: CoreStart, started: Started) {
         stop,
         listener,
     } = start;
-    let owner = owner.map(|port| glommio::spawn_local(counter::run_owner(port, shared.counter.clone())));
+    let owner =
+        owner.map(|port| glommio::spawn_local(counter::run_owner(port, shared.counter.clone())));
     let app = build_app(id, shared, dataset, port);
     let ctx = Rc::new(connection_context(app, &config));
     start_background_tasks(&ctx);

@@ -9,8 +9,8 @@ pub fn spawn_forwarder(
     cpu: Option<usize>,
 ) -> Result<signal_hook::iterator::Handle, ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(ServerError::Signals)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServerError::Signals)?;
     let handle = signals.handle();
     let name = "tally-signals";
     std::thread::Builder::new()
