@@ -79,7 +79,8 @@ pub fn write_message_body(out: &mut Vec<u8>, msg: &str) {
 }
 
 /// The `Date` header value (IMF-fixdate, RFC 9110 §5.6.7), formatted at most once a second.
-/// One per core: it is refreshed by its own core before each batch of responses.
+/// One per core: that core's once-a-second sweeper (`server::sweep`) refreshes it, so the
+/// responses of one second share one formatting.
 pub struct HttpDate {
     text: [u8; 29],
     unix_secs: u64,
@@ -128,5 +129,103 @@ mod tests {
     fn continue_is_the_status_line_of_100() {
         let expected = format!("HTTP/1.1 {}\r\n\r\n", Status::Continue.line());
         assert_eq!(CONTINUE, expected.as_bytes());
+    }
+
+    fn date() -> HttpDate {
+        HttpDate::new()
+    }
+
+    fn head(
+        status: Status,
+        persistence: Persistence,
+        head_only: bool,
+        allow: Option<&str>,
+    ) -> ResponseHead<'_> {
+        ResponseHead {
+            status,
+            content_type: CONTENT_TYPE_JSON,
+            persistence,
+            head_only,
+            allow,
+        }
+    }
+
+    #[test]
+    fn every_response_has_length_type_date_and_server() {
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            &head(Status::Ok, Persistence::KeepAlive, false, None),
+            &date(),
+            b"{\"a\":1}",
+        );
+        let text = String::from_utf8(out).expect("ASCII");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains("\r\nContent-Length: 7\r\n"));
+        assert!(text.contains("\r\nContent-Type: application/json\r\n"));
+        assert!(text.contains("\r\nServer: tally\r\n"));
+        assert!(text.contains("\r\nDate: ") && text.contains(" GMT\r\n"));
+        assert!(!text.contains("Connection"));
+        assert!(text.ends_with("\r\n\r\n{\"a\":1}"));
+    }
+
+    #[test]
+    fn a_head_response_has_the_get_length_and_no_body() {
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            &head(Status::Ok, Persistence::KeepAlive, true, None),
+            &date(),
+            b"12345",
+        );
+        let text = String::from_utf8(out).expect("ASCII");
+        assert!(text.contains("Content-Length: 5\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn close_keep_alive_10_and_allow_headers_are_written() {
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            &head(
+                Status::MethodNotAllowed,
+                Persistence::Close,
+                false,
+                Some("GET, HEAD"),
+            ),
+            &date(),
+            b"",
+        );
+        let text = String::from_utf8(out).expect("ASCII");
+        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(text.contains("\r\nConnection: close\r\n"));
+        assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            &head(Status::Ok, Persistence::KeepAliveHttp10, false, None),
+            &date(),
+            b"",
+        );
+        assert!(String::from_utf8(out)
+            .expect("ASCII")
+            .contains("\r\nConnection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn message_bodies_are_json_even_with_quotes() {
+        let mut out = Vec::new();
+        write_message_body(&mut out, "a \"b\" \\ c\n");
+        assert_eq!(out, br#"{"message":"a \"b\" \\ c"}"#);
+    }
+
+    #[test]
+    fn the_date_is_an_imf_fixdate_of_29_bytes() {
+        let d = date();
+        let text = std::str::from_utf8(d.as_bytes()).expect("ASCII");
+        assert_eq!(text.len(), 29);
+        assert!(text.ends_with(" GMT"));
+        assert!(httpdate::parse_http_date(text).is_ok(), "{text}");
     }
 }

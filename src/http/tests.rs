@@ -1,9 +1,7 @@
-//! The framing and response rules, one test per rule, without sockets; plus properties on
-//! random and mutated input (no panic, same answer however the input is split).
+//! The request framing rules, one test per rule, through [`parse`] and without sockets; plus
+//! properties on random and mutated input (no panic, same answer however the input is split).
 
-use super::request::*;
-use super::response::*;
-use super::Status;
+use super::*;
 use proptest::prelude::*;
 
 fn limits() -> Limits {
@@ -273,6 +271,18 @@ fn expect_100_continue_is_reported_once_the_head_is_complete() {
 }
 
 #[test]
+fn the_first_offending_header_field_decides_the_error() {
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\nContent-Length: x\r\n\r\n"),
+        HttpError::ExpectationFailed
+    );
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\nExpect: magic\r\n\r\n"),
+        HttpError::BadRequest("invalid Content-Length")
+    );
+}
+
+#[test]
 fn the_query_string_and_absolute_form_are_not_part_of_the_path() {
     let req = b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_eq!(&req[complete(req).0.path], b"/metrics");
@@ -308,104 +318,6 @@ fn garbage_and_other_versions_are_400() {
     ] {
         assert_eq!(error(input).status(), Status::BadRequest, "{input:?}");
     }
-}
-
-fn date() -> HttpDate {
-    HttpDate::new()
-}
-
-fn head(
-    status: Status,
-    persistence: Persistence,
-    head_only: bool,
-    allow: Option<&str>,
-) -> ResponseHead<'_> {
-    ResponseHead {
-        status,
-        content_type: CONTENT_TYPE_JSON,
-        persistence,
-        head_only,
-        allow,
-    }
-}
-
-#[test]
-fn every_response_has_length_type_date_and_server() {
-    let mut out = Vec::new();
-    write_response(
-        &mut out,
-        &head(Status::Ok, Persistence::KeepAlive, false, None),
-        &date(),
-        b"{\"a\":1}",
-    );
-    let text = String::from_utf8(out).expect("ASCII");
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
-    assert!(text.contains("\r\nContent-Length: 7\r\n"));
-    assert!(text.contains("\r\nContent-Type: application/json\r\n"));
-    assert!(text.contains("\r\nServer: tally\r\n"));
-    assert!(text.contains("\r\nDate: ") && text.contains(" GMT\r\n"));
-    assert!(!text.contains("Connection"));
-    assert!(text.ends_with("\r\n\r\n{\"a\":1}"));
-}
-
-#[test]
-fn a_head_response_has_the_get_length_and_no_body() {
-    let mut out = Vec::new();
-    write_response(
-        &mut out,
-        &head(Status::Ok, Persistence::KeepAlive, true, None),
-        &date(),
-        b"12345",
-    );
-    let text = String::from_utf8(out).expect("ASCII");
-    assert!(text.contains("Content-Length: 5\r\n"));
-    assert!(text.ends_with("\r\n\r\n"));
-}
-
-#[test]
-fn close_keep_alive_10_and_allow_headers_are_written() {
-    let mut out = Vec::new();
-    write_response(
-        &mut out,
-        &head(
-            Status::MethodNotAllowed,
-            Persistence::Close,
-            false,
-            Some("GET, HEAD"),
-        ),
-        &date(),
-        b"",
-    );
-    let text = String::from_utf8(out).expect("ASCII");
-    assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
-    assert!(text.contains("\r\nConnection: close\r\n"));
-    assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
-    let mut out = Vec::new();
-    write_response(
-        &mut out,
-        &head(Status::Ok, Persistence::KeepAliveHttp10, false, None),
-        &date(),
-        b"",
-    );
-    assert!(String::from_utf8(out)
-        .expect("ASCII")
-        .contains("\r\nConnection: keep-alive\r\n"));
-}
-
-#[test]
-fn message_bodies_are_json_even_with_quotes() {
-    let mut out = Vec::new();
-    write_message_body(&mut out, "a \"b\" \\ c\n");
-    assert_eq!(out, br#"{"message":"a \"b\" \\ c"}"#);
-}
-
-#[test]
-fn the_date_is_an_imf_fixdate_of_29_bytes() {
-    let d = date();
-    let text = std::str::from_utf8(d.as_bytes()).expect("ASCII");
-    assert_eq!(text.len(), 29);
-    assert!(text.ends_with(" GMT"));
-    assert!(httpdate::parse_http_date(text).is_ok(), "{text}");
 }
 
 /// Parses `input` fed in pieces ending at `splits`, the way the connection loop does:
