@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::http::request::{
+use crate::http::Limits;
+use crate::http::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_URI_BYTES,
     MAX_HEADERS_CAP,
 };
-use crate::http::Limits;
 use crate::server::ServerConfig;
 
 #[derive(Parser, Debug)]

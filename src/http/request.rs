@@ -38,15 +38,6 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
-/// Default of [`Limits::max_head_bytes`].
-pub const DEFAULT_MAX_HEAD_BYTES: usize = 8 * 1024;
-/// Default of [`Limits::max_headers`].
-pub const DEFAULT_MAX_HEADERS: usize = 64;
-/// Default of [`Limits::max_uri_bytes`].
-pub const DEFAULT_MAX_URI_BYTES: usize = 2 * 1024;
-/// Default of [`Limits::max_body_bytes`].
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-
 impl Default for Limits {
     fn default() -> Self {
         Limits {
