@@ -313,6 +313,38 @@ fn metrics_count_requests_by_route_and_status() {
 }
 
 #[test]
+fn metrics_give_request_durations_by_route_and_the_standard_process_metrics() {
+    let s = server(&[]);
+    s.get("/api/v1/system/health");
+    let text = s.get("/metrics").text();
+    let health = "route=\"/api/v1/system/health\"";
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "tally_http_request_duration_seconds_count{{{health}"
+        )) && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with(&format!(
+        "tally_http_request_duration_seconds_bucket{{{health}"
+    )) && l.ends_with("le=\"+Inf\"} 1")));
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert!(
+            value.parse::<f64>().is_ok_and(|v| v > 0.0),
+            "{name} {value}"
+        );
+    }
+}
+
+#[test]
 fn ready_is_503_while_the_store_is_unreachable() {
     let s = server(&[]);
     let r = s.get("/api/v1/system/ready");
