@@ -16,6 +16,9 @@
 
 pub mod store;
 
+#[cfg(test)]
+mod batching_tests;
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
