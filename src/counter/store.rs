@@ -105,9 +105,8 @@ pub struct StoreStats {
     pub connect_failures: u64,
     /// Connections lost or dropped after a timeout or unknown outcome.
     pub disconnects: u64,
-    /// Statement round trips of committed `add`s, summed, and the latest one.
+    /// Statement round trips of committed `add`s, summed.
     pub commit_latency_micros_sum: u64,
-    pub last_commit_latency_micros: u64,
 }
 
 /// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
@@ -141,7 +140,6 @@ struct Counters {
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
     commit_latency_micros_sum: AtomicU64,
-    last_commit_latency_micros: AtomicU64,
 }
 
 enum Request {
@@ -230,7 +228,6 @@ impl StoreHandle {
             connect_failures: get(&c.connect_failures),
             disconnects: get(&c.disconnects),
             commit_latency_micros_sum: get(&c.commit_latency_micros_sum),
-            last_commit_latency_micros: get(&c.last_commit_latency_micros),
         }
     }
 
@@ -504,9 +501,6 @@ impl Store<'_> {
         stats
             .commit_latency_micros_sum
             .fetch_add(micros, Ordering::Relaxed);
-        stats
-            .last_commit_latency_micros
-            .store(micros, Ordering::Relaxed);
         Ok(count)
     }
 
