@@ -11,7 +11,7 @@ mod binaries;
 mod run_as;
 
 pub use binaries::PgBinaries;
-pub use run_as::RunAs;
+pub use run_as::{ClusterUser, RunAs};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -136,10 +136,10 @@ impl EmbeddedPostgres {
     /// (else `nobody`).
     pub fn start(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
         let binaries = PgBinaries::find().ok_or(EmbeddedError::NoBinaries)?;
-        let run_as = match RunAs::for_current_process() {
-            None => None,
-            Some(Ok(user)) => Some(user),
-            Some(Err(())) => return Err(EmbeddedError::NoUnprivilegedUser),
+        let run_as = match ClusterUser::for_current_process() {
+            ClusterUser::TallyItself => None,
+            ClusterUser::Unprivileged(user) => Some(user),
+            ClusterUser::NoUnprivilegedAccount => return Err(EmbeddedError::NoUnprivilegedUser),
         };
 
         fs::create_dir_all(data_dir).map_err(io_error("create", data_dir))?;
