@@ -119,6 +119,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         commit_timeout: cfg.commit_timeout(),
         refresh_interval: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(5),
+        cpu: None,
     })
     .context("starting the store thread")?;
     let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));
