@@ -32,7 +32,7 @@ use std::time::Instant;
 use crate::metrics::Histogram;
 pub use store::{CommitError, StoreHandle};
 
-/// Largest `by` a request may ask for (SPEC: 1 <= n <= 2^31-1).
+/// Largest `by` a request may ask for (README.md, "API": 1 <= n <= 2^31-1).
 pub const MAX_BY: i64 = i32::MAX as i64;
 
 static BATCH_BOUNDS: [f64; 14] = [

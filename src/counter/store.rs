@@ -5,11 +5,11 @@
 //! I/O. Executors reach it through runtime-agnostic channels (a flume request queue, a tokio
 //! oneshot per reply), so [`StoreHandle::add`] can be awaited from any executor.
 //!
-//! Guarantee (SPEC.md, "Counter semantics"): `add` returns `Ok(count)` only when PostgreSQL
-//! answered the row of a committed `UPDATE`. A lost connection or a missed deadline while the
-//! statement is in flight is an unknown outcome, never an `Ok`. Requests run one at a time, in
-//! the order they were sent, on one connection; a refresh `SELECT` between them keeps
-//! [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//! Guarantee (README.md, "Architecture", the Counter paragraph): `add` returns `Ok(count)` only
+//! when PostgreSQL answered the row of a committed `UPDATE`. A lost connection or a missed
+//! deadline while the statement is in flight is an unknown outcome, never an `Ok`. Requests run
+//! one at a time, in the order they were sent, on one connection; a refresh `SELECT` between
+//! them keeps [`StoreHandle::highest_seen`] moving when other instances write to the same row.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -623,8 +623,8 @@ async fn prepare(
         let what = what.to_owned();
         move |error: tokio_postgres::Error| format!("{what}: {error}")
     };
-    // Commits must be durable before we answer 200 (SPEC.md). `off` is the one setting that
-    // acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
+    // Commits must be durable before we answer 200 (README.md, "API"). `off` is the one setting
+    // that acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
     let settings = client
         .query_one(
             "SELECT current_setting('synchronous_commit'), current_setting('fsync')",

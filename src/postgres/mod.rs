@@ -1,8 +1,8 @@
-//! The embedded PostgreSQL cluster tally runs when no database URL is given (SPEC.md,
-//! "Configuration and the embedded default"): server binaries found on this machine, a data
-//! directory initialised on first run, one `postgres` child process listening on a Unix socket
-//! only, stopped when tally stops. Only process and file management lives here; the SQL is in
-//! [`crate::counter::store`].
+//! The embedded PostgreSQL cluster tally runs when no database URL is given (README.md,
+//! "Configuration", `--database-url` and `--data-dir`): server binaries found on this machine,
+//! a data directory initialised on first run, one `postgres` child process listening on a Unix
+//! socket only, stopped when tally stops. Only process and file management lives here; the SQL
+//! is in [`crate::counter::store`].
 //!
 //! Durability is PostgreSQL's own: `fsync` and `synchronous_commit` are forced on from the
 //! command line (which outranks `postgresql.conf` and `ALTER SYSTEM`).
