@@ -111,6 +111,7 @@ fn tickets_of_consecutive_batches_get_contiguous_values_in_request_order() {
 
         owner.commit(&first);
         owner.commit(&second);
+        // Base 100 then 108; each value is the one before plus its own `by`: 1, 5, 2 | 3, 1.
         assert_eq!(
             values(tickets).await,
             [Ok(101), Ok(106), Ok(108), Ok(111), Ok(112)]
