@@ -76,7 +76,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
     server::uring::check()?;
     let cpus = choose_cpus(cfg.cores)?;
-    let _owner_cpu = cpus[0];
+    let owner_cpu = cpus[0];
     let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
     let embedded = match &cfg.database_url {
         Some(_) => None,
@@ -94,7 +94,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         commit_timeout: cfg.commit_timeout(),
         refresh_interval: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(5),
-        // TEMP cpu: Some(owner_cpu),
+        cpu: Some(owner_cpu),
     })
     .context("starting the store thread")?;
     let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));

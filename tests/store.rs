@@ -16,6 +16,7 @@ fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
         commit_timeout,
         refresh_interval: Duration::from_millis(50),
         connect_timeout: Duration::from_secs(2),
+        cpu: None,
     }
 }
 

@@ -16,6 +16,9 @@
 
 pub mod store;
 
+#[cfg(test)]
+mod batching_tests;
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,7 +32,7 @@ use std::time::Instant;
 use crate::metrics::Histogram;
 pub use store::{CommitError, StoreHandle};
 
-/// Largest `by` a request may ask for (SPEC: 1 <= n <= 2^31-1).
+/// Largest `by` a request may ask for (README.md, "API": 1 <= n <= 2^31-1).
 pub const MAX_BY: i64 = i32::MAX as i64;
 
 static BATCH_BOUNDS: [f64; 14] = [

@@ -5,11 +5,11 @@
 //! I/O. Executors reach it through runtime-agnostic channels (a flume request queue, a tokio
 //! oneshot per reply), so [`StoreHandle::add`] can be awaited from any executor.
 //!
-//! Guarantee (SPEC.md, "Counter semantics"): `add` returns `Ok(count)` only when PostgreSQL
-//! answered the row of a committed `UPDATE`. A lost connection or a missed deadline while the
-//! statement is in flight is an unknown outcome, never an `Ok`. Requests run one at a time, in
-//! the order they were sent, on one connection; a refresh `SELECT` between them keeps
-//! [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//! Guarantee (README.md, "Architecture", the Counter paragraph): `add` returns `Ok(count)` only
+//! when PostgreSQL answered the row of a committed `UPDATE`. A lost connection or a missed
+//! deadline while the statement is in flight is an unknown outcome, never an `Ok`. Requests run
+//! one at a time, in the order they were sent, on one connection; a refresh `SELECT` between
+//! them keeps [`StoreHandle::highest_seen`] moving when other instances write to the same row.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -58,16 +58,19 @@ pub struct StoreConfig {
     pub refresh_interval: Duration,
     /// Bound on connecting plus schema set-up.
     pub connect_timeout: Duration,
+    /// The CPU the `tally-store` thread is pinned to; `None` leaves it to the scheduler.
+    pub cpu: Option<usize>,
 }
 
 impl StoreConfig {
-    /// The given URL with the default timeouts.
+    /// The given URL with the default timeouts, unpinned.
     pub fn new(url: impl Into<String>) -> StoreConfig {
         StoreConfig {
             url: url.into(),
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            cpu: None,
         }
     }
 }
@@ -105,9 +108,8 @@ pub struct StoreStats {
     pub connect_failures: u64,
     /// Connections lost or dropped after a timeout or unknown outcome.
     pub disconnects: u64,
-    /// Statement round trips of committed `add`s, summed, and the latest one.
+    /// Statement round trips of committed `add`s, summed.
     pub commit_latency_micros_sum: u64,
-    pub last_commit_latency_micros: u64,
 }
 
 /// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
@@ -141,7 +143,6 @@ struct Counters {
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
     commit_latency_micros_sum: AtomicU64,
-    last_commit_latency_micros: AtomicU64,
 }
 
 enum Request {
@@ -154,9 +155,9 @@ enum Request {
     Shutdown,
 }
 
-/// Starts the `tally-store` thread and returns at once; it connects in the background, with
-/// back-off, and reconnects by itself whenever the connection is lost. Fails only if the OS
-/// refuses a thread.
+/// Starts the `tally-store` thread (pinned to `config.cpu` if set) and returns at once; it
+/// connects in the background, with back-off, and reconnects by itself whenever the connection
+/// is lost. Fails only if the OS refuses a thread; a refused pinning is logged, not fatal.
 pub fn spawn(config: StoreConfig) -> std::io::Result<StoreHandle> {
     let (requests, queue) = flume::unbounded();
     let (thread_done_tx, thread_done) = flume::bounded::<()>(0);
@@ -174,6 +175,9 @@ pub fn spawn(config: StoreConfig) -> std::io::Result<StoreHandle> {
         .spawn(move || {
             let _done = thread_done_tx;
             let _disconnected_on_exit = DisconnectedOnExit(&for_thread);
+            if let Some(cpu) = config.cpu {
+                pin_current_thread(cpu);
+            }
             run_thread(config, queue, &for_thread);
         })?;
     if let Ok(mut slot) = shared.thread.lock() {
@@ -230,7 +234,6 @@ impl StoreHandle {
             connect_failures: get(&c.connect_failures),
             disconnects: get(&c.disconnects),
             commit_latency_micros_sum: get(&c.commit_latency_micros_sum),
-            last_commit_latency_micros: get(&c.last_commit_latency_micros),
         }
     }
 
@@ -259,6 +262,14 @@ impl StoreHandle {
                 }
             }
         }
+    }
+}
+
+/// The store still works unpinned (the CPU may be outside this process's cpuset, or gone), so
+/// a refusal is only worth a warning.
+fn pin_current_thread(cpu: usize) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        log::warn!("cannot pin the store thread to CPU {cpu}; it runs unpinned");
     }
 }
 
@@ -504,9 +515,6 @@ impl Store<'_> {
         stats
             .commit_latency_micros_sum
             .fetch_add(micros, Ordering::Relaxed);
-        stats
-            .last_commit_latency_micros
-            .store(micros, Ordering::Relaxed);
         Ok(count)
     }
 
@@ -615,8 +623,8 @@ async fn prepare(
         let what = what.to_owned();
         move |error: tokio_postgres::Error| format!("{what}: {error}")
     };
-    // Commits must be durable before we answer 200 (SPEC.md). `off` is the one setting that
-    // acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
+    // Commits must be durable before we answer 200 (README.md, "API"). `off` is the one setting
+    // that acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
     let settings = client
         .query_one(
             "SELECT current_setting('synchronous_commit'), current_setting('fsync')",
@@ -666,4 +674,47 @@ async fn prepare(
         io,
         closed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `Cpus_allowed_list` of this process's `tally-store` thread, once it has one.
+    fn store_thread_cpus() -> Option<String> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != "tally-store" {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            return status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+                .map(|list| list.trim().to_owned());
+        }
+        None
+    }
+
+    #[test]
+    fn the_store_thread_runs_on_the_configured_cpu() {
+        // The last CPU this process may use: pinning to it narrows the mask whenever there are two.
+        let cpu = core_affinity::get_core_ids()
+            .and_then(|ids| ids.last().copied())
+            .expect("at least one usable CPU")
+            .id;
+        // Nothing listens there: the thread keeps retrying in the background, which is enough.
+        let mut config = StoreConfig::new("host=/nonexistent/tally-test user=tally");
+        config.cpu = Some(cpu);
+        let store = spawn(config).expect("store thread");
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = store_thread_cpus();
+        while seen.as_deref() != Some(&*cpu.to_string()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            seen = store_thread_cpus();
+        }
+        store.shutdown();
+        assert_eq!(seen, Some(cpu.to_string()));
+    }
 }

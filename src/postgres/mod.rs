@@ -1,8 +1,8 @@
-//! The embedded PostgreSQL cluster tally runs when no database URL is given (SPEC.md,
-//! "Configuration and the embedded default"): server binaries found on this machine, a data
-//! directory initialised on first run, one `postgres` child process listening on a Unix socket
-//! only, stopped when tally stops. Only process and file management lives here; the SQL is in
-//! [`crate::counter::store`].
+//! The embedded PostgreSQL cluster tally runs when no database URL is given (README.md,
+//! "Configuration", `--database-url` and `--data-dir`): server binaries found on this machine,
+//! a data directory initialised on first run, one `postgres` child process listening on a Unix
+//! socket only, stopped when tally stops. Only process and file management lives here; the SQL
+//! is in [`crate::counter::store`].
 //!
 //! Durability is PostgreSQL's own: `fsync` and `synchronous_commit` are forced on from the
 //! command line (which outranks `postgresql.conf` and `ALTER SYSTEM`).
@@ -11,7 +11,7 @@ mod binaries;
 mod run_as;
 
 pub use binaries::PgBinaries;
-pub use run_as::RunAs;
+pub use run_as::{ClusterUser, RunAs};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -136,10 +136,10 @@ impl EmbeddedPostgres {
     /// (else `nobody`).
     pub fn start(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
         let binaries = PgBinaries::find().ok_or(EmbeddedError::NoBinaries)?;
-        let run_as = match RunAs::for_current_process() {
-            None => None,
-            Some(Ok(user)) => Some(user),
-            Some(Err(())) => return Err(EmbeddedError::NoUnprivilegedUser),
+        let run_as = match ClusterUser::for_current_process() {
+            ClusterUser::TallyItself => None,
+            ClusterUser::Unprivileged(user) => Some(user),
+            ClusterUser::NoUnprivilegedAccount => return Err(EmbeddedError::NoUnprivilegedUser),
         };
 
         fs::create_dir_all(data_dir).map_err(io_error("create", data_dir))?;

@@ -17,22 +17,32 @@ pub struct RunAs {
 /// Tried in order when tally is root.
 const CANDIDATE_USERS: [&str; 2] = ["postgres", "nobody"];
 
-impl RunAs {
-    /// `None` when tally is not root (the cluster then runs as tally's own user);
-    /// `Some(Err(()))` when root and no candidate account exists.
-    pub fn for_current_process() -> Option<Result<RunAs, ()>> {
+/// Who the cluster's processes run as, decided from tally's own effective uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterUser {
+    /// tally is not root: the cluster runs as tally's own user, no switch needed.
+    TallyItself,
+    /// tally is root: the cluster runs as this unprivileged account.
+    Unprivileged(RunAs),
+    /// tally is root and neither `postgres` nor `nobody` exists: the cluster cannot run.
+    NoUnprivilegedAccount,
+}
+
+impl ClusterUser {
+    /// Which user the embedded cluster must run as for this process.
+    pub fn for_current_process() -> ClusterUser {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
-            return None;
+            return ClusterUser::TallyItself;
         }
-        Some(
-            CANDIDATE_USERS
-                .iter()
-                .find_map(|name| lookup(name))
-                .ok_or(()),
-        )
+        match CANDIDATE_USERS.iter().find_map(|name| lookup(name)) {
+            Some(user) => ClusterUser::Unprivileged(user),
+            None => ClusterUser::NoUnprivilegedAccount,
+        }
     }
+}
 
+impl RunAs {
     /// Whether this user may search (`x`) `dir`, judged from its mode bits the way the kernel
     /// would for a process with exactly this uid and primary gid. That is what the child gets:
     /// std drops supplementary groups when it switches uid (`setgroups(0)`). ACLs are ignored.
