@@ -76,7 +76,6 @@ async fn add_returns_the_count_right_after_its_delta() {
     let stats = store.stats();
     assert_eq!(stats.commits, ADDS as u64 + 1);
     assert_eq!(stats.committed_delta_sum, count as u64);
-    assert!(stats.commit_latency_micros_sum > 0);
     store.shutdown();
 }
 

@@ -108,8 +108,6 @@ pub struct StoreStats {
     pub connect_failures: u64,
     /// Connections lost or dropped after a timeout or unknown outcome.
     pub disconnects: u64,
-    /// Statement round trips of committed `add`s, summed.
-    pub commit_latency_micros_sum: u64,
 }
 
 /// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
@@ -142,7 +140,6 @@ struct Counters {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
-    commit_latency_micros_sum: AtomicU64,
 }
 
 enum Request {
@@ -233,7 +230,6 @@ impl StoreHandle {
             connects: get(&c.connects),
             connect_failures: get(&c.connect_failures),
             disconnects: get(&c.disconnects),
-            commit_latency_micros_sum: get(&c.commit_latency_micros_sum),
         }
     }
 
@@ -484,13 +480,11 @@ impl Store<'_> {
                 "connection to PostgreSQL closed".into(),
             ));
         }
-        let sent = Instant::now();
         let answer = tokio::time::timeout_at(
             deadline.into(),
             connection.client.query_opt(&connection.add, &[&delta]),
         )
         .await;
-        let latency = sent.elapsed();
         let row = match answer {
             Err(_elapsed) => return Err(CommitError::Timeout),
             Ok(Err(error)) => return Err(classify(&error)),
@@ -507,14 +501,10 @@ impl Store<'_> {
             .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))?;
         self.shared.highest_seen.fetch_max(count, Ordering::AcqRel);
         let stats = &self.shared.stats;
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
             .committed_delta_sum
             .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-        stats
-            .commit_latency_micros_sum
-            .fetch_add(micros, Ordering::Relaxed);
         Ok(count)
     }
 
