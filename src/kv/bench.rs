@@ -118,6 +118,7 @@ fn load_10m() {
     let start = Instant::now();
     let dataset = load(&path).expect("load");
     let loaded = start.elapsed();
+    println!("after load: peak RSS {}", peak_rss());
     let start = Instant::now();
     let replica = Replica::build(&dataset);
     let built = start.elapsed();
@@ -129,5 +130,17 @@ fn load_10m() {
         replica.memory_bytes(),
         replica.memory_bytes() as f64 / dataset.raw_bytes() as f64
     );
+    println!("after replica build: peak RSS {}", peak_rss());
     assert_eq!(replica.len(), 10_000_000);
+}
+
+/// This process's peak resident set so far (`VmHWM` in /proc/self/status).
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            Some(line["VmHWM:".len()..].trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }
