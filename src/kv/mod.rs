@@ -9,7 +9,6 @@
 
 #[cfg(test)]
 mod bench;
-mod csv;
 mod dataset;
 mod json;
 mod load;
