@@ -11,6 +11,7 @@
 mod bench;
 mod dataset;
 mod json;
+mod json_lines;
 mod load;
 mod lookup;
 mod replica;
