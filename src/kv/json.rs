@@ -68,6 +68,10 @@ pub(crate) struct SyntaxError {
     pub(crate) reason: &'static str,
 }
 
+/// Nesting limit for values skipped in JSON Lines records (extra fields), so a hostile file
+/// cannot overflow the stack.
+const MAX_SKIP_DEPTH: usize = 128;
+
 /// A reading position in UTF-8 text. Offsets are byte offsets into `text`.
 pub(crate) struct Reader<'t> {
     text: &'t str,
@@ -262,6 +266,126 @@ impl<'t> Reader<'t> {
             Some(b'"' | b'{' | b'[' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9')
         )
     }
+
+    /// Skips any one JSON value, checking its syntax.
+    pub(crate) fn skip_value(&mut self, scratch: &mut String) -> Result<(), SyntaxError> {
+        self.skip_value_at_depth(scratch, 0)
+    }
+
+    fn skip_value_at_depth(
+        &mut self,
+        scratch: &mut String,
+        depth: usize,
+    ) -> Result<(), SyntaxError> {
+        if depth > MAX_SKIP_DEPTH {
+            return Err(self.error("nested too deeply"));
+        }
+        match self.peek() {
+            Some(b'"') => self.string(scratch).map(|_| ()),
+            Some(b'{') => {
+                self.pos += 1;
+                self.skip_whitespace();
+                if self.peek() == Some(b'}') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.string(scratch)?;
+                    self.skip_whitespace();
+                    self.expect(b':', "expected ':' after an object key")?;
+                    self.skip_whitespace();
+                    self.skip_value_at_depth(scratch, depth + 1)?;
+                    self.skip_whitespace();
+                    match self.peek() {
+                        Some(b',') => {
+                            self.pos += 1;
+                            self.skip_whitespace();
+                        }
+                        Some(b'}') => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.error("expected ',' or '}' in an object")),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                self.skip_whitespace();
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip_value_at_depth(scratch, depth + 1)?;
+                    self.skip_whitespace();
+                    match self.peek() {
+                        Some(b',') => {
+                            self.pos += 1;
+                            self.skip_whitespace();
+                        }
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.error("expected ',' or ']' in an array")),
+                    }
+                }
+            }
+            Some(b't') => self.literal("true"),
+            Some(b'f') => self.literal("false"),
+            Some(b'n') => self.literal("null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(self.error("expected a value")),
+        }
+    }
+
+    fn literal(&mut self, word: &'static str) -> Result<(), SyntaxError> {
+        if self.text[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(self.error("invalid literal"))
+        }
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?` (RFC 8259 section 6).
+    fn number(&mut self) -> Result<(), SyntaxError> {
+        let bytes = self.text.as_bytes();
+        let digits = |pos: &mut usize| {
+            let start = *pos;
+            while bytes.get(*pos).is_some_and(u8::is_ascii_digit) {
+                *pos += 1;
+            }
+            *pos > start
+        };
+        let mut pos = self.pos;
+        if bytes.get(pos) == Some(&b'-') {
+            pos += 1;
+        }
+        if bytes.get(pos) == Some(&b'0') {
+            pos += 1;
+        } else if !digits(&mut pos) {
+            return Err(self.error("invalid number"));
+        }
+        if bytes.get(pos) == Some(&b'.') {
+            pos += 1;
+            if !digits(&mut pos) {
+                return Err(self.error("invalid number"));
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(pos) {
+            pos += 1;
+            if let Some(b'+' | b'-') = bytes.get(pos) {
+                pos += 1;
+            }
+            if !digits(&mut pos) {
+                return Err(self.error("invalid number"));
+            }
+        }
+        self.pos = pos;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -359,5 +483,35 @@ mod tests {
         );
         assert_eq!(err(r#""\u12""#).reason, "truncated \\u escape");
         assert_eq!(err(r#""\u12zz""#).reason, "invalid hex digit in \\u escape");
+    }
+
+    #[test]
+    fn skip_value_accepts_json_and_rejects_the_rest() {
+        let skip = |text: &str| {
+            let mut reader = Reader::new(text, 0);
+            reader
+                .skip_value(&mut String::new())
+                .map(|()| reader.pos() == text.len())
+        };
+        for ok in [
+            "0",
+            "-1.5e+10",
+            "true",
+            "null",
+            r#"{"a": [1, {"b": "c"}], "d": false}"#,
+            "[]",
+            "{}",
+        ] {
+            assert_eq!(skip(ok), Ok(true), "{ok}");
+        }
+        for bad in ["01x", "-", "1.", "tru", "[1,]", r#"{"a" 1}"#, "{1: 2}", "]"] {
+            let ok_and_whole = skip(bad) == Ok(true);
+            assert!(!ok_and_whole, "{bad}");
+        }
+        let deep = "[".repeat(1000);
+        assert_eq!(
+            skip(&deep).expect_err("too deep").reason,
+            "nested too deeply"
+        );
     }
 }

@@ -11,7 +11,6 @@
 mod bench;
 mod dataset;
 mod json;
-mod json_lines;
 mod load;
 mod lookup;
 mod replica;
