@@ -27,7 +27,7 @@ pub use lookup::{lookup, Lookup, LookupScratch};
 pub use replica::Replica;
 pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED};
 pub use uuid_v4::parse_uuid_v4;
-pub use write::write;
+pub use write::{write, write_jsonl};
 
 /// The dataset is shared by reference across cores; a replica may be built on one thread and
 /// moved to another.
