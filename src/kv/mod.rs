@@ -25,7 +25,7 @@ pub use json::write_json_string;
 pub use load::{load, LoadError, Position};
 pub use lookup::{lookup, Lookup, LookupScratch};
 pub use replica::Replica;
-pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED};
+pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED, MAX_SAMPLE_PAIRS};
 pub use uuid_v4::parse_uuid_v4;
 pub use write::{write, write_jsonl};
 
