@@ -41,8 +41,11 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// Number of pairs.
-    #[arg(long, default_value_t = crate::kv::DEFAULT_SAMPLE_PAIRS)]
+    /// Number of pairs (at most 87,652,393: the most whose values surely fit the dataset's
+    /// 4 GiB value arena).
+    #[arg(long, default_value_t = crate::kv::DEFAULT_SAMPLE_PAIRS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(..=crate::kv::MAX_SAMPLE_PAIRS as u64))]
     pub pairs: usize,
     /// PRNG seed; the default gives the dataset served when no --kv-data is given.
     #[arg(long, default_value_t = crate::kv::DEFAULT_SEED)]

@@ -41,32 +41,11 @@ fn sample(args: &SampleArgs) -> anyhow::Result<()> {
         }
         None => {
             use std::io::Write as _;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let mut line = Vec::with_capacity(128);
-            for (key, value) in dataset.iter() {
-                line.clear();
-                line.extend_from_slice(b"{\"key\":\"");
-                line.extend_from_slice(
-                    uuid::Uuid::from_u128(key)
-                        .hyphenated()
-                        .to_string()
-                        .as_bytes(),
-                );
-                line.extend_from_slice(b"\",\"value\":");
-                kv::write_json_string(&mut line, value);
-                line.extend_from_slice(b"}\n");
-                if let Err(err) = out.write_all(&line) {
-                    // `tally sample | head` closes the pipe early; that is not an error.
-                    if err.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Ok(());
-                    }
-                    return Err(err.into());
-                }
-            }
-            match out.flush() {
-                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
-                _ => Ok(()),
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match kv::write_jsonl(&dataset, &mut out).and_then(|()| out.flush()) {
+                // `tally sample | head` closes the pipe early; that is not an error.
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                result => Ok(result?),
             }
         }
     }

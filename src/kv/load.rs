@@ -7,7 +7,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::csv;
 use super::dataset::{Dataset, DatasetBuilder, DuplicateKey, MAX_VALUE_BYTES};
 use super::json::{Reader, SyntaxError};
 use super::parse_uuid_v4;
@@ -482,11 +481,17 @@ impl Loader<'_> {
         Ok(())
     }
 
-    /// RFC 4180 records after a `key,value` header.
+    /// RFC 4180 records after a `key,value` header, read by the `csv` crate.
     fn csv(&mut self, start: usize) -> Result<(), LoadError> {
         let text = self.text;
-        let mut records = csv::Records::new(text, start);
-        let mut key = String::new();
+        // The BOM is skipped here: the csv crate would read it as part of the first field.
+        let input = &text.as_bytes()[start..];
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            // Records of any length come back, so a wrong one gets our message and its line.
+            .flexible(true)
+            .from_reader(input);
+        let mut record = csv::StringRecord::new();
         let bad_csv = |loader: &Self, line: u64, reason: String| LoadError::BadCsv {
             path: loader.path.to_owned(),
             at: Position::Line(line),
@@ -494,23 +499,31 @@ impl Loader<'_> {
         };
         let mut header_seen = false;
         loop {
-            key.clear();
-            let value_start = self.builder.values.len();
-            let record = records.next_record(&mut key, &mut self.builder.values);
-            let (line, fields) = match record {
-                Ok(None) => break,
-                Ok(Some(record)) => record,
-                Err(e) => {
-                    self.builder.discard_pending_value();
-                    return Err(bad_csv(self, e.line, e.reason.to_owned()));
-                }
-            };
+            let before = reader.position().clone();
+            let more = reader.read_record(&mut record).map_err(|e| {
+                let line = e.position().map_or(before.line(), csv::Position::line);
+                bad_csv(self, line, e.to_string())
+            })?;
+            if !more {
+                break;
+            }
+            let end = reader.position().byte() as usize;
+            let raw = &input[before.byte() as usize..end];
+            let line = before.line() + blank_lines_before(raw);
+            // The csv crate reads malformed quoting leniently: a quote that is never closed
+            // would swallow every later record into one value. A well-formed record holds an
+            // even number of quotes (pairs around fields, `""` inside them).
+            if raw.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+                let reason = if end == input.len() {
+                    "a quoted field is never closed"
+                } else {
+                    "a quote inside an unquoted field (quote the whole field and double the quote)"
+                };
+                return Err(bad_csv(self, line, reason.to_owned()));
+            }
             if !header_seen {
                 header_seen = true;
-                let is_header =
-                    fields == 2 && key == "key" && &self.builder.values[value_start..] == "value";
-                self.builder.discard_pending_value();
-                if !is_header {
+                if record.len() != 2 || &record[0] != "key" || &record[1] != "value" {
                     return Err(bad_csv(
                         self,
                         line,
@@ -519,15 +532,15 @@ impl Loader<'_> {
                 }
                 continue;
             }
-            if fields != 2 {
-                self.builder.discard_pending_value();
+            if record.len() != 2 {
                 return Err(bad_csv(
                     self,
                     line,
-                    format!("expected 2 fields (key,value), found {fields}"),
+                    format!("expected 2 fields (key,value), found {}", record.len()),
                 ));
             }
-            self.add_pair(&key, PairAt::Line(line))?;
+            self.builder.values.push_str(&record[1]);
+            self.add_pair(&record[0], PairAt::Line(line))?;
         }
         if !header_seen {
             return Err(bad_csv(
@@ -538,6 +551,15 @@ impl Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// Blank lines the csv crate skipped before the record in `raw`: its reader's position is
+/// where it stood before them.
+fn blank_lines_before(raw: &[u8]) -> u64 {
+    raw.iter()
+        .take_while(|&&b| b == b'\n' || b == b'\r')
+        .filter(|&&b| b == b'\n')
+        .count() as u64
 }
 
 #[derive(Clone, Copy)]
@@ -821,10 +843,35 @@ mod tests {
             message.ends_with("line 2: bad CSV: expected 2 fields (key,value), found 1"),
             "{message}"
         );
-        let message = error("d.csv", &format!("key,value\n{K1},\"never closed\n\n"));
+        let message = error(
+            "d.csv",
+            &format!("key,value\n{K1},\"never closed\n\n{K2},v\n"),
+        );
         assert!(
             message.ends_with("line 2: bad CSV: a quoted field is never closed"),
             "{message}"
+        );
+        let message = error("d.csv", &format!("key,value\n{K1},5\" tall\n{K2},v\n"));
+        assert!(
+            message.ends_with("line 2: bad CSV: a quote inside an unquoted field (quote the whole field and double the quote)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn csv_skips_a_byte_order_mark_and_blank_lines_and_counts_them() {
+        let text = format!("\u{feff}key,value\r\n\r\n{K1},a\n\n\n{V1_NOT_V4},b\n");
+        let message = error("d.csv", &text);
+        assert!(
+            message.ends_with(&format!(
+                "d.csv: line 6: key \"{V1_NOT_V4}\" is not a UUID version 4"
+            )),
+            "{message}"
+        );
+        let text = format!("\u{feff}key,value\n\n{K1},a\n");
+        assert_eq!(
+            load_text("d.csv", &text),
+            Ok(vec![(K1.to_owned(), "a".to_owned())])
         );
     }
 }

@@ -9,7 +9,6 @@
 
 #[cfg(test)]
 mod bench;
-mod csv;
 mod dataset;
 mod json;
 mod load;
@@ -26,9 +25,9 @@ pub use json::write_json_string;
 pub use load::{load, LoadError, Position};
 pub use lookup::{lookup, Lookup, LookupScratch};
 pub use replica::Replica;
-pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED};
+pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED, MAX_SAMPLE_PAIRS};
 pub use uuid_v4::parse_uuid_v4;
-pub use write::write;
+pub use write::{write, write_jsonl};
 
 /// The dataset is shared by reference across cores; a replica may be built on one thread and
 /// moved to another.

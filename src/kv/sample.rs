@@ -2,7 +2,7 @@
 //! given, and what `tally sample` writes. The same `(n, seed)` gives the same pairs forever, so
 //! the generator is written here (splitmix64) instead of depending on a crate's algorithm.
 
-use super::dataset::{Dataset, DatasetBuilder};
+use super::dataset::{Dataset, DatasetBuilder, MAX_VALUE_BYTES};
 use super::uuid_v4::{VARIANT_MASK, VARIANT_RFC, VERSION_4, VERSION_MASK};
 
 /// Seed of the sample the server uses when no dataset is given.
@@ -14,6 +14,12 @@ const MIN_WORDS: u64 = 1;
 const MAX_WORDS: u64 = 5;
 const MIN_WORD_LETTERS: u64 = 3;
 const MAX_WORD_LETTERS: u64 = 9;
+/// The longest value: the most words of the most letters, with the spaces between them.
+const MAX_SAMPLE_VALUE_BYTES: usize = (MAX_WORDS * MAX_WORD_LETTERS + MAX_WORDS - 1) as usize;
+
+/// Most pairs [`sample`] makes: with every value as long as it can be, they still fit
+/// [`MAX_VALUE_BYTES`] (87,652,393 pairs).
+pub const MAX_SAMPLE_PAIRS: usize = MAX_VALUE_BYTES / MAX_SAMPLE_VALUE_BYTES;
 
 /// splitmix64 (Steele, Lea, Flood 2014; the reference constants from Vigna's `splitmix64.c`).
 struct SplitMix64(u64);
@@ -36,8 +42,12 @@ impl SplitMix64 {
 /// `n` pairs: random UUID v4 keys and values of 1 to 5 lowercase words of 3 to 9 letters.
 ///
 /// # Panics
-/// If the values pass 4 GiB, about 170,000,000 pairs: a dataset this module cannot hold.
+/// If `n` is above [`MAX_SAMPLE_PAIRS`] (`tally sample --pairs` refuses such numbers first).
 pub fn sample(n: usize, seed: u64) -> Dataset {
+    assert!(
+        n <= MAX_SAMPLE_PAIRS,
+        "sample: {n} pairs is more than MAX_SAMPLE_PAIRS ({MAX_SAMPLE_PAIRS})"
+    );
     let mut rng = SplitMix64(seed);
     let mut builder = DatasetBuilder::new();
     builder.values.reserve(n.saturating_mul(24));
@@ -56,7 +66,7 @@ pub fn sample(n: usize, seed: u64) -> Dataset {
         }
         builder
             .push_key(key)
-            .expect("sample size within MAX_VALUE_BYTES of values");
+            .expect("n <= MAX_SAMPLE_PAIRS keeps the values within MAX_VALUE_BYTES");
     }
     // 122 random bits per key: a collision among even 10^9 keys has probability below 10^-18.
     builder.finish().expect("random UUID v4 keys are distinct")
@@ -99,6 +109,18 @@ mod tests {
         // A prefix of a bigger sample is the smaller sample.
         let big: Vec<u128> = sample(1_000, 42).iter().map(|(k, _)| k).take(500).collect();
         assert_eq!(big, a.iter().map(|(k, _)| *k).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_largest_sample_still_fits_the_value_arena() {
+        assert_eq!(MAX_SAMPLE_VALUE_BYTES, 5 * 9 + 4);
+        assert_eq!(MAX_SAMPLE_PAIRS, 87_652_393);
+    }
+
+    #[test]
+    #[should_panic(expected = "more than MAX_SAMPLE_PAIRS")]
+    fn a_larger_sample_is_refused_before_any_work() {
+        sample(MAX_SAMPLE_PAIRS + 1, 1);
     }
 
     #[test]

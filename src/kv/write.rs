@@ -1,5 +1,5 @@
-//! A dataset to a file in the format of the file's extension, streamed through a buffered
-//! writer so 10,000,000 pairs never become one giant string. `load` reads every output back.
+//! A dataset to a file in the format of the file's extension, or as JSON Lines to any writer,
+//! streamed so 10,000,000 pairs never become one giant string. `load` reads every output back.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -26,6 +26,19 @@ pub fn write(dataset: &Dataset, path: &Path) -> io::Result<()> {
         )
     })?;
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, File::create(path)?);
+    write_format(dataset, format, &mut out)?;
+    out.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()
+}
+
+/// Writes `dataset` as JSON Lines, `{"key":"<uuid>","value":"<value>"}` a line, to `out` (one
+/// `write_all` a pair: give it a buffered writer). `tally sample` writes stdout with it.
+pub fn write_jsonl(dataset: &Dataset, out: &mut impl Write) -> io::Result<()> {
+    write_format(dataset, Format::JsonLines, out)
+}
+
+fn write_format(dataset: &Dataset, format: Format, out: &mut impl Write) -> io::Result<()> {
     // One pair is formatted into `line`, then copied into the writer's buffer.
     let mut line = Vec::with_capacity(256);
     match format {
@@ -44,9 +57,9 @@ pub fn write(dataset: &Dataset, path: &Path) -> io::Result<()> {
                 write_json_string(&mut line, value);
             }
             Format::JsonLines => {
-                line.extend_from_slice(b"{\"key\": \"");
+                line.extend_from_slice(b"{\"key\":\"");
                 line.extend_from_slice(&key);
-                line.extend_from_slice(b"\", \"value\": ");
+                line.extend_from_slice(b"\",\"value\":");
                 write_json_string(&mut line, value);
                 line.extend_from_slice(b"}\n");
             }
@@ -62,9 +75,7 @@ pub fn write(dataset: &Dataset, path: &Path) -> io::Result<()> {
     if format == Format::Json {
         out.write_all(if dataset.is_empty() { b"}\n" } else { b"\n}\n" })?;
     }
-    out.into_inner()
-        .map_err(io::IntoInnerError::into_error)?
-        .sync_all()
+    Ok(())
 }
 
 /// A field quoted only when it must be (RFC 4180 section 2, rules 6 and 7).
@@ -139,6 +150,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn json_lines_go_to_any_writer_one_compact_object_a_line() {
+        let dataset = sample(3, 1);
+        let mut out = Vec::new();
+        write_jsonl(&dataset, &mut out).expect("to memory");
+        let text = String::from_utf8(out).expect("UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let (key, value) = dataset.iter().next().expect("non-empty");
+        let key = String::from_utf8(format_uuid(key).to_vec()).expect("ASCII");
+        assert_eq!(
+            lines[0],
+            format!("{{\"key\":\"{key}\",\"value\":\"{value}\"}}")
+        );
+        let dir = TestDir::new();
+        let path = dir.file("stdout.jsonl", &text);
+        assert_eq!(contents(&load(&path).expect("loads")), contents(&dataset));
     }
 
     #[test]
