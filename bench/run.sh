@@ -5,6 +5,8 @@
 #   DURATION=5 ROUNDS=1 bench/run.sh health kv   # selected workloads: health kv counter nginx
 #   BASELINE_BIN=/path/to/old/tally bench/run.sh  # also runs an older build in every round
 #                                                 # (rows prefixed base-), for before/after
+#   BASELINE_ARGS="--io-ring-taskrun-flags false" bench/run.sh  # the baseline is this build
+#                                                 # with these flags (an A/B of one option)
 #
 # Each workload runs ROUNDS times (default 3), the rounds interleaved, and the summary gives
 # the median of each column: this machine is a VM whose neighbours make single runs swing by
@@ -43,7 +45,9 @@ command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)
 mkdir -p "$OUT"
 cargo build --release --quiet
 BIN=target/release/tally
+BASELINE_ARGS=${BASELINE_ARGS:-}
 BASELINE_BIN=${BASELINE_BIN:-}
+if [ -n "$BASELINE_ARGS" ] && [ -z "$BASELINE_BIN" ]; then BASELINE_BIN=$BIN; fi
 TICKS=$(getconf CLK_TCK)
 PIDS=()
 cleanup() {
@@ -122,7 +126,8 @@ HEALTH=/api/v1/system/health
 # tally_workloads: every tally row, with the binary $RUN_BIN and row names prefixed $TAG.
 tally_workloads() {
     if [[ " $WORKLOADS " == *" health "* || " $WORKLOADS " == *" kv "* || " $WORKLOADS " == *" counter "* ]]; then
-        start_tally main
+        # shellcheck disable=SC2086 # RUN_ARGS is a list of flags
+        start_tally main $RUN_ARGS
         if [[ " $WORKLOADS " == *" health "* ]]; then
             load "${TAG}tally-health" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
             load "${TAG}tally-health-pipelined-16" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH" -s bench/pipeline.lua -- 16
@@ -140,7 +145,8 @@ tally_workloads() {
         fi
         stop_tally
         if [[ " $WORKLOADS " == *" counter "* ]]; then
-            start_tally batch1 --max-batch 1
+            # shellcheck disable=SC2086
+            start_tally batch1 --max-batch 1 $RUN_ARGS
             load "${TAG}tally-counter-post-batch-1" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
             stop_tally
         fi
@@ -148,9 +154,9 @@ tally_workloads() {
 }
 
 one_round() {
-    RUN_BIN=$BIN TAG="" tally_workloads
+    RUN_BIN=$BIN RUN_ARGS="" TAG="" tally_workloads
     if [ -n "$BASELINE_BIN" ]; then
-        RUN_BIN=$BASELINE_BIN TAG=base- tally_workloads
+        RUN_BIN=$BASELINE_BIN RUN_ARGS=$BASELINE_ARGS TAG=base- tally_workloads
     fi
 
     if [[ " $WORKLOADS " == *" nginx "* ]]; then

@@ -120,6 +120,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 0)]
     pub max_batch: usize,
 
+    /// Create the io_uring rings with IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG (Linux 5.19+;
+    /// tally falls back to no flags where the kernel refuses them). `false` for comparison.
+    #[arg(long, env = "TALLY_IO_RING_TASKRUN_FLAGS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub io_ring_taskrun_flags: bool,
+
     /// Log level: error, warn, info, debug or trace (RUST_LOG-style filters work too).
     #[arg(long, env = "TALLY_LOG", default_value = "info")]
     pub log: String,
@@ -136,6 +142,7 @@ impl ServeArgs {
             request_timeout: self.request_timeout(),
             idle_timeout: self.idle_timeout(),
             shutdown_grace: self.shutdown_grace(),
+            ring_taskrun_flags: self.io_ring_taskrun_flags,
         }
     }
 

@@ -20,6 +20,7 @@ mod context;
 mod core;
 mod listener;
 mod registry;
+pub mod ring_flags;
 mod signals;
 pub mod uring;
 
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// In-flight requests get this long to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `ring_flags`).
+    pub ring_taskrun_flags: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,17 +122,21 @@ pub fn run(config: &ServerConfig, services: Services) -> Result<(), ServerError>
     let signals = signals::spawn_forwarder(stop_senders.clone(), signal_cpu)?;
 
     let pairs = dataset.len();
+    ring_flags::set_enabled(config.ring_taskrun_flags);
     let cores = core::spawn_all(config, &shared, dataset, wiring, listeners, stop_receivers)?;
     // The cores hold the only references to the parsed dataset now; it is freed once the last
     // replica is built (at 10M pairs that is ~0.4 GB).
     let mut failure = cores.wait_started();
     match &failure {
-        None => log::info!(
-            "tally listening on {} with {} core(s) (CPUs {:?}), {pairs} key/value pairs",
-            config.listen,
-            config.cpus.len(),
-            config.cpus,
-        ),
+        None => {
+            log::info!(
+                "tally listening on {} with {} core(s) (CPUs {:?}), {pairs} key/value pairs",
+                config.listen,
+                config.cpus.len(),
+                config.cpus,
+            );
+            log_ring_flags(config.ring_taskrun_flags);
+        }
         Some(_) => signals::stop_all(&stop_senders),
     }
     if let Err(err) = cores.join() {
@@ -137,6 +144,21 @@ pub fn run(config: &ServerConfig, services: Services) -> Result<(), ServerError>
     }
     signals.close();
     failure.map_or(Ok(()), Err)
+}
+
+/// Says which setup flags glommio's rings got, and why not when the kernel refused them.
+fn log_ring_flags(requested: bool) {
+    let (with_flags, refused) = ring_flags::ring_counts();
+    if !requested {
+        log::info!("io_uring rings without COOP_TASKRUN (--io-ring-taskrun-flags false)");
+    } else if refused > 0 {
+        log::warn!(
+            "the kernel refused COOP_TASKRUN|TASKRUN_FLAG (Linux < 5.19?) on {refused} ring(s); \
+             they run without them ({with_flags} ring(s) got them)"
+        );
+    } else {
+        log::info!("io_uring rings with COOP_TASKRUN|TASKRUN_FLAG: {with_flags}");
+    }
 }
 
 /// One listener per core, all on the same address.
