@@ -80,6 +80,86 @@ async fn add_returns_the_count_right_after_its_delta() {
 }
 
 #[tokio::test]
+async fn a_row_lowered_below_a_returned_count_is_refused_until_raised_again() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    for _ in 0..3 {
+        store.add(1).await.expect("add");
+    }
+    let sql = pg.client().await;
+
+    // Lowered by less than the next delta: the commit returns more than 3, yet its values
+    // 3..=7 include 3, which was returned already.
+    sql.batch_execute("UPDATE tally_counter SET count = 2")
+        .await
+        .expect("lower the row");
+    assert_eq!(
+        store.add(5).await,
+        Err(CommitError::RowLowered {
+            row: 7,
+            highest_returned: 3
+        })
+    );
+    // That refused commit lifted the row past 3 itself: nothing below 8 can come back.
+    assert_eq!(store.add(1).await, Ok(8));
+
+    // Lowered far below: refused, and from then on without touching the row.
+    sql.batch_execute("UPDATE tally_counter SET count = 0")
+        .await
+        .expect("lower the row again");
+    assert_eq!(
+        store.add(1).await,
+        Err(CommitError::RowLowered {
+            row: 1,
+            highest_returned: 8
+        })
+    );
+    let refused = store.add(1).await;
+    assert!(
+        matches!(refused, Err(CommitError::RowLowered { row: 1, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(row_count(&pg).await, 1);
+    assert!(store.row_lowered().is_some());
+    assert_eq!(store.stats().commit_errors_row_lowered, 3);
+
+    // The operator raises it to the highest count returned (README.md, Operations).
+    sql.batch_execute("UPDATE tally_counter SET count = GREATEST(count, 8)")
+        .await
+        .expect("raise the row");
+    assert!(
+        wait_for(Duration::from_secs(2), || store.row_lowered().is_none()).await,
+        "the refresh did not notice the raised row"
+    );
+    assert_eq!(store.add(1).await, Ok(9));
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn a_raised_row_is_noticed_by_the_next_add_without_waiting_for_a_refresh() {
+    let pg = TestPg::start();
+    let mut config = config(pg.url(), Duration::from_secs(5));
+    config.refresh_interval = Duration::from_secs(3600);
+    let store = store::spawn(config).expect("store thread");
+    assert!(connected(&store).await);
+    assert_eq!(store.add(10).await, Ok(10));
+    let sql = pg.client().await;
+    sql.batch_execute("UPDATE tally_counter SET count = 1")
+        .await
+        .expect("lower the row");
+    assert!(matches!(
+        store.add(1).await,
+        Err(CommitError::RowLowered { .. })
+    ));
+    sql.batch_execute("UPDATE tally_counter SET count = 100")
+        .await
+        .expect("raise the row");
+    assert_eq!(store.add(1).await, Ok(101));
+    store.shutdown();
+}
+
+#[tokio::test]
 async fn highest_seen_follows_another_instance_writing_the_same_row() {
     let pg = TestPg::start();
     let writer = spawn(pg.url(), Duration::from_secs(5));

@@ -19,6 +19,7 @@ pub mod store;
 #[cfg(test)]
 mod batching_tests;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -73,6 +74,25 @@ impl CounterShared {
         self.store.highest_seen()
     }
 
+    /// Why increments cannot be served now, if they cannot (for `/api/v1/system/ready`). The
+    /// text goes into a JSON string as it is: no quote or backslash.
+    pub fn unavailable_reason(&self) -> Option<Cow<'static, str>> {
+        if let Some(lowered) = self.store.row_lowered() {
+            return Some(Cow::Owned(format!(
+                "the counter row in PostgreSQL is at {}, below {}, a value this instance already \
+                 returned: it was lowered outside tally; increments are refused until it is \
+                 raised to at least {} (README.md, Operations)",
+                lowered.row, lowered.highest_returned, lowered.highest_returned
+            )));
+        }
+        if !self.store.is_connected() {
+            return Some(Cow::Borrowed(
+                "the counter store (PostgreSQL) is unreachable",
+            ));
+        }
+        None
+    }
+
     pub fn render_metrics(&self, out: &mut String) {
         self.batch_size.render(
             "tally_counter_batch_size",
@@ -86,7 +106,7 @@ impl CounterShared {
         );
         let stats = self.store.stats();
         type Line = (&'static str, &'static str, &'static str, u64);
-        let lines: [Line; 10] = [
+        let lines: [Line; 11] = [
             (
                 "tally_counter_commits_total",
                 "counter",
@@ -124,6 +144,12 @@ impl CounterShared {
                 stats.commit_errors_unknown,
             ),
             (
+                "tally_counter_store_row_lowered_total",
+                "counter",
+                "Increments refused because the row was below a count already returned.",
+                stats.commit_errors_row_lowered,
+            ),
+            (
                 "tally_counter_store_connects_total",
                 "counter",
                 "Store connections established.",
@@ -157,6 +183,13 @@ impl CounterShared {
             "gauge",
             "Whether the store connection is up.",
             u64::from(self.store.is_connected()),
+        );
+        crate::metrics::write_single(
+            out,
+            "tally_counter_row_lowered",
+            "gauge",
+            "1 while the row is below a count this instance returned (increments refused).",
+            u64::from(self.store.row_lowered().is_some()),
         );
     }
 }
