@@ -20,6 +20,7 @@
 //! once and refuse new ones, and readiness turns false.
 
 pub mod store;
+pub mod tls;
 
 #[cfg(test)]
 mod batching_tests;

@@ -26,8 +26,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio_postgres::error::Severity;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Socket, Statement};
+
+use super::tls::Connector;
 
 pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -699,26 +702,35 @@ fn classify(error: &tokio_postgres::Error) -> CommitError {
 /// Connects, checks durability settings, creates the schema if missing and prepares the two
 /// statements, all within `connect_timeout`.
 async fn connect(config: &StoreConfig, highest_seen: i64) -> Result<Connection, String> {
-    let mut pg_config: tokio_postgres::Config = config
-        .url
+    let (url, tls) = super::tls::split_connection_string(&config.url)
+        .map_err(|error| format!("invalid database URL: {error}"))?;
+    let mut pg_config: tokio_postgres::Config = url
         .parse()
         .map_err(|error| format!("invalid database URL: {error}"))?;
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("tally");
     }
     pg_config.connect_timeout(config.connect_timeout);
+    let connector = tls.apply(&mut pg_config)?;
     let set_up = async {
-        let (client, connection) = pg_config
-            .connect(NoTls)
-            .await
-            .map_err(|error| error.to_string())?;
-        let (closed_tx, closed) = oneshot::channel();
-        let io = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                log::warn!("PostgreSQL connection: {error}");
+        let opened = match connector {
+            Connector::Plain => open(&pg_config, NoTls).await,
+            Connector::Rustls(rustls) => open(&pg_config, rustls).await,
+        };
+        let (client, io, closed) = opened.map_err(|error| match error.as_db_error() {
+            Some(_) => error.to_string(),
+            // Transport and TLS failures: the cause (tokio-postgres's text omits it, e.g. why
+            // a certificate was refused) and the TLS settings in force.
+            None => {
+                let mut text = error.to_string();
+                let mut cause = std::error::Error::source(&error);
+                while let Some(inner) = cause {
+                    text.push_str(&format!(": {inner}"));
+                    cause = inner.source();
+                }
+                format!("{text} ({tls})")
             }
-            let _ = closed_tx.send(());
-        });
+        })?;
         // If set-up fails below, dropping the client ends the I/O task.
         prepare(client, io, closed, highest_seen).await
     };
@@ -730,6 +742,26 @@ async fn connect(config: &StoreConfig, highest_seen: i64) -> Result<Connection, 
                 config.connect_timeout
             )
         })?
+}
+
+/// Opens a connection with `tls` and spawns the task that drives its socket.
+async fn open<T>(
+    pg_config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<(Client, tokio::task::JoinHandle<()>, oneshot::Receiver<()>), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = pg_config.connect(tls).await?;
+    let (closed_tx, closed) = oneshot::channel();
+    let io = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            log::warn!("PostgreSQL connection: {error}");
+        }
+        let _ = closed_tx.send(());
+    });
+    Ok((client, io, closed))
 }
 
 async fn prepare(
