@@ -5,6 +5,7 @@
 //! (the counter's store, every core's metrics, readiness). Handlers in `routes` take an `&App`,
 //! so a unit test builds one directly and calls them without a listener or a binary.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,14 +48,13 @@ impl Shared {
     }
 
     /// Why the instance is not ready to serve, if it is not (for `/api/v1/system/ready`).
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
+    pub fn not_ready_reason(&self) -> Option<Cow<'static, str>> {
         if !self.kv_ready() {
-            Some("the key/value replicas are still being built")
-        } else if !self.counter.store.is_connected() {
-            Some("the counter store (PostgreSQL) is unreachable")
-        } else {
-            None
+            return Some(Cow::Borrowed(
+                "the key/value replicas are still being built",
+            ));
         }
+        self.counter.unavailable_reason()
     }
 
     /// `/metrics`: every core's HTTP metrics, the counter's, uptime and the process's.

@@ -58,6 +58,21 @@ fn row(cluster: &TestCluster) -> i64 {
     })
 }
 
+/// Runs `statement` against the cluster behind tally's back.
+fn execute(cluster: &TestCluster, statement: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(cluster.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client.batch_execute(statement).await.expect(statement);
+    })
+}
+
 /// Sends `requests` POSTs on one keep-alive connection, `depth` at a time (pipelined), and
 /// returns the value of every 200 and the number of other statuses.
 fn post_many(
@@ -317,6 +332,47 @@ fn sigterm_under_load_answers_what_it_received_and_exits_zero() {
         server.log_text()
     );
     assert_eq!(distinct.last().copied(), Some(final_row));
+}
+
+#[test]
+fn a_row_lowered_outside_tally_gives_503_and_not_ready_until_the_operator_raises_it() {
+    let cluster = TestCluster::start();
+    let server = tally(&cluster, &[]);
+    let mut highest = 0;
+    for _ in 0..3 {
+        let r = server.post("/api/v1/counter", "");
+        assert_eq!(r.status, 200);
+        highest = r.json()["count"].as_i64().expect("count");
+    }
+
+    // A restored backup, say.
+    execute(&cluster, "UPDATE tally_counter SET count = 0");
+    let r = server.post("/api/v1/counter", "");
+    assert_eq!(r.status, 503, "a value already handed out: {}", r.text());
+    let ready = server.get("/api/v1/system/ready");
+    assert_eq!(ready.status, 503);
+    let message = ready.json()["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(
+        message.contains("lowered") && message.contains(&highest.to_string()),
+        "{message}"
+    );
+    assert!(server.log_text().contains("went backwards"));
+    assert_eq!(server.post("/api/v1/counter", "").status, 503);
+
+    // README.md, Operations: raise the row to at least the highest value returned.
+    execute(
+        &cluster,
+        &format!("UPDATE tally_counter SET count = GREATEST(count, {highest})"),
+    );
+    wait_for("ready again", Duration::from_secs(5), || {
+        server.get("/api/v1/system/ready").status == 200
+    });
+    let r = server.post("/api/v1/counter", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["count"].as_i64(), Some(highest + 1));
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::pg::TestPg;
+use common::pg::{TestPg, TlsPg};
 use tally::counter::store::{self, CommitError, StoreConfig, StoreHandle};
 
 fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
@@ -76,6 +76,86 @@ async fn add_returns_the_count_right_after_its_delta() {
     let stats = store.stats();
     assert_eq!(stats.commits, ADDS as u64 + 1);
     assert_eq!(stats.committed_delta_sum, count as u64);
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn a_row_lowered_below_a_returned_count_is_refused_until_raised_again() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    for _ in 0..3 {
+        store.add(1).await.expect("add");
+    }
+    let sql = pg.client().await;
+
+    // Lowered by less than the next delta: the commit returns more than 3, yet its values
+    // 3..=7 include 3, which was returned already.
+    sql.batch_execute("UPDATE tally_counter SET count = 2")
+        .await
+        .expect("lower the row");
+    assert_eq!(
+        store.add(5).await,
+        Err(CommitError::RowLowered {
+            row: 7,
+            highest_returned: 3
+        })
+    );
+    // That refused commit lifted the row past 3 itself: nothing below 8 can come back.
+    assert_eq!(store.add(1).await, Ok(8));
+
+    // Lowered far below: refused, and from then on without touching the row.
+    sql.batch_execute("UPDATE tally_counter SET count = 0")
+        .await
+        .expect("lower the row again");
+    assert_eq!(
+        store.add(1).await,
+        Err(CommitError::RowLowered {
+            row: 1,
+            highest_returned: 8
+        })
+    );
+    let refused = store.add(1).await;
+    assert!(
+        matches!(refused, Err(CommitError::RowLowered { row: 1, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(row_count(&pg).await, 1);
+    assert!(store.row_lowered().is_some());
+    assert_eq!(store.stats().commit_errors_row_lowered, 3);
+
+    // The operator raises it to the highest count returned (README.md, Operations).
+    sql.batch_execute("UPDATE tally_counter SET count = GREATEST(count, 8)")
+        .await
+        .expect("raise the row");
+    assert!(
+        wait_for(Duration::from_secs(2), || store.row_lowered().is_none()).await,
+        "the refresh did not notice the raised row"
+    );
+    assert_eq!(store.add(1).await, Ok(9));
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn a_raised_row_is_noticed_by_the_next_add_without_waiting_for_a_refresh() {
+    let pg = TestPg::start();
+    let mut config = config(pg.url(), Duration::from_secs(5));
+    config.refresh_interval = Duration::from_secs(3600);
+    let store = store::spawn(config).expect("store thread");
+    assert!(connected(&store).await);
+    assert_eq!(store.add(10).await, Ok(10));
+    let sql = pg.client().await;
+    sql.batch_execute("UPDATE tally_counter SET count = 1")
+        .await
+        .expect("lower the row");
+    assert!(matches!(
+        store.add(1).await,
+        Err(CommitError::RowLowered { .. })
+    ));
+    sql.batch_execute("UPDATE tally_counter SET count = 100")
+        .await
+        .expect("raise the row");
+    assert_eq!(store.add(1).await, Ok(101));
     store.shutdown();
 }
 
@@ -318,4 +398,107 @@ fn a_restart_under_load_never_confirms_an_uncommitted_increment() {
         "restart under load: {} confirmed, {failed} refused, row {row}",
         confirmed.len()
     );
+}
+
+/// Sessions of application `tally` using TLS, as the server sees them.
+async fn tls_sessions(pg: &TlsPg) -> i64 {
+    pg.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'tally'",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_ssl")
+        .get(0)
+}
+
+/// Connects a store with `url`, commits one increment and returns how many TLS sessions the
+/// server has from tally meanwhile.
+async fn commits_over(pg: &TlsPg, url: &str) -> i64 {
+    let store = spawn(url, Duration::from_secs(5));
+    assert!(connected(&store).await, "{url}: {:?}", store.add(1).await);
+    store.add(1).await.expect("add");
+    let sessions = tls_sessions(pg).await;
+    store.shutdown();
+    sessions
+}
+
+/// The reason a store that cannot connect gives its callers, once it has tried.
+async fn refusal(url: &str) -> String {
+    let store = spawn(url, Duration::from_secs(5));
+    assert!(
+        wait_for(Duration::from_secs(10), || store.stats().connect_failures
+            >= 1)
+        .await,
+        "{url} never failed"
+    );
+    assert!(!store.is_connected(), "{url} connected");
+    let refused = store.add(1).await;
+    store.shutdown();
+    match refused {
+        Err(CommitError::Unavailable(reason)) => reason,
+        other => panic!("{url}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tls_modes_connect_to_a_server_with_a_self_signed_certificate() {
+    let pg = TlsPg::start();
+    let root = pg.root_cert().display().to_string();
+
+    assert_eq!(commits_over(&pg, &pg.url("sslmode=require")).await, 1);
+    // libpq's default, prefer, uses TLS when the server offers it.
+    assert_eq!(commits_over(&pg, &pg.url("")).await, 1);
+    assert_eq!(
+        commits_over(
+            &pg,
+            &pg.url(&format!("sslmode=verify-full sslrootcert={root}"))
+        )
+        .await,
+        1
+    );
+    // The certificate names localhost only: verify-ca checks the chain, not the name.
+    let by_address = pg.url_to(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca sslrootcert={root}"),
+    );
+    assert_eq!(commits_over(&pg, &by_address).await, 1);
+    assert_eq!(commits_over(&pg, &pg.url("sslmode=disable")).await, 0);
+    // The URL form, with the root file percent-encoded.
+    let url = format!(
+        "postgresql://{}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        tally::postgres::SUPERUSER,
+        pg.port(),
+        root.replace('/', "%2F")
+    );
+    assert_eq!(commits_over(&pg, &url).await, 1);
+}
+
+#[tokio::test]
+async fn tls_verification_refuses_a_wrong_root_or_host_name_with_a_clear_error() {
+    let pg = TlsPg::start();
+    let root = pg.root_cert().display().to_string();
+    let wrong = pg.wrong_root_cert().display().to_string();
+
+    let reason = refusal(&pg.url(&format!("sslmode=verify-full sslrootcert={wrong}"))).await;
+    assert!(
+        reason.contains("TLS handshake")
+            && reason.contains("UnknownIssuer")
+            && reason.contains("sslmode=verify-full"),
+        "{reason}"
+    );
+    // require with a root file checks the chain, as libpq does.
+    let reason = refusal(&pg.url(&format!("sslmode=require sslrootcert={wrong}"))).await;
+    assert!(reason.contains("UnknownIssuer"), "{reason}");
+    // The right root, but the certificate is not for 127.0.0.1.
+    let reason = refusal(&pg.url_to(
+        "127.0.0.1",
+        &format!("sslmode=verify-full sslrootcert={root}"),
+    ))
+    .await;
+    assert!(reason.contains("not valid for name"), "{reason}");
+    let reason = refusal(&pg.url("sslmode=verify-full sslrootcert=/nonexistent/root.crt")).await;
+    assert!(reason.contains("/nonexistent/root.crt"), "{reason}");
 }

@@ -249,3 +249,74 @@ fn the_owner_queue_stays_open_until_every_core_has_closed() {
         );
     });
 }
+
+#[test]
+fn when_the_owner_loop_ends_in_flight_and_new_increments_fail_at_once() {
+    on_executor(async {
+        let wiring = wire(1);
+        let owner = FakeOwner::new(wiring.owner, 0);
+        let core = start_core(wiring.cores.into_iter().next().unwrap(), 0);
+
+        let in_flight = core.increment(1);
+        owner.receive_batch().await;
+        assert_eq!(core.in_flight(), 1);
+        // The owner's loop ended without answering: its port goes with it.
+        drop(owner);
+
+        let started = std::time::Instant::now();
+        let answer = within_step_timeout("the in-flight ticket", in_flight).await;
+        assert!(matches!(answer, Err(CommitError::Unknown(_))), "{answer:?}");
+        let late = within_step_timeout("a new ticket", core.increment(1)).await;
+        assert!(matches!(late, Err(CommitError::Unavailable(_))), "{late:?}");
+        assert!(started.elapsed() < store::DEFAULT_COMMIT_TIMEOUT);
+        assert_eq!(core.in_flight(), 0);
+    });
+}
+
+#[test]
+fn when_the_owner_core_dies_its_lease_fails_increments_and_readiness_turns_false() {
+    on_executor(async {
+        let store = store::spawn(store::StoreConfig::new(
+            "host=/nonexistent/tally-test user=tally",
+        ))
+        .expect("store thread");
+        let shared = Arc::new(CounterShared::new(store.clone(), 0));
+        let mut wiring = wire(2);
+        // As the owner core's thread does; its loop never runs here.
+        let lease = wiring.owner.lease(&shared);
+        let owner_stopped = |shared: &CounterShared| {
+            shared
+                .unavailable_reason()
+                .is_some_and(|reason| reason.contains("owner core stopped"))
+        };
+        assert!(!owner_stopped(&shared));
+        // A panic elsewhere on the owner core: glommio leaks the owner's task, so its port
+        // (held here) is never dropped; only the lease on the thread's stack is.
+        let owner = FakeOwner::new(wiring.owner, 0);
+        let mut ports = wiring.cores.into_iter();
+        let core0 = start_core(ports.next().unwrap(), 0);
+        let core1 = start_core(ports.next().unwrap(), 0);
+
+        let in_flight = [core0.increment(1), core1.increment(2)];
+        owner.receive_batch().await;
+        owner.receive_batch().await;
+        drop(lease);
+
+        let started = std::time::Instant::now();
+        for ticket in in_flight {
+            let answer = within_step_timeout("an in-flight ticket", ticket).await;
+            assert!(matches!(answer, Err(CommitError::Unknown(_))), "{answer:?}");
+        }
+        for core in [&core0, &core1] {
+            let late = within_step_timeout("a new ticket", core.increment(1)).await;
+            assert!(matches!(late, Err(CommitError::Unavailable(_))), "{late:?}");
+        }
+        assert!(started.elapsed() < store::DEFAULT_COMMIT_TIMEOUT);
+        assert!(owner_stopped(&shared), "{:?}", shared.unavailable_reason());
+        assert!(
+            owner.port.batches.is_empty(),
+            "nothing is sent to a dead owner"
+        );
+        store.shutdown();
+    });
+}

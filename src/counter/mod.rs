@@ -13,18 +13,28 @@
 //! Nothing waits on a timer: a transaction starts as soon as the previous one finished, and
 //! whatever arrived meanwhile forms the next one. A request is answered 200 only after
 //! PostgreSQL confirmed the commit of the transaction holding its increment. Knows no sockets.
+//!
+//! No ticket waits on a dead owner: the owner core holds an [`OwnerLease`] on its thread's
+//! stack. However that thread ends (a panic in any of its tasks included), dropping the lease
+//! disconnects a channel every core's reply task watches; they fail their batches in flight at
+//! once and refuse new ones, and readiness turns false.
 
 pub mod store;
+pub mod tls;
 
 #[cfg(test)]
 mod batching_tests;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -54,7 +64,16 @@ pub struct CounterShared {
     pub failed_commits: AtomicU64,
     /// Increments received by the owner and not yet answered.
     pub pending_increments: AtomicU64,
+    /// `OWNER_*`: whether the owner core can commit (set by [`OwnerLease`] and `run_owner`).
+    owner: AtomicU8,
 }
+
+const OWNER_NOT_STARTED: u8 = 0;
+const OWNER_RUNNING: u8 = 1;
+/// Every core closed and the owner committed what they sent: a clean shutdown.
+const OWNER_FINISHED: u8 = 2;
+/// The owner's lease was dropped before its loop finished: its thread ended, or its loop did.
+const OWNER_STOPPED: u8 = 3;
 
 impl CounterShared {
     pub fn new(store: StoreHandle, max_batch: usize) -> Self {
@@ -65,12 +84,45 @@ impl CounterShared {
             commit_seconds: Histogram::new(&LATENCY_BOUNDS),
             failed_commits: AtomicU64::new(0),
             pending_increments: AtomicU64::new(0),
+            owner: AtomicU8::new(OWNER_NOT_STARTED),
         }
     }
 
     /// The count as this instance knows it: never below a value it returned.
     pub fn current(&self) -> Option<i64> {
         self.store.highest_seen()
+    }
+
+    /// Why increments cannot be served now, if they cannot (for `/api/v1/system/ready`). The
+    /// text goes into a JSON string as it is: no quote or backslash.
+    pub fn unavailable_reason(&self) -> Option<Cow<'static, str>> {
+        let owner = self.owner.load(Acquire);
+        if owner == OWNER_STOPPED {
+            return Some(Cow::Borrowed(
+                "the counter's owner core stopped: increments cannot be committed; \
+                 restart tally (its log says why the core stopped)",
+            ));
+        }
+        if owner == OWNER_FINISHED {
+            return Some(Cow::Borrowed("the counter is shutting down"));
+        }
+        if let Some(lowered) = self.store.row_lowered() {
+            return Some(Cow::Owned(format!(
+                "the counter row in PostgreSQL is at {}, below {}, a value this instance already \
+                 returned: it was lowered outside tally; increments are refused until it is \
+                 raised to at least {} (README.md, Operations)",
+                lowered.row, lowered.highest_returned, lowered.highest_returned
+            )));
+        }
+        if !self.store.is_connected() {
+            return Some(Cow::Borrowed(
+                "the counter store (PostgreSQL) is unreachable",
+            ));
+        }
+        if owner == OWNER_NOT_STARTED {
+            return Some(Cow::Borrowed("the counter's owner core has not started"));
+        }
+        None
     }
 
     pub fn render_metrics(&self, out: &mut String) {
@@ -86,7 +138,7 @@ impl CounterShared {
         );
         let stats = self.store.stats();
         type Line = (&'static str, &'static str, &'static str, u64);
-        let lines: [Line; 10] = [
+        let lines: [Line; 11] = [
             (
                 "tally_counter_commits_total",
                 "counter",
@@ -124,6 +176,12 @@ impl CounterShared {
                 stats.commit_errors_unknown,
             ),
             (
+                "tally_counter_store_row_lowered_total",
+                "counter",
+                "Increments refused because the row was below a count already returned.",
+                stats.commit_errors_row_lowered,
+            ),
+            (
                 "tally_counter_store_connects_total",
                 "counter",
                 "Store connections established.",
@@ -158,6 +216,13 @@ impl CounterShared {
             "Whether the store connection is up.",
             u64::from(self.store.is_connected()),
         );
+        crate::metrics::write_single(
+            out,
+            "tally_counter_row_lowered",
+            "gauge",
+            "1 while the row is below a count this instance returned (increments refused).",
+            u64::from(self.store.row_lowered().is_some()),
+        );
     }
 }
 
@@ -182,6 +247,8 @@ pub struct Wiring {
 pub struct OwnerPort {
     batches: flume::Receiver<CoreBatch>,
     replies: Vec<flume::Sender<BatchReply>>,
+    /// The only sender of every core's `owner_alive`; moves into the [`OwnerLease`].
+    alive: Option<flume::Sender<Infallible>>,
 }
 
 /// What each core needs: a way to the owner and its own reply queue.
@@ -190,13 +257,20 @@ pub struct CorePort {
     /// Taken (dropped) by [`CounterCore::close`], so the owner knows when every core is done.
     to_owner: RefCell<Option<flume::Sender<CoreBatch>>>,
     replies: flume::Receiver<BatchReply>,
+    /// Nothing is ever sent: it disconnects when the owner's lease (or port) is dropped.
+    owner_alive: flume::Receiver<Infallible>,
 }
 
 pub fn wire(cores: usize) -> Wiring {
     let (to_owner, batches) = flume::unbounded();
+    let (alive, owner_alive) = flume::bounded(0);
     let (replies, receivers): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded()).unzip();
     Wiring {
-        owner: OwnerPort { batches, replies },
+        owner: OwnerPort {
+            batches,
+            replies,
+            alive: Some(alive),
+        },
         cores: receivers
             .into_iter()
             .enumerate()
@@ -204,15 +278,52 @@ pub fn wire(cores: usize) -> Wiring {
                 id,
                 to_owner: RefCell::new(Some(to_owner.clone())),
                 replies,
+                owner_alive: owner_alive.clone(),
             })
             .collect(),
+    }
+}
+
+impl OwnerPort {
+    /// The owner's proof of life. Keep it where it is dropped whatever happens to the owner's
+    /// loop: on the owner thread's stack, not in a task (glommio leaks the pending tasks of an
+    /// executor that panicked, so a task's locals may never be dropped). `run_owner` takes it
+    /// itself if nobody did.
+    pub fn lease(&mut self, shared: &Arc<CounterShared>) -> OwnerLease {
+        shared.owner.store(OWNER_RUNNING, Release);
+        OwnerLease {
+            _alive: self.alive.take(),
+            shared: shared.clone(),
+        }
+    }
+}
+
+/// While it lives, the cores wait for the owner's replies; once dropped, they fail what they
+/// sent (outcome unknown), refuse new increments, and readiness turns false.
+pub struct OwnerLease {
+    _alive: Option<flume::Sender<Infallible>>,
+    shared: Arc<CounterShared>,
+}
+
+impl Drop for OwnerLease {
+    fn drop(&mut self) {
+        let was = self.shared.owner.swap(OWNER_STOPPED, AcqRel);
+        if was == OWNER_FINISHED {
+            self.shared.owner.store(OWNER_FINISHED, Release);
+        } else {
+            log::error!(
+                "the counter's owner core stopped before the counter finished: every increment \
+                 now gets 503 and /api/v1/system/ready is 503; restart tally"
+            );
+        }
     }
 }
 
 /// The owner loop: one transaction in flight, every batch that queued meanwhile in the next.
 /// Ends when every core has dropped its sender and the queue is empty, so every increment
 /// received before shutdown is committed and answered.
-pub async fn run_owner(port: OwnerPort, shared: Arc<CounterShared>) {
+pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
+    let _lease = port.alive.is_some().then(|| port.lease(&shared));
     let mut queue: VecDeque<CoreBatch> = VecDeque::new();
     loop {
         if queue.is_empty() {
@@ -251,6 +362,7 @@ pub async fn run_owner(port: OwnerPort, shared: Arc<CounterShared>) {
         }
     }
     shared.pending_increments.store(0, Relaxed);
+    shared.owner.store(OWNER_FINISHED, Release);
 }
 
 /// How many queued batches form the next transaction, with their request count and delta.
@@ -295,6 +407,8 @@ pub struct CounterCore {
     /// Batches sent and not yet answered, in the order the owner will answer them.
     in_flight: RefCell<VecDeque<Rc<Batch>>>,
     batcher: Cell<Option<Waker>>,
+    /// Set once the owner's lease is gone: nothing sent to it would ever be answered.
+    owner_gone: Cell<bool>,
 }
 
 impl CounterCore {
@@ -305,6 +419,7 @@ impl CounterCore {
             open: RefCell::new(Vec::new()),
             in_flight: RefCell::new(VecDeque::new()),
             batcher: Cell::new(None),
+            owner_gone: Cell::new(false),
         })
     }
 
@@ -354,6 +469,14 @@ impl CounterCore {
 
     /// Sends closed batches to the owner; they then wait in `in_flight` for its replies.
     fn send(&self, batches: Vec<Rc<Batch>>) {
+        if self.owner_gone.get() {
+            for batch in batches {
+                batch.resolve(Err(CommitError::Unavailable(
+                    "the counter's owner core has stopped".into(),
+                )));
+            }
+            return;
+        }
         let to_owner = self.port.to_owner.borrow();
         for batch in batches {
             let msg = CoreBatch {
@@ -376,13 +499,33 @@ impl CounterCore {
     }
 
     /// Resolves batches as the owner's replies arrive (in the order the batches were sent).
+    /// Once the owner is gone (its lease or its port dropped), fails every batch in flight and
+    /// makes later sends fail at once.
     pub async fn run_replies(self: Rc<Self>) {
-        while let Ok(reply) = self.port.replies.recv_async().await {
+        loop {
+            // Replies first: one sent just before the owner died is still delivered.
+            let next = futures_lite::future::or(
+                async { self.port.replies.recv_async().await.ok() },
+                async {
+                    let _disconnected = self.port.owner_alive.recv_async().await;
+                    None
+                },
+            )
+            .await;
+            let Some(reply) = next else { break };
             let batch = self.in_flight.borrow_mut().pop_front();
             match batch {
                 Some(batch) => batch.resolve(reply),
                 None => log::error!("counter reply without a batch in flight"),
             }
+        }
+        self.owner_gone.set(true);
+        let orphans = std::mem::take(&mut *self.in_flight.borrow_mut());
+        for batch in orphans {
+            // The owner may have sent it to the store before it stopped.
+            batch.resolve(Err(CommitError::Unknown(
+                "the counter's owner core stopped before answering".into(),
+            )));
         }
     }
 

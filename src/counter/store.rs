@@ -10,6 +10,13 @@
 //! deadline while the statement is in flight is an unknown outcome, never an `Ok`. Requests run
 //! one at a time, in the order they were sent, on one connection; a refresh `SELECT` between
 //! them keeps [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//!
+//! Second guarantee: no value is returned twice. The row only grows while every writer is a
+//! tally (other instances' increments raise it), so a commit whose first value is at or below
+//! the highest count this store has *returned* means the row was lowered behind our back (a
+//! restored backup, a manual `UPDATE`). That commit is answered [`CommitError::RowLowered`],
+//! and so is every later `add`, without touching the row, until a read finds the row back at or
+//! above that count (README.md, "Operations", "When the counter row goes backwards").
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -19,8 +26,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio_postgres::error::Severity;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Socket, Statement};
+
+use super::tls::Connector;
 
 pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -91,6 +101,22 @@ pub enum CommitError {
     /// A caller bug: deltas are sums of positive increments.
     #[error("increment must be positive, got {0}")]
     InvalidDelta(i64),
+    /// The row is below a count this store already returned: answering would hand out values
+    /// twice. Refused until the row is raised to at least `highest_returned`.
+    #[error(
+        "the counter row was lowered outside tally: it is at {row}, below {highest_returned}, \
+         a count this instance already returned; raise it to at least {highest_returned}"
+    )]
+    RowLowered { row: i64, highest_returned: i64 },
+}
+
+/// The row found below a count this store returned (see [`CommitError::RowLowered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLowered {
+    /// The count PostgreSQL last reported.
+    pub row: i64,
+    /// The highest count this store has returned from a commit.
+    pub highest_returned: i64,
 }
 
 /// A snapshot of the store's counters, for `/metrics`.
@@ -103,11 +129,22 @@ pub struct StoreStats {
     pub commit_errors_unavailable: u64,
     pub commit_errors_timeout: u64,
     pub commit_errors_unknown: u64,
+    /// Commits and `add`s refused because the row was below a count already returned.
+    pub commit_errors_row_lowered: u64,
     /// Successful connections (the first one included).
     pub connects: u64,
     pub connect_failures: u64,
     /// Connections lost or dropped after a timeout or unknown outcome.
     pub disconnects: u64,
+}
+
+impl From<RowLowered> for CommitError {
+    fn from(lowered: RowLowered) -> Self {
+        CommitError::RowLowered {
+            row: lowered.row,
+            highest_returned: lowered.highest_returned,
+        }
+    }
 }
 
 /// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
@@ -124,10 +161,25 @@ struct Shared {
     commit_timeout: Duration,
     connected: AtomicBool,
     highest_seen: AtomicI64,
+    /// The highest count a commit returned (`NOT_SEEN` before the first); only the store
+    /// thread writes it. Unlike `highest_seen`, refresh reads never raise it.
+    highest_returned: AtomicI64,
+    /// The row's count while it is below `highest_returned`, else `NOT_SEEN`.
+    lowered_row: AtomicI64,
     stats: Counters,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Disconnected when the store thread has finished (it holds the only sender).
     thread_done: flume::Receiver<()>,
+}
+
+impl Shared {
+    fn row_lowered(&self) -> Option<RowLowered> {
+        let row = self.lowered_row.load(Ordering::Acquire);
+        (row != NOT_SEEN).then(|| RowLowered {
+            row,
+            highest_returned: self.highest_returned.load(Ordering::Acquire),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -137,6 +189,7 @@ struct Counters {
     commit_errors_unavailable: AtomicU64,
     commit_errors_timeout: AtomicU64,
     commit_errors_unknown: AtomicU64,
+    commit_errors_row_lowered: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
@@ -162,6 +215,8 @@ pub fn spawn(config: StoreConfig) -> std::io::Result<StoreHandle> {
         commit_timeout: config.commit_timeout,
         connected: AtomicBool::new(false),
         highest_seen: AtomicI64::new(NOT_SEEN),
+        highest_returned: AtomicI64::new(NOT_SEEN),
+        lowered_row: AtomicI64::new(NOT_SEEN),
         stats: Counters::default(),
         thread: Mutex::new(None),
         thread_done,
@@ -218,6 +273,11 @@ impl StoreHandle {
         (seen != NOT_SEEN).then_some(seen)
     }
 
+    /// `Some` while the row is below a count this store returned: every `add` is refused.
+    pub fn row_lowered(&self) -> Option<RowLowered> {
+        self.shared.row_lowered()
+    }
+
     pub fn stats(&self) -> StoreStats {
         let c = &self.shared.stats;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -227,6 +287,7 @@ impl StoreHandle {
             commit_errors_unavailable: get(&c.commit_errors_unavailable),
             commit_errors_timeout: get(&c.commit_errors_timeout),
             commit_errors_unknown: get(&c.commit_errors_unknown),
+            commit_errors_row_lowered: get(&c.commit_errors_row_lowered),
             connects: get(&c.connects),
             connect_failures: get(&c.connect_failures),
             disconnects: get(&c.disconnects),
@@ -438,9 +499,14 @@ impl Store<'_> {
                     Ok(Request::Add { delta, deadline, reply }) => {
                         let result = self.commit(&connection, delta, deadline).await;
                         let keep = !matches!(result, Err(CommitError::Timeout | CommitError::Unknown(_)));
-                        if let Err(error) = &result {
-                            self.count_error(error);
-                            log::warn!("increment by {delta} not confirmed: {error}");
+                        match &result {
+                            // Logged as an error once, when found; not again for every batch.
+                            Err(error @ CommitError::RowLowered { .. }) => self.count_error(error),
+                            Err(error) => {
+                                self.count_error(error);
+                                log::warn!("increment by {delta} not confirmed: {error}");
+                            }
+                            Ok(_) => {}
                         }
                         let _ = reply.send(result);
                         if !keep {
@@ -480,6 +546,14 @@ impl Store<'_> {
                 "connection to PostgreSQL closed".into(),
             ));
         }
+        if self.shared.row_lowered().is_some() {
+            // Only a read may lift the refusal: the row is not touched while it is low. A
+            // failed read leaves the refusal as it is (the refresh notices a dead connection).
+            let _ = tokio::time::timeout_at(deadline.into(), self.read_row(connection)).await;
+            if let Some(lowered) = self.shared.row_lowered() {
+                return Err(lowered.into());
+            }
+        }
         let answer = tokio::time::timeout_at(
             deadline.into(),
             connection.client.query_opt(&connection.add, &[&delta]),
@@ -499,6 +573,24 @@ impl Store<'_> {
         let count: i64 = row
             .try_get(0)
             .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))?;
+        // The values this commit hands out are count - delta + 1 ..= count. Every one of them
+        // is above highest_returned unless the row went down since our last commit.
+        let highest_returned = self.shared.highest_returned.load(Ordering::Acquire);
+        if highest_returned != NOT_SEEN && count - delta < highest_returned {
+            self.shared.lowered_row.store(count, Ordering::Release);
+            log::error!(
+                "the counter row went backwards: PostgreSQL returned {count} after this \
+                 instance had returned {highest_returned} (restored backup? manual UPDATE?). \
+                 Refusing every increment until the row is raised to at least \
+                 {highest_returned}: UPDATE tally_counter SET count = GREATEST(count, \
+                 {highest_returned}) WHERE id = 1"
+            );
+            return Err(CommitError::RowLowered {
+                row: count,
+                highest_returned,
+            });
+        }
+        self.shared.highest_returned.store(count, Ordering::Release);
         self.shared.highest_seen.fetch_max(count, Ordering::AcqRel);
         let stats = &self.shared.stats;
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -508,13 +600,52 @@ impl Store<'_> {
         Ok(count)
     }
 
+    /// Records a count read from the row: raises `highest_seen`, and ends or updates the
+    /// refusal of a lowered row. `Err(RowLowered)` while the row is still too low.
+    fn saw_row(&self, count: i64) -> Result<(), CommitError> {
+        self.shared.highest_seen.fetch_max(count, Ordering::AcqRel);
+        let Some(lowered) = self.shared.row_lowered() else {
+            return Ok(());
+        };
+        if count >= lowered.highest_returned {
+            self.shared.lowered_row.store(NOT_SEEN, Ordering::Release);
+            log::warn!(
+                "the counter row is back at {count}, at or above {}, the highest count this \
+                 instance returned: increments are served again",
+                lowered.highest_returned
+            );
+            Ok(())
+        } else {
+            self.shared.lowered_row.store(count, Ordering::Release);
+            Err(RowLowered {
+                row: count,
+                ..lowered
+            }
+            .into())
+        }
+    }
+
+    /// Reads the row while it is known to be lowered, to see whether it was raised again.
+    async fn read_row(&self, connection: &Connection) -> Result<(), CommitError> {
+        let row = connection
+            .client
+            .query_opt(&connection.read, &[])
+            .await
+            .map_err(|error| classify(&error))?
+            .ok_or_else(|| CommitError::Unknown("tally_counter has no row with id = 1".into()))?;
+        let count = row
+            .try_get::<_, i64>(0)
+            .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))?;
+        self.saw_row(count)
+    }
+
     /// Reads the row; false when the connection should be dropped.
     async fn refresh(&self, connection: &Connection) -> bool {
         let read = connection.client.query_opt(&connection.read, &[]);
         match tokio::time::timeout(self.config.commit_timeout, read).await {
             Ok(Ok(Some(row))) => {
                 if let Ok(count) = row.try_get::<_, i64>(0) {
-                    self.shared.highest_seen.fetch_max(count, Ordering::AcqRel);
+                    let _still_lowered = self.saw_row(count);
                 }
                 true
             }
@@ -544,6 +675,7 @@ impl Store<'_> {
             }
             CommitError::Timeout => &stats.commit_errors_timeout,
             CommitError::Unknown(_) => &stats.commit_errors_unknown,
+            CommitError::RowLowered { .. } => &stats.commit_errors_row_lowered,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -570,26 +702,35 @@ fn classify(error: &tokio_postgres::Error) -> CommitError {
 /// Connects, checks durability settings, creates the schema if missing and prepares the two
 /// statements, all within `connect_timeout`.
 async fn connect(config: &StoreConfig, highest_seen: i64) -> Result<Connection, String> {
-    let mut pg_config: tokio_postgres::Config = config
-        .url
+    let (url, tls) = super::tls::split_connection_string(&config.url)
+        .map_err(|error| format!("invalid database URL: {error}"))?;
+    let mut pg_config: tokio_postgres::Config = url
         .parse()
         .map_err(|error| format!("invalid database URL: {error}"))?;
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("tally");
     }
     pg_config.connect_timeout(config.connect_timeout);
+    let connector = tls.apply(&mut pg_config)?;
     let set_up = async {
-        let (client, connection) = pg_config
-            .connect(NoTls)
-            .await
-            .map_err(|error| error.to_string())?;
-        let (closed_tx, closed) = oneshot::channel();
-        let io = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                log::warn!("PostgreSQL connection: {error}");
+        let opened = match connector {
+            Connector::Plain => open(&pg_config, NoTls).await,
+            Connector::Rustls(rustls) => open(&pg_config, rustls).await,
+        };
+        let (client, io, closed) = opened.map_err(|error| match error.as_db_error() {
+            Some(_) => error.to_string(),
+            // Transport and TLS failures: the cause (tokio-postgres's text omits it, e.g. why
+            // a certificate was refused) and the TLS settings in force.
+            None => {
+                let mut text = error.to_string();
+                let mut cause = std::error::Error::source(&error);
+                while let Some(inner) = cause {
+                    text.push_str(&format!(": {inner}"));
+                    cause = inner.source();
+                }
+                format!("{text} ({tls})")
             }
-            let _ = closed_tx.send(());
-        });
+        })?;
         // If set-up fails below, dropping the client ends the I/O task.
         prepare(client, io, closed, highest_seen).await
     };
@@ -601,6 +742,26 @@ async fn connect(config: &StoreConfig, highest_seen: i64) -> Result<Connection, 
                 config.connect_timeout
             )
         })?
+}
+
+/// Opens a connection with `tls` and spawns the task that drives its socket.
+async fn open<T>(
+    pg_config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<(Client, tokio::task::JoinHandle<()>, oneshot::Receiver<()>), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = pg_config.connect(tls).await?;
+    let (closed_tx, closed) = oneshot::channel();
+    let io = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            log::warn!("PostgreSQL connection: {error}");
+        }
+        let _ = closed_tx.send(());
+    });
+    Ok((client, io, closed))
 }
 
 async fn prepare(

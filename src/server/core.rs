@@ -105,7 +105,7 @@ pub fn spawn_all(
 }
 
 fn spawn_core(
-    start: CoreStart,
+    mut start: CoreStart,
     cpu: usize,
     started: Started,
 ) -> Result<JoinHandle<()>, ServerError> {
@@ -114,6 +114,12 @@ fn spawn_core(
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
+            // On this thread's stack, so however the thread ends (a panic in any task
+            // included) the other cores stop waiting for the owner (`counter::OwnerLease`).
+            let _owner_lease = start
+                .owner
+                .as_mut()
+                .map(|port| port.lease(&start.shared.counter));
             let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&name)
                 .io_memory(IO_MEMORY_BYTES)
