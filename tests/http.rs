@@ -452,3 +452,24 @@ fn a_client_that_never_reads_its_responses_is_disconnected() {
     }
     drop(writer.join());
 }
+
+#[test]
+fn a_busy_listen_address_is_reported_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("occupy a port");
+    let addr = busy.local_addr().expect("its address").to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["--listen", &addr, "--database-url", NO_DATABASE])
+        .env("TALLY_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    drop(busy);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(
+        err.matches("Address already in use").count(),
+        1,
+        "the cause is said once:\n{err}"
+    );
+}

@@ -54,7 +54,9 @@ pub struct ServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    /// The cause is the `source`, not part of the message: `main` prints the whole chain, and a
+    /// message that repeated it would say it twice.
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
