@@ -164,3 +164,156 @@ impl ServeArgs {
         Duration::from_millis(self.commit_timeout_ms.max(1))
     }
 }
+
+/// A `--database-url` that can never work: tally refuses to start rather than retry it forever.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --database-url / DATABASE_URL: {reason}")]
+pub struct InvalidDatabaseUrl {
+    /// tokio-postgres's message with its cause, as one string: the URL itself is not repeated
+    /// (it may hold a password), and there is no `source` for `{:#}` to print a second time.
+    reason: String,
+}
+
+/// Checks that `url` parses as a tokio-postgres connection string (URL or `key=value` form).
+/// Whether the server is up is not checked: the store retries that.
+///
+/// `sslmode=verify-ca`, `sslmode=verify-full` and `sslrootcert` are tally's own TLS options,
+/// which tokio-postgres's parser rejects; they are left out of this check (their values are
+/// checked where TLS is set up).
+pub fn check_database_url(url: &str) -> Result<(), InvalidDatabaseUrl> {
+    use std::error::Error as _;
+    let checked = without_tls_verify_options(url);
+    match checked.parse::<tokio_postgres::Config>() {
+        Ok(_) => Ok(()),
+        Err(error) => Err(InvalidDatabaseUrl {
+            reason: match error.source() {
+                Some(cause) => format!("{error}: {cause}"),
+                None => error.to_string(),
+            },
+        }),
+    }
+}
+
+/// Whether tokio-postgres's parser would reject this parameter although tally accepts it.
+fn is_tls_verify_option(key: &str, value: &str) -> bool {
+    key == "sslrootcert" || (key == "sslmode" && matches!(value, "verify-ca" | "verify-full"))
+}
+
+/// `url` without the parameters [`is_tls_verify_option`] names. Anything it cannot split is
+/// kept as it is, for tokio-postgres to report.
+fn without_tls_verify_options(url: &str) -> String {
+    if let Some(rest) = ["postgres://", "postgresql://"]
+        .iter()
+        .find_map(|prefix| url.strip_prefix(prefix))
+    {
+        let base_len = url.len() - rest.len();
+        let Some((path, query)) = rest.split_once('?') else {
+            return url.to_owned();
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|param| {
+                let (key, value) = param.split_once('=').unwrap_or((param, ""));
+                !is_tls_verify_option(key, value)
+            })
+            .collect();
+        let mut out = format!("{}{path}", &url[..base_len]);
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+        return out;
+    }
+    // key=value form, split the way libpq (and tokio-postgres) does: `key = value`, the value
+    // bare up to whitespace or in single quotes, `\` escaping the next character.
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    loop {
+        let Some(param_len) = conninfo_param_len(rest) else {
+            out.push_str(rest);
+            return out;
+        };
+        let (param, tail) = rest.split_at(param_len);
+        if let Some((key, value)) = param.split_once('=') {
+            let value = value.trim().trim_matches('\'');
+            if !is_tls_verify_option(key.trim(), value) {
+                out.push_str(param);
+            }
+        }
+        rest = tail;
+    }
+}
+
+/// The length of the first `key = value` in `s` (leading whitespace included), or `None` at the
+/// end or where the text does not split.
+fn conninfo_param_len(s: &str) -> Option<usize> {
+    let mut chars = s.char_indices().peekable();
+    let skip_ws = |chars: &mut std::iter::Peekable<std::str::CharIndices>| {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
+    skip_ws(&mut chars);
+    let mut keyword = false;
+    while chars
+        .next_if(|(_, c)| !c.is_whitespace() && *c != '=')
+        .is_some()
+    {
+        keyword = true;
+    }
+    skip_ws(&mut chars);
+    if !keyword || chars.next().map(|(_, c)| c) != Some('=') {
+        return None;
+    }
+    skip_ws(&mut chars);
+    let quoted = chars.next_if(|(_, c)| *c == '\'').is_some();
+    loop {
+        match chars.next() {
+            None if quoted => return None,
+            None => return Some(s.len()),
+            Some((_, '\\')) => {
+                chars.next();
+            }
+            Some((end, '\'')) if quoted => return Some(end + 1),
+            Some((end, c)) if !quoted && c.is_whitespace() => return Some(end),
+            Some(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unparseable_database_url_is_an_error_with_its_cause() {
+        let error = check_database_url("not a url").expect_err("not a connection string");
+        let message = error.to_string();
+        assert!(message.contains("invalid connection string"), "{message}");
+        assert!(message.contains("expected `=`"), "{message}");
+        assert!(check_database_url("host=/tmp port=5432 user=tally").is_ok());
+        assert!(check_database_url("postgres://tally@localhost:1/db?connect_timeout=2").is_ok());
+        assert!(check_database_url("host=/tmp nonsense=1").is_err());
+    }
+
+    #[test]
+    fn tally_s_own_tls_options_pass_the_check() {
+        for url in [
+            "host=db sslmode=verify-full sslrootcert=/etc/ca.pem user=tally",
+            "host=db sslmode = 'verify-ca' sslrootcert='/etc/my ca.pem'",
+            "sslrootcert=/etc/ca.pem",
+            "postgres://tally@db/postgres?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "postgresql://db/postgres?sslrootcert=/ca.pem&sslmode=verify-ca&application_name=t",
+        ] {
+            assert!(
+                check_database_url(url).is_ok(),
+                "{url}: {:?}",
+                check_database_url(url)
+            );
+        }
+        assert!(check_database_url("host=db sslmode=bogus").is_err());
+        assert!(check_database_url("postgres://db/?sslmode=bogus&sslrootcert=/x").is_err());
+        assert_eq!(
+            without_tls_verify_options("host=db  sslrootcert='/a b' user=t"),
+            "host=db user=t"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use tally::config::{Cli, Command, SampleArgs, ServeArgs};
+use tally::config::{self, Cli, Command, SampleArgs, ServeArgs};
 use tally::counter::{self, store, CounterShared};
 use tally::postgres::EmbeddedPostgres;
 use tally::{kv, server};
@@ -52,6 +52,11 @@ fn sample(args: &SampleArgs) -> anyhow::Result<()> {
 }
 
 fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
+    // A URL that cannot parse never works: say so now instead of retrying it forever. A server
+    // that is down is another matter; the store retries it.
+    if let Some(url) = &cfg.database_url {
+        config::check_database_url(url)?;
+    }
     raise_open_file_limit();
     server::uring::check()?;
     let cpus = choose_cpus(cfg.cores)?;

@@ -280,3 +280,54 @@ fn a_killed_tally_takes_its_postgres_down() {
         "postmaster {postmaster} outlived the SIGKILLed parent"
     );
 }
+
+/// Runs the tally binary with `args` until it exits (at most `timeout`; killed after that):
+/// its exit status, or `None` if it was still running, and its stderr.
+fn run_tally(args: &[&str], timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+    let log = fresh_dir("stderr").with_extension("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("TALLY_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("stderr file"))
+        .spawn()
+        .expect("start tally");
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (status, stderr)
+}
+
+#[test]
+fn an_unparseable_database_url_is_a_start_up_error_said_once() {
+    let (status, stderr) = run_tally(
+        &["--listen", "127.0.0.1:0", "--database-url", "not a url"],
+        Duration::from_secs(10),
+    );
+    let status = status.unwrap_or_else(|| panic!("tally kept running:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("--database-url"), "{stderr}");
+    assert_eq!(
+        stderr.matches("expected `=` but got `a`").count(),
+        1,
+        "the parse error is said once:\n{stderr}"
+    );
+}
+
+#[test]
+fn tls_verification_options_do_not_fail_the_url_check() {
+    let url = "host=/nonexistent-tally-test-socket-dir port=1 user=tally connect_timeout=1 \
+               sslmode=verify-full sslrootcert=/nonexistent-tally-test-ca.pem";
+    let server = common::server::TestServer::start(&["--database-url", url]);
+    assert_eq!(server.get("/api/v1/system/health").status, 200);
+}
