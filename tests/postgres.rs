@@ -331,3 +331,65 @@ fn tls_verification_options_do_not_fail_the_url_check() {
     let server = common::server::TestServer::start(&["--database-url", url]);
     assert_eq!(server.get("/api/v1/system/health").status, 200);
 }
+
+#[test]
+fn a_symlinked_data_dir_is_refused_and_its_target_left_alone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = fresh_dir("symlink");
+    let target = root.join("elsewhere");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let before = std::fs::metadata(&target).expect("target");
+    std::os::unix::fs::symlink(&target, root.join("pg")).expect("symlink");
+
+    let result = EmbeddedPostgres::start(&root.join("pg"));
+    let after = std::fs::metadata(&target).expect("target");
+    let target_is_empty = std::fs::read_dir(&target).expect("list").next().is_none();
+    let _ = std::fs::remove_dir_all(&root);
+    match result {
+        Err(error @ EmbeddedError::DataDirSymlink { .. }) => {
+            assert!(error.to_string().contains("symbolic link"), "{error}");
+        }
+        other => panic!("expected DataDirSymlink, got {other:?}"),
+    }
+    assert_eq!(after.uid(), before.uid(), "the target changed owner");
+    assert_eq!(after.mode(), before.mode(), "the target changed mode");
+    assert!(target_is_empty, "something was written into the target");
+}
+
+#[test]
+fn as_root_a_data_dir_owned_by_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let root = fresh_dir("foreign");
+    let dir = root.join("pg");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let stranger = 54_321;
+    std::os::unix::fs::chown(&dir, Some(stranger), Some(stranger)).expect("chown");
+
+    let result = EmbeddedPostgres::start(&dir);
+    let owner = std::fs::metadata(&dir).expect("dir").uid();
+    let _ = std::fs::remove_dir_all(&root);
+    match result {
+        Err(error @ EmbeddedError::DataDirForeignOwner { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("54321"), "{message}");
+        }
+        other => panic!("expected DataDirForeignOwner, got {other:?}"),
+    }
+    assert_eq!(owner, stranger, "the directory was taken over");
+}
+
+#[test]
+fn the_socket_is_private_to_the_cluster_s_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = TestPg::start();
+    let socket = pg.data_dir().join(".s.PGSQL.5432");
+    for path in [pg.data_dir(), &socket] {
+        let mode = std::fs::metadata(path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+    }
+}

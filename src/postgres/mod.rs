@@ -15,7 +15,7 @@ pub use run_as::{ClusterUser, RunAs};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -53,11 +53,31 @@ pub enum EmbeddedError {
     )]
     NoBinaries,
     #[error(
-        "tally runs as root and PostgreSQL refuses to, but neither a `postgres` nor a `nobody` \
-         user exists to run it as: create one, run tally as an unprivileged user, or pass \
-         --database-url / DATABASE_URL"
+        "tally runs as root and PostgreSQL refuses to, but there is no `postgres` user to run it \
+         as (tally does not use `nobody`: every other process running as `nobody` could use the \
+         cluster's superuser socket): create a dedicated user (e.g. `useradd --system \
+         --no-create-home --shell /usr/sbin/nologin postgres`), run tally as an unprivileged \
+         user, or pass --database-url / DATABASE_URL"
     )]
     NoUnprivilegedUser,
+    #[error(
+        "{path} is a symbolic link: tally does not follow it for its PostgreSQL cluster (it \
+         would take ownership of the target); make it a real directory or pass another \
+         --data-dir"
+    )]
+    DataDirSymlink { path: PathBuf },
+    #[error("{path} exists and is not a directory")]
+    DataDirNotADirectory { path: PathBuf },
+    #[error(
+        "{path} belongs to uid {owner}, not to {user} or root: tally does not take over a \
+         directory it did not create; chown it, remove it, or pass another --data-dir"
+    )]
+    DataDirForeignOwner {
+        path: PathBuf,
+        owner: u32,
+        /// Who the cluster runs as, in words.
+        user: String,
+    },
     #[error(
         "PostgreSQL runs as user `{user}`, which cannot reach {data_dir}: it may not search \
          {blocked} (chmod o+x it, or choose a data directory under a world-searchable path)"
@@ -132,8 +152,10 @@ pub struct EmbeddedPostgres {
 impl EmbeddedPostgres {
     /// Finds the server binaries, initialises `data_dir` if it holds no cluster yet (trust auth,
     /// superuser `tally`, UTF8), starts `postgres` on a Unix socket only, and returns once it
-    /// accepts connections. When tally is root, the cluster belongs to and runs as `postgres`
-    /// (else `nobody`).
+    /// accepts connections. When tally is root, the cluster belongs to and runs as `postgres`.
+    ///
+    /// `data_dir` itself is never followed if it is a symlink, and a directory there that tally
+    /// did not create must belong to the cluster's user or root: tally chowns and chmods it.
     pub fn start(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
         let binaries = PgBinaries::find().ok_or(EmbeddedError::NoBinaries)?;
         let run_as = match ClusterUser::for_current_process() {
@@ -142,17 +164,30 @@ impl EmbeddedPostgres {
             ClusterUser::NoUnprivilegedAccount => return Err(EmbeddedError::NoUnprivilegedUser),
         };
 
-        fs::create_dir_all(data_dir).map_err(io_error("create", data_dir))?;
-        let data_dir = fs::canonicalize(data_dir).map_err(io_error("resolve", data_dir))?;
-        let initialised = data_dir.join("PG_VERSION").exists();
+        let data_dir = resolve_data_dir(data_dir)?;
         if let Some(user) = &run_as {
             check_reachable(user, &data_dir)?;
-            chown(&data_dir, user)?;
         }
+        let created = match fs::DirBuilder::new().mode(0o700).create(&data_dir) {
+            Ok(()) => true,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(error) => return Err(io_error("create", &data_dir)(error)),
+        };
+        // Everything below acts on this descriptor, never on the path again: a symlink swapped
+        // in meanwhile changes nothing.
+        let dir = open_dir_nofollow(&data_dir)?;
+        if !created {
+            check_owner(&dir, &data_dir, run_as.as_ref())?;
+        }
+        if let Some(user) = &run_as {
+            std::os::unix::fs::fchown(&dir, Some(user.uid), Some(user.gid))
+                .map_err(io_error("chown", &data_dir))?;
+        }
+        let initialised = data_dir.join("PG_VERSION").exists();
         if !initialised {
             // PostgreSQL insists on 0700 (or 0750); initdb would fix it too, but do it first so
             // nothing else can look in while the directory is being filled.
-            fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))
+            dir.set_permissions(fs::Permissions::from_mode(0o700))
                 .map_err(io_error("chmod", &data_dir))?;
         }
 
@@ -328,6 +363,9 @@ impl EmbeddedPostgres {
             ))
             .arg("-c")
             .arg(format!("port={PORT}"))
+            // Trust auth: the socket is the only door, so it is the owner's alone, whatever
+            // the mode of the directory it sits in (root, tally's user when root, bypasses it).
+            .args(["-c", "unix_socket_permissions=0700"])
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
             .args(["-c", "logging_collector=off"])
             .stdout(log)
@@ -461,6 +499,65 @@ fn signal(child: &Child, signal: libc::c_int) {
 
 fn chown(path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
     std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io_error("chown", path))
+}
+
+/// `data_dir` made absolute with its parent's symlinks resolved (the parent is created if
+/// missing); its last component is kept as it is, for [`open_dir_nofollow`] to judge.
+fn resolve_data_dir(data_dir: &Path) -> Result<PathBuf, EmbeddedError> {
+    let Some(name) = data_dir.file_name() else {
+        return Err(io_error("use", data_dir)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the data directory's path must end in a name",
+        )));
+    };
+    let parent = match data_dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+    let parent = fs::canonicalize(parent).map_err(io_error("resolve", parent))?;
+    Ok(parent.join(name))
+}
+
+/// Opens the directory `path` itself: a symlink there is refused, not followed (`O_NOFOLLOW`).
+fn open_dir_nofollow(path: &Path) -> Result<File, EmbeddedError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| {
+            // With O_DIRECTORY a symlink fails as ENOTDIR, without it as ELOOP.
+            let is_symlink = fs::symlink_metadata(path).is_ok_and(|meta| meta.is_symlink());
+            match error.raw_os_error() {
+                _ if is_symlink => EmbeddedError::DataDirSymlink {
+                    path: path.to_owned(),
+                },
+                Some(libc::ENOTDIR) => EmbeddedError::DataDirNotADirectory {
+                    path: path.to_owned(),
+                },
+                _ => io_error("open", path)(error),
+            }
+        })
+}
+
+/// A directory tally did not create must already belong to the cluster's user or to root.
+fn check_owner(dir: &File, path: &Path, run_as: Option<&RunAs>) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = dir.metadata().map_err(io_error("inspect", path))?.uid();
+    let (cluster_uid, user) = match run_as {
+        Some(user) => (user.uid, format!("the cluster's user `{}`", user.name)),
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        None => (unsafe { libc::geteuid() }, "tally's own user".to_owned()),
+    };
+    if owner == cluster_uid || owner == 0 {
+        return Ok(());
+    }
+    Err(EmbeddedError::DataDirForeignOwner {
+        path: path.to_owned(),
+        owner,
+        user,
+    })
 }
 
 /// Every ancestor of `data_dir` must be searchable by the cluster's user.
