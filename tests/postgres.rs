@@ -393,3 +393,78 @@ fn the_socket_is_private_to_the_cluster_s_user() {
         assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
     }
 }
+
+/// Set in the re-executed child of `a_start_killed_during_initdb_does_not_break_the_next`.
+const INITDB_DIR_ENV: &str = "TALLY_TEST_INITDB_DIR";
+
+/// Not a test on its own: when the variable is set, starts a cluster there (the parent kills
+/// this process during initdb).
+#[test]
+fn initdb_child_process() {
+    let Some(dir) = std::env::var_os(INITDB_DIR_ENV) else {
+        return;
+    };
+    let pg = EmbeddedPostgres::start(Path::new(&dir)).expect("start");
+    std::thread::sleep(Duration::from_secs(60));
+    drop(pg);
+}
+
+#[test]
+fn a_start_killed_during_initdb_does_not_break_the_next() {
+    use std::os::unix::process::CommandExt;
+    let root = fresh_dir("initdb-killed");
+    let dir = root.join("pg");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "initdb_child_process", "--nocapture"])
+        .env(INITDB_DIR_ENV, &dir)
+        .process_group(0)
+        .spawn()
+        .expect("spawn child");
+    // initdb writes PG_VERSION first, then bootstraps for a second or more.
+    let initdb_started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&root).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|entry| entry.path().join("PG_VERSION").exists())
+        })
+    });
+    // SIGKILL to the whole group, initdb and its postgres children with it: `docker kill`.
+    // SAFETY: kill(2) on our child's own process group.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+    assert!(initdb_started, "initdb never started");
+    std::thread::sleep(Duration::from_millis(200));
+
+    let next = EmbeddedPostgres::start(&dir);
+    let leftovers: Vec<_> = std::fs::read_dir(&root)
+        .expect("list")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .filter(|name| name != "pg")
+        .collect();
+    let started = next.map(|pg| pg.stop());
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        matches!(started, Ok(Ok(()))),
+        "the next start failed: {started:?}"
+    );
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
+
+#[test]
+fn a_data_dir_with_files_but_no_cluster_is_refused_not_overwritten() {
+    let root = fresh_dir("not-a-cluster");
+    let dir = root.join("pg");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("precious"), "x").expect("write");
+    let result = EmbeddedPostgres::start(&dir);
+    let kept = dir.join("precious").exists();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        matches!(result, Err(EmbeddedError::DataDirNotACluster { .. })),
+        "{result:?}"
+    );
+    assert!(kept);
+}

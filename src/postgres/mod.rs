@@ -15,7 +15,7 @@ pub use run_as::{ClusterUser, RunAs};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -66,6 +66,11 @@ pub enum EmbeddedError {
          --data-dir"
     )]
     DataDirSymlink { path: PathBuf },
+    #[error(
+        "{path} holds files but no PostgreSQL cluster (no PG_VERSION): tally neither \
+         initialises over them nor deletes them; empty or remove it, or pass another --data-dir"
+    )]
+    DataDirNotACluster { path: PathBuf },
     #[error("{path} exists and is not a directory")]
     DataDirNotADirectory { path: PathBuf },
     #[error(
@@ -168,28 +173,19 @@ impl EmbeddedPostgres {
         if let Some(user) = &run_as {
             check_reachable(user, &data_dir)?;
         }
-        let created = match fs::DirBuilder::new().mode(0o700).create(&data_dir) {
-            Ok(()) => true,
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(error) => return Err(io_error("create", &data_dir)(error)),
+        remove_interrupted_initdbs(&data_dir);
+        // A cluster appears at `data_dir` only complete (initdb runs next to it, see
+        // `initdb`), so one that is there is one to start.
+        let initialised = match open_dir_nofollow(&data_dir)? {
+            None => false,
+            Some(dir) => {
+                check_owner(&dir, &data_dir, run_as.as_ref())?;
+                if let Some(user) = &run_as {
+                    fchown(&dir, &data_dir, user)?;
+                }
+                holds_cluster(&data_dir)?
+            }
         };
-        // Everything below acts on this descriptor, never on the path again: a symlink swapped
-        // in meanwhile changes nothing.
-        let dir = open_dir_nofollow(&data_dir)?;
-        if !created {
-            check_owner(&dir, &data_dir, run_as.as_ref())?;
-        }
-        if let Some(user) = &run_as {
-            std::os::unix::fs::fchown(&dir, Some(user.uid), Some(user.gid))
-                .map_err(io_error("chown", &data_dir))?;
-        }
-        let initialised = data_dir.join("PG_VERSION").exists();
-        if !initialised {
-            // PostgreSQL insists on 0700 (or 0750); initdb would fix it too, but do it first so
-            // nothing else can look in while the directory is being filled.
-            dir.set_permissions(fs::Permissions::from_mode(0o700))
-                .map_err(io_error("chmod", &data_dir))?;
-        }
 
         let (socket_dir, socket_dir_is_private) = if socket_dir_fits(&data_dir) {
             (data_dir.clone(), false)
@@ -310,15 +306,46 @@ impl EmbeddedPostgres {
         command
     }
 
+    /// initdb into a fresh directory beside `data_dir`, renamed into place once initdb
+    /// succeeded: a start killed meanwhile leaves only that temporary, which the next start
+    /// removes ([`remove_interrupted_initdbs`]), never a half-made cluster at `data_dir`.
     fn initdb(&self) -> Result<(), EmbeddedError> {
+        let temp = initdb_temp_dir(&self.data_dir, std::process::id());
         log::info!(
-            "initialising a PostgreSQL cluster in {}",
-            self.data_dir.display()
+            "initialising a PostgreSQL cluster in {} (via {})",
+            self.data_dir.display(),
+            temp.display()
         );
-        let output = self
-            .command(&self.binaries.initdb)
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&temp)
+            .map_err(io_error("create", &temp))?;
+        let made = self.initdb_into(&temp).and_then(|()| {
+            // rename(2) also replaces an empty directory at `data_dir`.
+            fs::rename(&temp, &self.data_dir).map_err(io_error("rename", &temp))?;
+            let parent = self.data_dir.parent().unwrap_or(Path::new("/"));
+            File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io_error("sync", parent))
+        });
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&temp);
+        }
+        made
+    }
+
+    fn initdb_into(&self, temp: &Path) -> Result<(), EmbeddedError> {
+        if let Some(user) = &self.run_as {
+            let dir = open_dir_nofollow(temp)?
+                .ok_or_else(|| io_error("open", temp)(io::ErrorKind::NotFound.into()))?;
+            fchown(&dir, temp, user)?;
+        }
+        let mut command = self.command(&self.binaries.initdb);
+        // An initdb that outlives a killed tally would fill a directory nobody renames.
+        die_with_parent(&mut command, libc::SIGTERM);
+        let output = command
             .arg("--pgdata")
-            .arg(&self.data_dir)
+            .arg(temp)
             .arg("--auth=trust")
             .arg(format!("--username={SUPERUSER}"))
             .arg("--encoding=UTF8")
@@ -373,23 +400,8 @@ impl EmbeddedPostgres {
             // Its own process group: a Ctrl-C on tally's terminal must not reach postgres before
             // tally has committed its last batch; tally stops it afterwards.
             .process_group(0);
-        // SAFETY: getpid is async-signal-safe; the closure below only calls prctl and getppid
-        // (both async-signal-safe) and builds an io::Error from an errno without allocating.
-        let parent = unsafe { libc::getpid() };
-        unsafe {
-            command.pre_exec(move || {
-                // std has already switched uid/gid here; a credential change would clear the
-                // death signal, which is why it is set now and not earlier.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
+        // SIGINT: a fast shutdown.
+        die_with_parent(&mut command, libc::SIGINT);
         let mut child = command
             .spawn()
             .map_err(io_error("run", &self.binaries.postgres))?;
@@ -487,6 +499,28 @@ fn lock_held_by_older_server(log_tail: &str) -> bool {
         || log_tail.contains("pre-existing shared memory block")
 }
 
+/// The child gets `signal` when the thread that spawned it ends (PR_SET_PDEATHSIG), even if
+/// tally is SIGKILLed.
+fn die_with_parent(command: &mut Command, signal: libc::c_int) {
+    // SAFETY: getpid is async-signal-safe; the closure below only calls prctl and getppid
+    // (both async-signal-safe) and builds an io::Error from an errno without allocating.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        command.pre_exec(move || {
+            // std has already switched uid/gid here; a credential change would clear the
+            // death signal, which is why it is set now and not earlier.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 fn signal(child: &Child, signal: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
         // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet, so the
@@ -519,10 +553,12 @@ fn resolve_data_dir(data_dir: &Path) -> Result<PathBuf, EmbeddedError> {
     Ok(parent.join(name))
 }
 
-/// Opens the directory `path` itself: a symlink there is refused, not followed (`O_NOFOLLOW`).
-fn open_dir_nofollow(path: &Path) -> Result<File, EmbeddedError> {
+/// Opens the directory `path` itself, `None` if nothing is there: a symlink there is refused,
+/// not followed (`O_NOFOLLOW`). Acting on the descriptor (fchown, fstat), not on the path again,
+/// means a symlink swapped in meanwhile changes nothing.
+fn open_dir_nofollow(path: &Path) -> Result<Option<File>, EmbeddedError> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
@@ -538,7 +574,83 @@ fn open_dir_nofollow(path: &Path) -> Result<File, EmbeddedError> {
                 },
                 _ => io_error("open", path)(error),
             }
-        })
+        });
+    match opened {
+        Ok(dir) => Ok(Some(dir)),
+        Err(EmbeddedError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn fchown(dir: &File, path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
+    std::os::unix::fs::fchown(dir, Some(user.uid), Some(user.gid)).map_err(io_error("chown", path))
+}
+
+/// Whether the existing directory `data_dir` holds a cluster (`PG_VERSION`) or is empty (one is
+/// made there); anything else is not tally's to overwrite or delete.
+fn holds_cluster(data_dir: &Path) -> Result<bool, EmbeddedError> {
+    if data_dir.join("PG_VERSION").exists() {
+        return Ok(true);
+    }
+    let mut entries = fs::read_dir(data_dir).map_err(io_error("list", data_dir))?;
+    match entries.next() {
+        None => Ok(false),
+        Some(_) => Err(EmbeddedError::DataDirNotACluster {
+            path: data_dir.to_owned(),
+        }),
+    }
+}
+
+/// Where `initdb` builds the cluster for `data_dir`: beside it (same file system, so the
+/// rename is atomic), named after the process doing it.
+fn initdb_temp_dir(data_dir: &Path, pid: u32) -> PathBuf {
+    let mut name = initdb_temp_prefix(data_dir);
+    name.push_str(&pid.to_string());
+    data_dir.with_file_name(name)
+}
+
+fn initdb_temp_prefix(data_dir: &Path) -> String {
+    let name = data_dir.file_name().unwrap_or_default().to_string_lossy();
+    format!(".{name}.initdb-")
+}
+
+/// Removes the temporaries of initdbs that did not finish: those of processes that are gone,
+/// and any named after this process (a container's tally is pid 1 on every start).
+fn remove_interrupted_initdbs(data_dir: &Path) {
+    let prefix = initdb_temp_prefix(data_dir);
+    let Some(Ok(entries)) = data_dir.parent().map(fs::read_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && process_exists(pid) {
+            continue;
+        }
+        let path = entry.path();
+        log::warn!(
+            "removing {}: left by an initdb that did not finish",
+            path.display()
+        );
+        if let Err(error) = fs::remove_dir_all(&path) {
+            log::warn!("cannot remove {}: {error}", path.display());
+        }
+    }
+}
+
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A directory tally did not create must already belong to the cluster's user or to root.
