@@ -468,3 +468,121 @@ fn a_data_dir_with_files_but_no_cluster_is_refused_not_overwritten() {
     );
     assert!(kept);
 }
+
+/// Live processes whose command line mentions `text` (initdb and postgres name their data
+/// directory on theirs).
+fn processes_mentioning(text: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(text))
+        })
+        .filter(|&pid| process_alive(pid))
+        .collect()
+}
+
+/// Starts tally with the embedded default on a fresh data directory, sends SIGTERM once
+/// `started_up_to(data_dir)` holds (before /health answers), and checks that tally exits 0
+/// promptly and leaves no initdb or postgres behind.
+fn sigterm_during_start_up_stops_cleanly(tag: &str, started_up_to: impl Fn(&Path) -> bool) {
+    let data_dir = fresh_dir(tag);
+    std::fs::create_dir_all(&data_dir).expect("mkdir");
+    let log = data_dir.join("tally.log");
+    let listen = format!("127.0.0.1:{}", common::server::free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["--listen", &listen, "--data-dir"])
+        .arg(&data_dir)
+        .env_remove("DATABASE_URL")
+        .env("TALLY_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start tally");
+    let reached = wait_until(Duration::from_secs(30), || started_up_to(&data_dir));
+    let health = std::net::TcpStream::connect(&listen).is_ok();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let signalled = Instant::now();
+    let mut status = None;
+    wait_until(Duration::from_secs(15), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let took = signalled.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let key = data_dir.to_string_lossy().into_owned();
+    let no_processes_left = wait_until(Duration::from_secs(5), || {
+        processes_mentioning(&key).is_empty()
+    });
+    let left = processes_mentioning(&key);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for pid in &left {
+        // SAFETY: kill(2) on a process of this test's own making.
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    assert!(reached, "start-up never got there:\n{text}");
+    assert!(!health, "tally was already serving: not a start-up test");
+    let status =
+        status.unwrap_or_else(|| panic!("tally still ran {took:?} after SIGTERM:\n{text}"));
+    assert_eq!(status.code(), Some(0), "{status}:\n{text}");
+    assert!(took < Duration::from_secs(10), "took {took:?}:\n{text}");
+    assert!(no_processes_left, "left running: {left:?}\n{text}");
+}
+
+#[test]
+fn sigterm_during_initdb_stops_cleanly() {
+    sigterm_during_start_up_stops_cleanly("sigterm-initdb", |data_dir| {
+        // Not just any process naming the directory: tally's own command line does.
+        processes_mentioning(&data_dir.to_string_lossy())
+            .iter()
+            .any(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "initdb")
+            })
+    });
+}
+
+#[test]
+fn a_stop_request_interrupts_a_starting_server_and_leaves_nothing_running() {
+    let dir = fresh_dir("interrupted-start");
+    EmbeddedPostgres::start(&dir)
+        .expect("first start")
+        .stop()
+        .expect("stop");
+    // Set before the start: the postmaster is spawned, then stopped before it is ready.
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let interrupted = EmbeddedPostgres::start_interruptible(&dir, &stop);
+    let key = dir.to_string_lossy().into_owned();
+    let nothing_left = wait_until(Duration::from_secs(5), || {
+        processes_mentioning(&key).is_empty()
+    });
+    let again = EmbeddedPostgres::start(&dir).map(|pg| pg.stop());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        matches!(interrupted, Err(EmbeddedError::Interrupted)),
+        "{interrupted:?}"
+    );
+    assert!(
+        nothing_left,
+        "left running: {:?}",
+        processes_mentioning(&key)
+    );
+    assert!(
+        matches!(again, Ok(Ok(()))),
+        "the cluster was hurt: {again:?}"
+    );
+}

@@ -19,6 +19,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The superuser initdb creates; tally connects as it (trust auth, socket reachable only by the
@@ -42,6 +43,8 @@ const LOCK_RETRY_FOR: Duration = Duration::from_secs(10);
 /// How much of the server log an error carries.
 const LOG_TAIL_LINES: usize = 20;
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// initdb exits on SIGTERM once its current step is done (a second or so); then SIGKILL.
+const INITDB_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the embedded cluster could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,8 @@ pub enum EmbeddedError {
          initialises over them nor deletes them; empty or remove it, or pass another --data-dir"
     )]
     DataDirNotACluster { path: PathBuf },
+    #[error("a stop was requested (SIGTERM/SIGINT) while the embedded PostgreSQL was starting")]
+    Interrupted,
     #[error("{path} exists and is not a directory")]
     DataDirNotADirectory { path: PathBuf },
     #[error(
@@ -162,6 +167,16 @@ impl EmbeddedPostgres {
     /// `data_dir` itself is never followed if it is a symlink, and a directory there that tally
     /// did not create must belong to the cluster's user or root: tally chowns and chmods it.
     pub fn start(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
+        Self::start_interruptible(data_dir, &AtomicBool::new(false))
+    }
+
+    /// As [`start`](Self::start), but once `stop` is set (by a signal handler) it gives up
+    /// within a poll interval or so with [`EmbeddedError::Interrupted`]: initdb is stopped and
+    /// its temporary removed, a starting server gets a fast shutdown. Nothing keeps running.
+    pub fn start_interruptible(
+        data_dir: &Path,
+        stop: &AtomicBool,
+    ) -> Result<EmbeddedPostgres, EmbeddedError> {
         let binaries = PgBinaries::find().ok_or(EmbeddedError::NoBinaries)?;
         let run_as = match ClusterUser::for_current_process() {
             ClusterUser::TallyItself => None,
@@ -207,9 +222,9 @@ impl EmbeddedPostgres {
             url,
         };
         if !initialised {
-            cluster.initdb()?;
+            cluster.initdb(stop)?;
         }
-        cluster.start_server()?;
+        cluster.start_server_interruptible(stop)?;
         Ok(cluster)
     }
 
@@ -250,35 +265,28 @@ impl EmbeddedPostgres {
     /// [`STOP_TIMEOUT`]; past that, SIGKILL and [`EmbeddedError::StopTimeout`]. The directories
     /// stay, so [`start_server`](Self::start_server) can bring the same cluster back.
     pub fn stop_server(&mut self) -> Result<(), EmbeddedError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        signal(&child, libc::SIGINT);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => std::thread::sleep(POLL_INTERVAL),
-                Err(_) => break,
-            }
+        match self.child.take() {
+            Some(child) => stop_child(child, libc::SIGINT, STOP_TIMEOUT),
+            None => Ok(()),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        Err(EmbeddedError::StopTimeout {
-            seconds: STOP_TIMEOUT.as_secs(),
-        })
     }
 
     /// Starts the server if it is not running and waits until it accepts connections. Retries
     /// for [`LOCK_RETRY_FOR`] while an older postmaster on this directory is still going away.
     pub fn start_server(&mut self) -> Result<(), EmbeddedError> {
+        self.start_server_interruptible(&AtomicBool::new(false))
+    }
+
+    fn start_server_interruptible(&mut self, stop: &AtomicBool) -> Result<(), EmbeddedError> {
         if self.child.is_some() {
             return Ok(());
         }
         let give_up_on_lock = Instant::now() + LOCK_RETRY_FOR;
         loop {
-            match self.spawn_and_wait_ready() {
-                Err(StartFailure::LockHeld(_)) if Instant::now() < give_up_on_lock => {
+            match self.spawn_and_wait_ready(stop) {
+                Err(StartFailure::LockHeld(_))
+                    if Instant::now() < give_up_on_lock && !stop.load(Ordering::SeqCst) =>
+                {
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 Err(StartFailure::LockHeld(error) | StartFailure::Other(error)) => {
@@ -309,7 +317,7 @@ impl EmbeddedPostgres {
     /// initdb into a fresh directory beside `data_dir`, renamed into place once initdb
     /// succeeded: a start killed meanwhile leaves only that temporary, which the next start
     /// removes ([`remove_interrupted_initdbs`]), never a half-made cluster at `data_dir`.
-    fn initdb(&self) -> Result<(), EmbeddedError> {
+    fn initdb(&self, stop: &AtomicBool) -> Result<(), EmbeddedError> {
         let temp = initdb_temp_dir(&self.data_dir, std::process::id());
         log::info!(
             "initialising a PostgreSQL cluster in {} (via {})",
@@ -320,7 +328,7 @@ impl EmbeddedPostgres {
             .mode(0o700)
             .create(&temp)
             .map_err(io_error("create", &temp))?;
-        let made = self.initdb_into(&temp).and_then(|()| {
+        let made = self.initdb_into(&temp, stop).and_then(|()| {
             // rename(2) also replaces an empty directory at `data_dir`.
             fs::rename(&temp, &self.data_dir).map_err(io_error("rename", &temp))?;
             let parent = self.data_dir.parent().unwrap_or(Path::new("/"));
@@ -334,7 +342,7 @@ impl EmbeddedPostgres {
         made
     }
 
-    fn initdb_into(&self, temp: &Path) -> Result<(), EmbeddedError> {
+    fn initdb_into(&self, temp: &Path, stop: &AtomicBool) -> Result<(), EmbeddedError> {
         if let Some(user) = &self.run_as {
             let dir = open_dir_nofollow(temp)?
                 .ok_or_else(|| io_error("open", temp)(io::ErrorKind::NotFound.into()))?;
@@ -343,28 +351,54 @@ impl EmbeddedPostgres {
         let mut command = self.command(&self.binaries.initdb);
         // An initdb that outlives a killed tally would fill a directory nobody renames.
         die_with_parent(&mut command, libc::SIGTERM);
-        let output = command
+        // Its output goes to a file in memory, not a pipe: nothing has to drain it while this
+        // thread polls `stop`.
+        let initdb = &self.binaries.initdb;
+        let mut output = memory_file(c"tally-initdb-output").map_err(io_error("create", initdb))?;
+        let stdout = output.try_clone().map_err(io_error("create", initdb))?;
+        let stderr = output.try_clone().map_err(io_error("create", initdb))?;
+        let mut child = command
             .arg("--pgdata")
             .arg(temp)
             .arg("--auth=trust")
             .arg(format!("--username={SUPERUSER}"))
             .arg("--encoding=UTF8")
             .arg("--locale=C")
-            .output()
-            .map_err(io_error("run", &self.binaries.initdb))?;
-        if output.status.success() {
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(io_error("run", initdb))?;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if stop.load(Ordering::SeqCst) => {
+                    // initdb cleans up and exits on SIGTERM, after the step it is in.
+                    let _ = stop_child(child, libc::SIGTERM, INITDB_STOP_TIMEOUT);
+                    return Err(EmbeddedError::Interrupted);
+                }
+                Ok(None) => std::thread::sleep(POLL_INTERVAL),
+                Err(error) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io_error("wait for", initdb)(error));
+                }
+            }
+        };
+        if status.success() {
             return Ok(());
         }
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let mut text = String::new();
+        let _ = output
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| output.read_to_string(&mut text));
         Err(EmbeddedError::Initdb {
             data_dir: self.data_dir.clone(),
-            status: output.status,
+            status,
             output: last_lines(&text, LOG_TAIL_LINES),
         })
     }
 
-    fn spawn_and_wait_ready(&self) -> Result<Child, StartFailure> {
+    fn spawn_and_wait_ready(&self, stop: &AtomicBool) -> Result<Child, StartFailure> {
         let log_path = self.log_path();
         let log = OpenOptions::new()
             .create(true)
@@ -437,6 +471,10 @@ impl EmbeddedPostgres {
                 );
                 return Ok(child);
             }
+            if stop.load(Ordering::SeqCst) {
+                stop_child(child, libc::SIGINT, STOP_TIMEOUT)?;
+                return Err(StartFailure::Other(EmbeddedError::Interrupted));
+            }
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -497,6 +535,41 @@ impl From<EmbeddedError> for StartFailure {
 fn lock_held_by_older_server(log_tail: &str) -> bool {
     (log_tail.contains("lock file") && log_tail.contains("already exists"))
         || log_tail.contains("pre-existing shared memory block")
+}
+
+/// Sends `signal` (SIGINT: PostgreSQL's fast shutdown) and waits up to `timeout`; past that,
+/// SIGKILL and [`EmbeddedError::StopTimeout`].
+fn stop_child(
+    mut child: Child,
+    signal_number: libc::c_int,
+    timeout: Duration,
+) -> Result<(), EmbeddedError> {
+    signal(&child, signal_number);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => std::thread::sleep(POLL_INTERVAL),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(EmbeddedError::StopTimeout {
+        seconds: timeout.as_secs(),
+    })
+}
+
+/// An anonymous file in memory (`memfd_create`), gone when its last descriptor closes.
+fn memory_file(name: &std::ffi::CStr) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `name` is NUL-terminated; memfd_create has no other preconditions.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// The child gets `signal` when the thread that spawned it ends (PR_SET_PDEATHSIG), even if
