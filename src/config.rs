@@ -171,3 +171,65 @@ impl ServeArgs {
         Duration::from_millis(self.commit_timeout_ms.max(1))
     }
 }
+
+/// A `--database-url` that can never work: tally refuses to start rather than retry it forever.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --database-url / DATABASE_URL: {reason}")]
+pub struct InvalidDatabaseUrl {
+    /// tokio-postgres's message with its cause, as one string: the URL itself is not repeated
+    /// (it may hold a password), and there is no `source` for `{:#}` to print a second time.
+    reason: String,
+}
+
+/// Checks that `url` parses as a connection string (URL or `key=value` form), with the TLS
+/// options read the way the store reads them. Whether the server is up is not checked: the
+/// store retries that.
+pub fn check_database_url(url: &str) -> Result<(), InvalidDatabaseUrl> {
+    use std::error::Error as _;
+    let (rest, _tls) = crate::counter::tls::split_connection_string(url)
+        .map_err(|reason| InvalidDatabaseUrl { reason })?;
+    match rest.parse::<tokio_postgres::Config>() {
+        Ok(_) => Ok(()),
+        Err(error) => Err(InvalidDatabaseUrl {
+            reason: match error.source() {
+                Some(cause) => format!("{error}: {cause}"),
+                None => error.to_string(),
+            },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unparseable_database_url_is_an_error_with_its_cause() {
+        let error = check_database_url("not a url").expect_err("not a connection string");
+        let message = error.to_string();
+        assert!(message.contains("connection string"), "{message}");
+        assert!(message.contains("\"=\""), "{message}");
+        assert!(check_database_url("host=/tmp port=5432 user=tally").is_ok());
+        assert!(check_database_url("postgres://tally@localhost:1/db?connect_timeout=2").is_ok());
+        assert!(check_database_url("host=/tmp nonsense=1").is_err());
+    }
+
+    #[test]
+    fn tally_s_own_tls_options_pass_the_check() {
+        for url in [
+            "host=db sslmode=verify-full sslrootcert=/etc/ca.pem user=tally",
+            "host=db sslmode = 'verify-ca' sslrootcert='/etc/my ca.pem'",
+            "sslrootcert=/etc/ca.pem",
+            "postgres://tally@db/postgres?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "postgresql://db/postgres?sslrootcert=/ca.pem&sslmode=verify-ca&application_name=t",
+        ] {
+            assert!(
+                check_database_url(url).is_ok(),
+                "{url}: {:?}",
+                check_database_url(url)
+            );
+        }
+        assert!(check_database_url("host=db sslmode=bogus").is_err());
+        assert!(check_database_url("postgres://db/?sslmode=bogus&sslrootcert=/x").is_err());
+    }
+}

@@ -1,17 +1,18 @@
-//! Start-up only: read the configuration, load the dataset, start (or connect to) PostgreSQL,
-//! run the server, and tear down in reverse order.
+//! Start-up only: read the configuration, install the SIGTERM/SIGINT handling, load the
+//! dataset, start (or connect to) PostgreSQL, run the server, and tear down in reverse order.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use tally::config::{Cli, Command, SampleArgs, ServeArgs};
+use tally::config::{self, Cli, Command, SampleArgs, ServeArgs};
 use tally::counter::{self, store, CounterShared};
-use tally::postgres::EmbeddedPostgres;
+use tally::postgres::{EmbeddedError, EmbeddedPostgres};
 use tally::{kv, server};
 
 fn main() -> ExitCode {
@@ -52,14 +53,33 @@ fn sample(args: &SampleArgs) -> anyhow::Result<()> {
 }
 
 fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
+    // A URL that cannot parse never works: say so now instead of retrying it forever. A server
+    // that is down is another matter; the store retries it.
+    if let Some(url) = &cfg.database_url {
+        config::check_database_url(url)?;
+    }
     raise_open_file_limit();
     server::uring::check()?;
     let cpus = choose_cpus(cfg.cores)?;
     let owner_cpu = cpus[0];
+    // Before any start-up work: `docker stop` during a first start (initdb can take seconds)
+    // must stop what was started and exit, not kill tally half-way. The signal thread sleeps
+    // on the last CPU.
+    let shutdown = server::Shutdown::install(cpus.last().copied())?;
     let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
+    if shutdown.requested() {
+        log::info!("stopped during start-up");
+        return Ok(());
+    }
     let embedded = match &cfg.database_url {
         Some(_) => None,
-        None => Some(start_embedded_postgres(&cfg.data_dir.join("pg"))?),
+        None => match start_embedded_postgres(&cfg.data_dir.join("pg"), shutdown.flag())? {
+            Some(pg) => Some(pg),
+            None => {
+                log::info!("stopped during start-up, before PostgreSQL was up");
+                return Ok(());
+            }
+        },
     };
     let url = match (&cfg.database_url, &embedded) {
         (Some(url), _) => url.clone(),
@@ -82,7 +102,8 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         counter,
         wiring: counter::wire(cpus.len()),
     };
-    let served = server::run(&cfg.server_config(cpus), services);
+    // A signal that came meanwhile stops the cores as soon as they start.
+    let served = server::run(&cfg.server_config(cpus), services, &shutdown);
     store.shutdown();
     if let Some(pg) = embedded {
         if let Err(err) = pg.stop() {
@@ -109,16 +130,26 @@ fn choose_cpus(cores: Option<usize>) -> anyhow::Result<Vec<usize>> {
     Ok(allowed)
 }
 
-fn start_embedded_postgres(dir: &Path) -> anyhow::Result<EmbeddedPostgres> {
+/// The running cluster, or `None` if `stop` was set before it was up (nothing is left running).
+fn start_embedded_postgres(
+    dir: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<EmbeddedPostgres>> {
     let started = Instant::now();
-    let pg = EmbeddedPostgres::start(dir)
-        .with_context(|| format!("starting the embedded PostgreSQL in {}", dir.display()))?;
+    let pg = match EmbeddedPostgres::start_interruptible(dir, stop) {
+        Ok(pg) => pg,
+        Err(EmbeddedError::Interrupted) => return Ok(None),
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("starting the embedded PostgreSQL in {}", dir.display()))
+        }
+    };
     log::info!(
         "embedded PostgreSQL up in {:?} ({})",
         started.elapsed(),
         dir.display()
     );
-    Ok(pg)
+    Ok(Some(pg))
 }
 
 fn load_dataset(path: Option<&Path>) -> anyhow::Result<kv::Dataset> {

@@ -185,9 +185,9 @@ fn ready(app: &App, out: &mut Vec<u8>) -> Reply {
             json(Status::Ok)
         }
         Some(msg) => {
-            out.extend_from_slice(br#"{"ready":false,"message":""#);
-            out.extend_from_slice(msg.as_bytes());
-            out.extend_from_slice(b"\"}");
+            out.extend_from_slice(br#"{"ready":false,"message":"#);
+            kv::write_json_string(out, &msg);
+            out.push(b'}');
             json(Status::ServiceUnavailable)
         }
     }

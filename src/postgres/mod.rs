@@ -15,10 +15,11 @@ pub use run_as::{ClusterUser, RunAs};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The superuser initdb creates; tally connects as it (trust auth, socket reachable only by the
@@ -42,6 +43,8 @@ const LOCK_RETRY_FOR: Duration = Duration::from_secs(10);
 /// How much of the server log an error carries.
 const LOG_TAIL_LINES: usize = 20;
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// initdb exits on SIGTERM once its current step is done (a second or so); then SIGKILL.
+const INITDB_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the embedded cluster could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +56,38 @@ pub enum EmbeddedError {
     )]
     NoBinaries,
     #[error(
-        "tally runs as root and PostgreSQL refuses to, but neither a `postgres` nor a `nobody` \
-         user exists to run it as: create one, run tally as an unprivileged user, or pass \
-         --database-url / DATABASE_URL"
+        "tally runs as root and PostgreSQL refuses to, but there is no `postgres` user to run it \
+         as (tally does not use `nobody`: every other process running as `nobody` could use the \
+         cluster's superuser socket): create a dedicated user (e.g. `useradd --system \
+         --no-create-home --shell /usr/sbin/nologin postgres`), run tally as an unprivileged \
+         user, or pass --database-url / DATABASE_URL"
     )]
     NoUnprivilegedUser,
+    #[error(
+        "{path} is a symbolic link: tally does not follow it for its PostgreSQL cluster (it \
+         would take ownership of the target); make it a real directory or pass another \
+         --data-dir"
+    )]
+    DataDirSymlink { path: PathBuf },
+    #[error(
+        "{path} holds files but no PostgreSQL cluster (no PG_VERSION): tally neither \
+         initialises over them nor deletes them; empty or remove it, or pass another --data-dir"
+    )]
+    DataDirNotACluster { path: PathBuf },
+    #[error("a stop was requested (SIGTERM/SIGINT) while the embedded PostgreSQL was starting")]
+    Interrupted,
+    #[error("{path} exists and is not a directory")]
+    DataDirNotADirectory { path: PathBuf },
+    #[error(
+        "{path} belongs to uid {owner}, not to {user} or root: tally does not take over a \
+         directory it did not create; chown it, remove it, or pass another --data-dir"
+    )]
+    DataDirForeignOwner {
+        path: PathBuf,
+        owner: u32,
+        /// Who the cluster runs as, in words.
+        user: String,
+    },
     #[error(
         "PostgreSQL runs as user `{user}`, which cannot reach {data_dir}: it may not search \
          {blocked} (chmod o+x it, or choose a data directory under a world-searchable path)"
@@ -132,9 +162,21 @@ pub struct EmbeddedPostgres {
 impl EmbeddedPostgres {
     /// Finds the server binaries, initialises `data_dir` if it holds no cluster yet (trust auth,
     /// superuser `tally`, UTF8), starts `postgres` on a Unix socket only, and returns once it
-    /// accepts connections. When tally is root, the cluster belongs to and runs as `postgres`
-    /// (else `nobody`).
+    /// accepts connections. When tally is root, the cluster belongs to and runs as `postgres`.
+    ///
+    /// `data_dir` itself is never followed if it is a symlink, and a directory there that tally
+    /// did not create must belong to the cluster's user or root: tally chowns and chmods it.
     pub fn start(data_dir: &Path) -> Result<EmbeddedPostgres, EmbeddedError> {
+        Self::start_interruptible(data_dir, &AtomicBool::new(false))
+    }
+
+    /// As [`start`](Self::start), but once `stop` is set (by a signal handler) it gives up
+    /// within a poll interval or so with [`EmbeddedError::Interrupted`]: initdb is stopped and
+    /// its temporary removed, a starting server gets a fast shutdown. Nothing keeps running.
+    pub fn start_interruptible(
+        data_dir: &Path,
+        stop: &AtomicBool,
+    ) -> Result<EmbeddedPostgres, EmbeddedError> {
         let binaries = PgBinaries::find().ok_or(EmbeddedError::NoBinaries)?;
         let run_as = match ClusterUser::for_current_process() {
             ClusterUser::TallyItself => None,
@@ -142,19 +184,23 @@ impl EmbeddedPostgres {
             ClusterUser::NoUnprivilegedAccount => return Err(EmbeddedError::NoUnprivilegedUser),
         };
 
-        fs::create_dir_all(data_dir).map_err(io_error("create", data_dir))?;
-        let data_dir = fs::canonicalize(data_dir).map_err(io_error("resolve", data_dir))?;
-        let initialised = data_dir.join("PG_VERSION").exists();
+        let data_dir = resolve_data_dir(data_dir)?;
         if let Some(user) = &run_as {
             check_reachable(user, &data_dir)?;
-            chown(&data_dir, user)?;
         }
-        if !initialised {
-            // PostgreSQL insists on 0700 (or 0750); initdb would fix it too, but do it first so
-            // nothing else can look in while the directory is being filled.
-            fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))
-                .map_err(io_error("chmod", &data_dir))?;
-        }
+        remove_interrupted_initdbs(&data_dir);
+        // A cluster appears at `data_dir` only complete (initdb runs next to it, see
+        // `initdb`), so one that is there is one to start.
+        let initialised = match open_dir_nofollow(&data_dir)? {
+            None => false,
+            Some(dir) => {
+                check_owner(&dir, &data_dir, run_as.as_ref())?;
+                if let Some(user) = &run_as {
+                    fchown(&dir, &data_dir, user)?;
+                }
+                holds_cluster(&data_dir)?
+            }
+        };
 
         let (socket_dir, socket_dir_is_private) = if socket_dir_fits(&data_dir) {
             (data_dir.clone(), false)
@@ -176,9 +222,9 @@ impl EmbeddedPostgres {
             url,
         };
         if !initialised {
-            cluster.initdb()?;
+            cluster.initdb(stop)?;
         }
-        cluster.start_server()?;
+        cluster.start_server_interruptible(stop)?;
         Ok(cluster)
     }
 
@@ -219,35 +265,28 @@ impl EmbeddedPostgres {
     /// [`STOP_TIMEOUT`]; past that, SIGKILL and [`EmbeddedError::StopTimeout`]. The directories
     /// stay, so [`start_server`](Self::start_server) can bring the same cluster back.
     pub fn stop_server(&mut self) -> Result<(), EmbeddedError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        signal(&child, libc::SIGINT);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => std::thread::sleep(POLL_INTERVAL),
-                Err(_) => break,
-            }
+        match self.child.take() {
+            Some(child) => stop_child(child, libc::SIGINT, STOP_TIMEOUT),
+            None => Ok(()),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        Err(EmbeddedError::StopTimeout {
-            seconds: STOP_TIMEOUT.as_secs(),
-        })
     }
 
     /// Starts the server if it is not running and waits until it accepts connections. Retries
     /// for [`LOCK_RETRY_FOR`] while an older postmaster on this directory is still going away.
     pub fn start_server(&mut self) -> Result<(), EmbeddedError> {
+        self.start_server_interruptible(&AtomicBool::new(false))
+    }
+
+    fn start_server_interruptible(&mut self, stop: &AtomicBool) -> Result<(), EmbeddedError> {
         if self.child.is_some() {
             return Ok(());
         }
         let give_up_on_lock = Instant::now() + LOCK_RETRY_FOR;
         loop {
-            match self.spawn_and_wait_ready() {
-                Err(StartFailure::LockHeld(_)) if Instant::now() < give_up_on_lock => {
+            match self.spawn_and_wait_ready(stop) {
+                Err(StartFailure::LockHeld(_))
+                    if Instant::now() < give_up_on_lock && !stop.load(Ordering::SeqCst) =>
+                {
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 Err(StartFailure::LockHeld(error) | StartFailure::Other(error)) => {
@@ -275,34 +314,91 @@ impl EmbeddedPostgres {
         command
     }
 
-    fn initdb(&self) -> Result<(), EmbeddedError> {
+    /// initdb into a fresh directory beside `data_dir`, renamed into place once initdb
+    /// succeeded: a start killed meanwhile leaves only that temporary, which the next start
+    /// removes ([`remove_interrupted_initdbs`]), never a half-made cluster at `data_dir`.
+    fn initdb(&self, stop: &AtomicBool) -> Result<(), EmbeddedError> {
+        let temp = initdb_temp_dir(&self.data_dir, std::process::id());
         log::info!(
-            "initialising a PostgreSQL cluster in {}",
-            self.data_dir.display()
+            "initialising a PostgreSQL cluster in {} (via {})",
+            self.data_dir.display(),
+            temp.display()
         );
-        let output = self
-            .command(&self.binaries.initdb)
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&temp)
+            .map_err(io_error("create", &temp))?;
+        let made = self.initdb_into(&temp, stop).and_then(|()| {
+            // rename(2) also replaces an empty directory at `data_dir`.
+            fs::rename(&temp, &self.data_dir).map_err(io_error("rename", &temp))?;
+            let parent = self.data_dir.parent().unwrap_or(Path::new("/"));
+            File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io_error("sync", parent))
+        });
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&temp);
+        }
+        made
+    }
+
+    fn initdb_into(&self, temp: &Path, stop: &AtomicBool) -> Result<(), EmbeddedError> {
+        if let Some(user) = &self.run_as {
+            let dir = open_dir_nofollow(temp)?
+                .ok_or_else(|| io_error("open", temp)(io::ErrorKind::NotFound.into()))?;
+            fchown(&dir, temp, user)?;
+        }
+        let mut command = self.command(&self.binaries.initdb);
+        // An initdb that outlives a killed tally would fill a directory nobody renames.
+        die_with_parent(&mut command, libc::SIGTERM);
+        // Its output goes to a file in memory, not a pipe: nothing has to drain it while this
+        // thread polls `stop`.
+        let initdb = &self.binaries.initdb;
+        let mut output = memory_file(c"tally-initdb-output").map_err(io_error("create", initdb))?;
+        let stdout = output.try_clone().map_err(io_error("create", initdb))?;
+        let stderr = output.try_clone().map_err(io_error("create", initdb))?;
+        let mut child = command
             .arg("--pgdata")
-            .arg(&self.data_dir)
+            .arg(temp)
             .arg("--auth=trust")
             .arg(format!("--username={SUPERUSER}"))
             .arg("--encoding=UTF8")
             .arg("--locale=C")
-            .output()
-            .map_err(io_error("run", &self.binaries.initdb))?;
-        if output.status.success() {
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(io_error("run", initdb))?;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if stop.load(Ordering::SeqCst) => {
+                    // initdb cleans up and exits on SIGTERM, after the step it is in.
+                    let _ = stop_child(child, libc::SIGTERM, INITDB_STOP_TIMEOUT);
+                    return Err(EmbeddedError::Interrupted);
+                }
+                Ok(None) => std::thread::sleep(POLL_INTERVAL),
+                Err(error) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io_error("wait for", initdb)(error));
+                }
+            }
+        };
+        if status.success() {
             return Ok(());
         }
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let mut text = String::new();
+        let _ = output
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| output.read_to_string(&mut text));
         Err(EmbeddedError::Initdb {
             data_dir: self.data_dir.clone(),
-            status: output.status,
+            status,
             output: last_lines(&text, LOG_TAIL_LINES),
         })
     }
 
-    fn spawn_and_wait_ready(&self) -> Result<Child, StartFailure> {
+    fn spawn_and_wait_ready(&self, stop: &AtomicBool) -> Result<Child, StartFailure> {
         let log_path = self.log_path();
         let log = OpenOptions::new()
             .create(true)
@@ -328,6 +424,9 @@ impl EmbeddedPostgres {
             ))
             .arg("-c")
             .arg(format!("port={PORT}"))
+            // Trust auth: the socket is the only door, so it is the owner's alone, whatever
+            // the mode of the directory it sits in (root, tally's user when root, bypasses it).
+            .args(["-c", "unix_socket_permissions=0700"])
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
             .args(["-c", "logging_collector=off"])
             .stdout(log)
@@ -335,23 +434,8 @@ impl EmbeddedPostgres {
             // Its own process group: a Ctrl-C on tally's terminal must not reach postgres before
             // tally has committed its last batch; tally stops it afterwards.
             .process_group(0);
-        // SAFETY: getpid is async-signal-safe; the closure below only calls prctl and getppid
-        // (both async-signal-safe) and builds an io::Error from an errno without allocating.
-        let parent = unsafe { libc::getpid() };
-        unsafe {
-            command.pre_exec(move || {
-                // std has already switched uid/gid here; a credential change would clear the
-                // death signal, which is why it is set now and not earlier.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
+        // SIGINT: a fast shutdown.
+        die_with_parent(&mut command, libc::SIGINT);
         let mut child = command
             .spawn()
             .map_err(io_error("run", &self.binaries.postgres))?;
@@ -386,6 +470,10 @@ impl EmbeddedPostgres {
                     self.socket_dir.display()
                 );
                 return Ok(child);
+            }
+            if stop.load(Ordering::SeqCst) {
+                stop_child(child, libc::SIGINT, STOP_TIMEOUT)?;
+                return Err(StartFailure::Other(EmbeddedError::Interrupted));
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
@@ -449,6 +537,63 @@ fn lock_held_by_older_server(log_tail: &str) -> bool {
         || log_tail.contains("pre-existing shared memory block")
 }
 
+/// Sends `signal` (SIGINT: PostgreSQL's fast shutdown) and waits up to `timeout`; past that,
+/// SIGKILL and [`EmbeddedError::StopTimeout`].
+fn stop_child(
+    mut child: Child,
+    signal_number: libc::c_int,
+    timeout: Duration,
+) -> Result<(), EmbeddedError> {
+    signal(&child, signal_number);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => std::thread::sleep(POLL_INTERVAL),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(EmbeddedError::StopTimeout {
+        seconds: timeout.as_secs(),
+    })
+}
+
+/// An anonymous file in memory (`memfd_create`), gone when its last descriptor closes.
+fn memory_file(name: &std::ffi::CStr) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `name` is NUL-terminated; memfd_create has no other preconditions.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The child gets `signal` when the thread that spawned it ends (PR_SET_PDEATHSIG), even if
+/// tally is SIGKILLed.
+fn die_with_parent(command: &mut Command, signal: libc::c_int) {
+    // SAFETY: getpid is async-signal-safe; the closure below only calls prctl and getppid
+    // (both async-signal-safe) and builds an io::Error from an errno without allocating.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        command.pre_exec(move || {
+            // std has already switched uid/gid here; a credential change would clear the
+            // death signal, which is why it is set now and not earlier.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 fn signal(child: &Child, signal: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
         // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet, so the
@@ -461,6 +606,143 @@ fn signal(child: &Child, signal: libc::c_int) {
 
 fn chown(path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
     std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io_error("chown", path))
+}
+
+/// `data_dir` made absolute with its parent's symlinks resolved (the parent is created if
+/// missing); its last component is kept as it is, for [`open_dir_nofollow`] to judge.
+fn resolve_data_dir(data_dir: &Path) -> Result<PathBuf, EmbeddedError> {
+    let Some(name) = data_dir.file_name() else {
+        return Err(io_error("use", data_dir)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the data directory's path must end in a name",
+        )));
+    };
+    let parent = match data_dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+    let parent = fs::canonicalize(parent).map_err(io_error("resolve", parent))?;
+    Ok(parent.join(name))
+}
+
+/// Opens the directory `path` itself, `None` if nothing is there: a symlink there is refused,
+/// not followed (`O_NOFOLLOW`). Acting on the descriptor (fchown, fstat), not on the path again,
+/// means a symlink swapped in meanwhile changes nothing.
+fn open_dir_nofollow(path: &Path) -> Result<Option<File>, EmbeddedError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| {
+            // With O_DIRECTORY a symlink fails as ENOTDIR, without it as ELOOP.
+            let is_symlink = fs::symlink_metadata(path).is_ok_and(|meta| meta.is_symlink());
+            match error.raw_os_error() {
+                _ if is_symlink => EmbeddedError::DataDirSymlink {
+                    path: path.to_owned(),
+                },
+                Some(libc::ENOTDIR) => EmbeddedError::DataDirNotADirectory {
+                    path: path.to_owned(),
+                },
+                _ => io_error("open", path)(error),
+            }
+        });
+    match opened {
+        Ok(dir) => Ok(Some(dir)),
+        Err(EmbeddedError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn fchown(dir: &File, path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
+    std::os::unix::fs::fchown(dir, Some(user.uid), Some(user.gid)).map_err(io_error("chown", path))
+}
+
+/// Whether the existing directory `data_dir` holds a cluster (`PG_VERSION`) or is empty (one is
+/// made there); anything else is not tally's to overwrite or delete.
+fn holds_cluster(data_dir: &Path) -> Result<bool, EmbeddedError> {
+    if data_dir.join("PG_VERSION").exists() {
+        return Ok(true);
+    }
+    let mut entries = fs::read_dir(data_dir).map_err(io_error("list", data_dir))?;
+    match entries.next() {
+        None => Ok(false),
+        Some(_) => Err(EmbeddedError::DataDirNotACluster {
+            path: data_dir.to_owned(),
+        }),
+    }
+}
+
+/// Where `initdb` builds the cluster for `data_dir`: beside it (same file system, so the
+/// rename is atomic), named after the process doing it.
+fn initdb_temp_dir(data_dir: &Path, pid: u32) -> PathBuf {
+    let mut name = initdb_temp_prefix(data_dir);
+    name.push_str(&pid.to_string());
+    data_dir.with_file_name(name)
+}
+
+fn initdb_temp_prefix(data_dir: &Path) -> String {
+    let name = data_dir.file_name().unwrap_or_default().to_string_lossy();
+    format!(".{name}.initdb-")
+}
+
+/// Removes the temporaries of initdbs that did not finish: those of processes that are gone,
+/// and any named after this process (a container's tally is pid 1 on every start).
+fn remove_interrupted_initdbs(data_dir: &Path) {
+    let prefix = initdb_temp_prefix(data_dir);
+    let Some(Ok(entries)) = data_dir.parent().map(fs::read_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && process_exists(pid) {
+            continue;
+        }
+        let path = entry.path();
+        log::warn!(
+            "removing {}: left by an initdb that did not finish",
+            path.display()
+        );
+        if let Err(error) = fs::remove_dir_all(&path) {
+            log::warn!("cannot remove {}: {error}", path.display());
+        }
+    }
+}
+
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A directory tally did not create must already belong to the cluster's user or to root.
+fn check_owner(dir: &File, path: &Path, run_as: Option<&RunAs>) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = dir.metadata().map_err(io_error("inspect", path))?.uid();
+    let (cluster_uid, user) = match run_as {
+        Some(user) => (user.uid, format!("the cluster's user `{}`", user.name)),
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        None => (unsafe { libc::geteuid() }, "tally's own user".to_owned()),
+    };
+    if owner == cluster_uid || owner == 0 {
+        return Ok(());
+    }
+    Err(EmbeddedError::DataDirForeignOwner {
+        path: path.to_owned(),
+        owner,
+        user,
+    })
 }
 
 /// Every ancestor of `data_dir` must be searchable by the cluster's user.

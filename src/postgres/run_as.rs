@@ -1,6 +1,7 @@
 //! Which OS user runs the embedded cluster. PostgreSQL refuses to run as root, so when tally
-//! is root the cluster runs as `postgres` (or `nobody`), and that user must be able to reach
-//! and own its directories.
+//! is root the cluster runs as `postgres`, and that user must be able to reach and own its
+//! directories. Never as `nobody`: the cluster trusts every connection on its socket, and
+//! every other process running as `nobody` would own that socket too.
 
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
@@ -14,8 +15,8 @@ pub struct RunAs {
     pub gid: u32,
 }
 
-/// Tried in order when tally is root.
-const CANDIDATE_USERS: [&str; 2] = ["postgres", "nobody"];
+/// Tried in order when tally is root: dedicated accounts only (not `nobody`, see above).
+const CANDIDATE_USERS: [&str; 1] = ["postgres"];
 
 /// Who the cluster's processes run as, decided from tally's own effective uid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub enum ClusterUser {
     TallyItself,
     /// tally is root: the cluster runs as this unprivileged account.
     Unprivileged(RunAs),
-    /// tally is root and neither `postgres` nor `nobody` exists: the cluster cannot run.
+    /// tally is root and no `postgres` account exists: the cluster cannot run.
     NoUnprivilegedAccount,
 }
 
@@ -32,7 +33,12 @@ impl ClusterUser {
     /// Which user the embedded cluster must run as for this process.
     pub fn for_current_process() -> ClusterUser {
         // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        Self::choose(unsafe { libc::geteuid() }, lookup)
+    }
+
+    /// The choice itself, for effective uid `euid` and a user database `lookup`.
+    fn choose(euid: u32, lookup: impl Fn(&str) -> Option<RunAs>) -> ClusterUser {
+        if euid != 0 {
             return ClusterUser::TallyItself;
         }
         match CANDIDATE_USERS.iter().find_map(|name| lookup(name)) {
@@ -85,4 +91,41 @@ fn lookup(name: &str) -> Option<RunAs> {
         uid: entry.pw_uid,
         gid: entry.pw_gid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(name: &str, uid: u32) -> RunAs {
+        RunAs {
+            name: name.to_owned(),
+            uid,
+            gid: uid,
+        }
+    }
+
+    #[test]
+    fn as_root_the_cluster_runs_as_postgres() {
+        let users = |name: &str| match name {
+            "postgres" => Some(account("postgres", 101)),
+            "nobody" => Some(account("nobody", 65534)),
+            _ => None,
+        };
+        assert_eq!(
+            ClusterUser::choose(0, users),
+            ClusterUser::Unprivileged(account("postgres", 101))
+        );
+        assert_eq!(ClusterUser::choose(1000, users), ClusterUser::TallyItself);
+    }
+
+    #[test]
+    fn nobody_is_never_the_cluster_s_user() {
+        // Any process running as `nobody` could use a trust-auth socket that `nobody` owns.
+        let users = |name: &str| (name == "nobody").then(|| account("nobody", 65534));
+        assert_eq!(
+            ClusterUser::choose(0, users),
+            ClusterUser::NoUnprivilegedAccount
+        );
+    }
 }

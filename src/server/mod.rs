@@ -2,13 +2,14 @@
 //! `SO_REUSEPORT` listener, accept loop and connections. Core 0 is also the counter's owner.
 //!
 //! - [`run`] (this file): bind every listener first (so a bad address fails before anything
-//!   starts), start one thread per core and the signal thread, wait for them all.
+//!   starts), start one thread per core, hand their stop channels to the [`Shutdown`] that
+//!   `main` installed before start-up, wait for them all.
 //! - `core`: one core's life in named steps: build its [`App`](crate::app::App), serve,
 //!   drain, finish the counter.
 //! - `accept`: the accept loop and the connection cap. `conn`: one connection.
 //! - `context`: what connections on a core share (limits, timeouts, Date, registry).
 //! - `registry`: open connections and their deadlines. `listener`, `signals`, `uring`: the
-//!   listening socket, SIGTERM/SIGINT, the io_uring availability check.
+//!   listening socket, SIGTERM/SIGINT ([`Shutdown`]), the io_uring availability check.
 //!
 //! Threads: core `i` runs on `cpus[i]` (glommio pins it). The store thread (tokio-postgres)
 //! is pinned by `main` next to the owner core; the signal thread sleeps in `sigwaitinfo` and is
@@ -23,6 +24,8 @@ mod registry;
 pub mod ring_flags;
 mod signals;
 pub mod uring;
+
+pub use signals::Shutdown;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -57,7 +60,9 @@ pub struct ServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    /// The cause is the `source`, not part of the message: `main` prints the whole chain, and a
+    /// message that repeated it would say it twice.
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -100,8 +105,13 @@ pub fn allowed_cpus() -> Result<Vec<usize>, ServerError> {
     Ok(cpus)
 }
 
-/// Runs the server until SIGTERM/SIGINT and a graceful drain.
-pub fn run(config: &ServerConfig, services: Services) -> Result<(), ServerError> {
+/// Runs the server until `shutdown` sees SIGTERM/SIGINT (at once if it saw one already) and a
+/// graceful drain.
+pub fn run(
+    config: &ServerConfig,
+    services: Services,
+    shutdown: &Shutdown,
+) -> Result<(), ServerError> {
     let Services {
         dataset,
         counter,
@@ -118,8 +128,7 @@ pub fn run(config: &ServerConfig, services: Services) -> Result<(), ServerError>
     ));
     let (stop_senders, stop_receivers): (Vec<_>, Vec<_>) =
         config.cpus.iter().map(|_| flume::bounded::<()>(1)).unzip();
-    let signal_cpu = config.cpus.last().copied();
-    let signals = signals::spawn_forwarder(stop_senders.clone(), signal_cpu)?;
+    shutdown.attach(&stop_senders);
 
     let pairs = dataset.len();
     ring_flags::set_enabled(config.ring_taskrun_flags);
@@ -142,7 +151,6 @@ pub fn run(config: &ServerConfig, services: Services) -> Result<(), ServerError>
     if let Err(err) = cores.join() {
         failure.get_or_insert(err);
     }
-    signals.close();
     failure.map_or(Ok(()), Err)
 }
 
