@@ -425,8 +425,19 @@ impl Store<'_> {
             };
             match result {
                 Ok(connection) => {
-                    backoff = BACKOFF_FIRST;
                     self.shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    // Connected (and so ready) promises a known count: read it first, or a
+                    // GET right after /ready turned 200 could still get 503.
+                    if !self.refresh(&connection).await {
+                        connection.abandon();
+                        let pause = tokio::time::sleep(backoff);
+                        if self.refusing_requests_during(pause).await.is_none() {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                    backoff = BACKOFF_FIRST;
                     self.shared.connected.store(true, Ordering::Release);
                     log::info!("connected to PostgreSQL");
                     let served = self.serve(connection).await;
