@@ -10,7 +10,7 @@ fn limits() -> Limits {
 
 fn parse_all(input: &[u8]) -> (Result<Parsed, HttpError>, Vec<u8>) {
     let mut scratch = Vec::new();
-    let parsed = parse(input, &limits(), &mut scratch);
+    let parsed = parse(input, &mut RequestState::default(), &limits(), &mut scratch);
     (parsed, scratch)
 }
 
@@ -320,18 +320,52 @@ fn garbage_and_other_versions_are_400() {
     }
 }
 
-/// Parses `input` fed in pieces ending at `splits`, the way the connection loop does:
-/// re-parse the buffered bytes after each piece, consume complete requests.
+#[test]
+fn a_chunked_body_trickled_one_byte_per_read_costs_work_linear_in_its_size() {
+    // 64 KiB of data in 1 KiB chunks with extensions, then a trailer; every read adds 1 byte.
+    let mut req = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let head_len = req.len();
+    for i in 0..64u8 {
+        req.extend_from_slice(b"400;part=1\r\n");
+        req.extend(std::iter::repeat_n(b'a' + i % 26, 1024));
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\nTrailer-Field: t\r\n\r\n");
+    let mut state = RequestState::default();
+    let mut scratch = Vec::new();
+    super::chunked::EXAMINED.with(|e| e.set(0));
+    for end in head_len..req.len() {
+        let parsed = parse(&req[..end], &mut state, &limits(), &mut scratch);
+        assert!(
+            matches!(parsed, Ok(Parsed::Partial { head: Some(_) })),
+            "{end}"
+        );
+    }
+    let parsed = parse(&req, &mut state, &limits(), &mut scratch);
+    assert!(matches!(parsed, Ok(Parsed::Complete { len, .. }) if len == req.len()));
+    assert_eq!(scratch.len(), 64 * 1024);
+    let examined = super::chunked::EXAMINED.with(|e| e.get());
+    let body_len = req.len() - head_len;
+    assert!(
+        examined <= 2 * body_len,
+        "the decoder examined {examined} bytes for a body of {body_len}"
+    );
+}
+
+/// Parses `input` fed in pieces ending at `splits`, the way the connection loop does: parse
+/// the buffered bytes after each piece with the state the last call left, consume complete
+/// requests.
 fn framed_in_pieces(input: &[u8], splits: &[usize]) -> Vec<Result<(Head, Vec<u8>), HttpError>> {
     let mut results = Vec::new();
     let mut scratch = Vec::new();
+    let mut state = RequestState::default();
     let mut start = 0;
     let mut ends: Vec<usize> = splits.iter().map(|&s| s.min(input.len())).collect();
     ends.push(input.len());
     ends.sort_unstable();
     for end in ends {
         loop {
-            match parse(&input[start..end], &limits(), &mut scratch) {
+            match parse(&input[start..end], &mut state, &limits(), &mut scratch) {
                 Ok(Parsed::Complete { head, body, len }) => {
                     let body = body_of(&input[start..end], &body, &scratch).to_vec();
                     results.push(Ok((head, body)));
@@ -365,7 +399,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..2048)) {
         let mut scratch = Vec::new();
-        let _ = parse(&input, &limits(), &mut scratch);
+        let _ = parse(&input, &mut RequestState::default(), &limits(), &mut scratch);
     }
 
     #[test]

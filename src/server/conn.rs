@@ -39,6 +39,9 @@ struct Conn {
     response_body: Vec<u8>,
     /// A chunked request body, decoded.
     decoded_body: Vec<u8>,
+    /// What the framer knows of the request at the start of the buffer (its head, how far
+    /// its chunked body is decoded), so no byte is parsed twice across reads.
+    request_state: http::RequestState,
     /// Increments of this batch waiting for their commit: where their response goes in
     /// `wbuf`, and what it looks like.
     deferred: Vec<Deferred>,
@@ -95,6 +98,7 @@ pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
         wbuf: Vec::with_capacity(INITIAL_BUFFER_BYTES),
         response_body: Vec::new(),
         decoded_body: Vec::new(),
+        request_state: http::RequestState::default(),
         deferred: Vec::new(),
         assembled: Vec::new(),
         after_commit: false,
@@ -219,6 +223,7 @@ impl Conn {
         while pos < self.filled {
             let parsed = http::parse(
                 &self.rbuf[pos..self.filled],
+                &mut self.request_state,
                 &ctx.limits,
                 &mut self.decoded_body,
             );
