@@ -7,9 +7,10 @@
 //! work in proportion to its bytes, not to their square.
 //!
 //! Every line is searched for within a bounded window, so a client cannot make us scan or
-//! buffer without bound by never ending a chunk-size or trailer line.
+//! buffer without bound by never ending a chunk-size or trailer line. Lines end with CRLF only,
+//! as in the head (see `head.rs`): a bare LF is an error (RFC 9112 §2.2, §7.1).
 
-use super::head::trim_ows;
+use super::head::{is_field_name, trim_ows};
 use super::request::{HttpError, Limits};
 
 /// A chunk-size line longer than this (hex digits plus extensions) is rejected.
@@ -101,6 +102,7 @@ impl ChunkedDecoder {
                     if line.is_empty() {
                         return Ok(Some(self.pos));
                     }
+                    check_trailer_field(line)?;
                     self.trailer_bytes += line.len() + 2;
                     if self.trailer_bytes > max {
                         return Err(HttpError::HeadTooLarge);
@@ -139,7 +141,8 @@ impl ChunkedDecoder {
 }
 
 /// `chunk-size [ chunk-ext ]` (RFC 9112 §7.1.1): hex digits, then optionally `;ext`, which is
-/// ignored.
+/// ignored once checked to hold no control character (a CR, LF or NUL there is how a framer
+/// that reads lines differently from ours would be fooled).
 fn parse_chunk_size(line: &[u8]) -> Result<usize, HttpError> {
     const BAD: HttpError = HttpError::BadRequest("invalid chunk size");
     let digits_end = line
@@ -154,12 +157,36 @@ fn parse_chunk_size(line: &[u8]) -> Result<usize, HttpError> {
     if !rest.is_empty() && rest[0] != b';' {
         return Err(BAD);
     }
+    if rest.iter().any(|&b| is_ctl(b)) {
+        return Err(HttpError::BadRequest(
+            "control character in a chunk extension",
+        ));
+    }
     let mut n = 0usize;
     for &b in digits {
         let d = (b as char).to_digit(16).ok_or(BAD)?;
         n = n * 16 + d as usize;
     }
     Ok(n)
+}
+
+/// `field-name ":" OWS field-value OWS` (RFC 9112 §5, §7.1.2), read and discarded: the name is
+/// a token, the value holds no control character, and a line starting with whitespace
+/// (obs-fold) is rejected as RFC 9112 §5.2 allows.
+fn check_trailer_field(line: &[u8]) -> Result<(), HttpError> {
+    const BAD: HttpError = HttpError::BadRequest("malformed trailer field");
+    let colon = line.iter().position(|&b| b == b':').ok_or(BAD)?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if !is_field_name(name) || value.iter().any(|&b| is_ctl(b)) {
+        return Err(BAD);
+    }
+    Ok(())
+}
+
+/// A control character other than HTAB (RFC 5234 CTL), never allowed in a field value or
+/// extension.
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
 #[cfg(test)]

@@ -321,6 +321,65 @@ fn garbage_and_other_versions_are_400() {
 }
 
 #[test]
+fn a_bare_lf_is_400_in_the_head_as_in_chunked_framing() {
+    for input in [
+        &b"GET / HTTP/1.1\nHost: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\na\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\n\r\n",
+    ] {
+        assert_eq!(error(input).status(), Status::BadRequest, "{input:?}");
+    }
+    assert_eq!(
+        error(b"GET / HTTP/1.1\r\nHost: x\rY: z\r\n\r\n").status(),
+        Status::BadRequest,
+        "a bare CR"
+    );
+}
+
+#[test]
+fn control_characters_in_chunk_extensions_and_trailers_are_400() {
+    for chunks in [
+        "1;a\rb\r\nx\r\n0\r\n\r\n",
+        "1;a\0b\r\nx\r\n0\r\n\r\n",
+        "1;a=\x01\r\nx\r\n0\r\n\r\n",
+        "0\r\nT: a\0b\r\n\r\n",
+        "0\r\nT: a\rb\r\n\r\n",
+        "0\r\nno colon\r\n\r\n",
+        "0\r\n: no name\r\n\r\n",
+        "0\r\nT: v\r\n folded\r\n\r\n",
+    ] {
+        let req =
+            format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}");
+        assert_eq!(
+            error(req.as_bytes()).status(),
+            Status::BadRequest,
+            "chunks {chunks:?}"
+        );
+    }
+    let ok = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b;c=\"d e\"\r\nx\r\n0\r\nT: v\tw\r\n\r\n";
+    assert_eq!(complete(ok).2, ok.len());
+}
+
+#[test]
+fn the_target_limit_counts_the_target_only_complete_or_not() {
+    // A long method with a target exactly at the limit: fine whether or not the line is done.
+    let method = "M".repeat(100);
+    let target = format!("/{}", "t".repeat(limits().max_uri_bytes - 1));
+    let line = format!("{method} {target}");
+    assert!(is_partial(line.as_bytes()));
+    let req = format!("{line} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(complete(req.as_bytes()).0.method, Method::Other);
+    // One byte more is 414, complete or not.
+    let line = format!("{method} {target}t");
+    assert_eq!(error(line.as_bytes()), HttpError::UriTooLong);
+    let req = format!("{line} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(error(req.as_bytes()), HttpError::UriTooLong);
+}
+
+#[test]
 fn a_chunked_body_trickled_one_byte_per_read_costs_work_linear_in_its_size() {
     // 64 KiB of data in 1 KiB chunks with extensions, then a trailer; every read adds 1 byte.
     let mut req = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -393,6 +452,83 @@ fn request_strategy() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(one, 1..5).prop_map(|v| v.concat())
 }
 
+/// Requests at the edges of the framing rules: bare LF, control characters in chunk
+/// extensions and trailers, targets around the length limit behind methods of any length,
+/// with an invalid byte before or after the limit.
+fn edge_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let max_uri = limits().max_uri_bytes;
+    let edge = prop_oneof![
+        Just(b"GET / HTTP/1.1\nHost: x\n\n".to_vec()),
+        Just(b"GET / HTTP/1.1\r\nHost: x\r\n\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;e\r\na\r\n0\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;e\0\r\na\r\n0\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\na\r\n0\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: \rv\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\n\r\n".to_vec()),
+        (1usize..64, max_uri - 2..max_uri + 3, prop::option::of((0usize..max_uri + 3, any::<u8>())))
+            .prop_map(|(method_len, target_len, bad)| {
+                let mut target = vec![b'u'; target_len];
+                target[0] = b'/';
+                if let Some((at, byte)) = bad {
+                    let at = at.min(target_len - 1);
+                    target[at] = byte;
+                }
+                let mut req = vec![b'M'; method_len];
+                req.push(b' ');
+                req.extend_from_slice(&target);
+                req.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+                req
+            }),
+    ];
+    (request_strategy(), edge).prop_map(|(a, b)| [a, b].concat())
+}
+
+#[test]
+fn edge_cases_frame_the_same_split_at_any_single_byte() {
+    let max_uri = limits().max_uri_bytes;
+    let long_method = format!(
+        "{} /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "M".repeat(60),
+        "u".repeat(max_uri - 1)
+    );
+    let long_target_bad_late = format!(
+        "GET /{}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "u".repeat(max_uri + 10)
+    );
+    let long_target_bad_early = format!(
+        "GET /\x01{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "u".repeat(max_uri + 10)
+    );
+    let inputs: [&[u8]; 6] = [
+        long_method.as_bytes(),
+        long_target_bad_late.as_bytes(),
+        long_target_bad_early.as_bytes(),
+        b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;e\0\r\na\r\n0\r\nT: v\r\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nT: v\x7f\r\n\r\n",
+    ];
+    for input in inputs {
+        let whole = framed_in_pieces(input, &[]);
+        for split in 0..=input.len() {
+            assert_eq!(
+                framed_in_pieces(input, &[split]),
+                whole,
+                "split at {split} of {input:?}"
+            );
+        }
+    }
+}
+
+/// Split points anywhere in an input.
+fn splits_strategy() -> impl Strategy<Value = Vec<prop::sample::Index>> {
+    prop::collection::vec(any::<prop::sample::Index>(), 0..8)
+}
+
+fn split_at(input: &[u8], splits: &[prop::sample::Index]) -> Vec<usize> {
+    splits.iter().map(|i| i.index(input.len() + 1)).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -421,6 +557,27 @@ proptest! {
             let i = at.index(input.len());
             input[i] = byte;
         }
+        prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
+    }
+
+    #[test]
+    fn edge_cases_split_the_same(input in edge_strategy(), splits in splits_strategy()) {
+        let splits = split_at(&input, &splits);
+        prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
+    }
+
+    #[test]
+    fn mutated_edge_cases_split_the_same(
+        input in edge_strategy(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        splits in splits_strategy(),
+    ) {
+        let mut input = input;
+        for (at, byte) in edits {
+            let i = at.index(input.len());
+            input[i] = byte;
+        }
+        let splits = split_at(&input, &splits);
         prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
     }
 }
