@@ -244,6 +244,28 @@ fn a_slow_request_gets_408_and_is_closed() {
 }
 
 #[test]
+fn a_stray_crlf_after_a_request_is_ignored_not_answered_408() {
+    let s = server(&["--request-timeout-secs", "1"]);
+    let mut c = s.connect();
+    let body = br#"{"key":"not-a-uuid"}"#;
+    let mut req = format!(
+        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    // What old clients send after a POST body (RFC 9112 §2.2 asks the server to ignore it).
+    req.extend_from_slice(b"\r\n");
+    c.write_all(&req).expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 422);
+    // Well past the request timeout: nothing unsolicited arrives, the connection still serves.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.write_all(b"\r\n").expect("write");
+    c.write_all(HEALTH).expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 200);
+}
+
+#[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let s = server(&["--idle-timeout-secs", "1"]);
     let mut c = s.connect();

@@ -28,6 +28,7 @@ fn frame(input: &[u8], splits: &[usize]) -> Vec<Result<(u8, Vec<u8>, Vec<u8>), S
                     out.push(Ok((head.method as u8, window[head.path.clone()].to_vec(), body)));
                     start += len;
                 }
+                Ok(Parsed::EmptyLines { len }) => start += len,
                 Ok(Parsed::Partial { .. }) => break,
                 Err(err) => {
                     out.push(Err(err.status()));

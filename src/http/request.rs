@@ -68,6 +68,10 @@ pub enum Parsed {
         body: BodyLocation,
         len: usize,
     },
+    /// Empty lines before a request-line, to be discarded: RFC 9112 §2.2 asks a server to
+    /// ignore at least one (old clients send a CRLF after a POST body). CRLF or a bare LF:
+    /// between messages, an empty line frames nothing.
+    EmptyLines { len: usize },
     /// More bytes are needed. `head` is known once the header section is complete, so the
     /// caller can answer `Expect: 100-continue` and switch to the body timeout.
     Partial { head: Option<Head> },
@@ -133,6 +137,11 @@ pub fn parse(
 ) -> Result<Parsed, HttpError> {
     let head = match state.head.take() {
         Some(head) => head,
+        None if empty_lines_len(buf) > 0 => {
+            return Ok(Parsed::EmptyLines {
+                len: empty_lines_len(buf),
+            });
+        }
         None => match parse_head(buf, limits)? {
             Some(head) => {
                 scratch.clear();
@@ -163,4 +172,17 @@ pub fn parse(
         _ => BodyLocation::Input(start..len),
     };
     Ok(Parsed::Complete { head, body, len })
+}
+
+/// Length of the complete empty lines (CRLF or LF) at the start of `buf`. A CR not followed by
+/// LF is left to the head parser (which waits for the next byte or rejects it).
+fn empty_lines_len(buf: &[u8]) -> usize {
+    let mut len = 0;
+    loop {
+        match &buf[len..] {
+            [b'\n', ..] => len += 1,
+            [b'\r', b'\n', ..] => len += 2,
+            _ => return len,
+        }
+    }
 }

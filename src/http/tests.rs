@@ -321,6 +321,22 @@ fn garbage_and_other_versions_are_400() {
 }
 
 #[test]
+fn empty_lines_before_a_request_line_are_ignored() {
+    assert_eq!(parse_all(b"\r\n").0, Ok(Parsed::EmptyLines { len: 2 }));
+    assert_eq!(parse_all(b"\n").0, Ok(Parsed::EmptyLines { len: 1 }));
+    assert_eq!(parse_all(b"\r").0, Ok(Parsed::Partial { head: None }));
+    let mut input = b"\r\n\n\r\n".to_vec();
+    input.extend_from_slice(GET);
+    assert_eq!(parse_all(&input).0, Ok(Parsed::EmptyLines { len: 5 }));
+    assert_eq!(complete(&input[5..]).2, GET.len());
+    // Not an empty line: a CR followed by anything but LF.
+    assert_eq!(
+        error(b"\rGET / HTTP/1.1\r\n\r\n").status(),
+        Status::BadRequest
+    );
+}
+
+#[test]
 fn a_bare_lf_is_400_in_the_head_as_in_chunked_framing() {
     for input in [
         &b"GET / HTTP/1.1\nHost: x\r\n\r\n"[..],
@@ -430,6 +446,7 @@ fn framed_in_pieces(input: &[u8], splits: &[usize]) -> Vec<Result<(Head, Vec<u8>
                     results.push(Ok((head, body)));
                     start += len;
                 }
+                Ok(Parsed::EmptyLines { len }) => start += len,
                 Ok(Parsed::Partial { .. }) => break,
                 Err(err) => {
                     results.push(Err(err));
@@ -448,6 +465,8 @@ fn request_strategy() -> impl Strategy<Value = Vec<u8>> {
         Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n0\r\n\r\n".to_vec()),
         Just(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec()),
         Just(b"HEAD /metrics?x HTTP/1.1\r\nhost: y\r\nExpect: 100-continue\r\n\r\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n\r\n".to_vec()),
     ];
     prop::collection::vec(one, 1..5).prop_map(|v| v.concat())
 }

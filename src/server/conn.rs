@@ -229,6 +229,10 @@ impl Conn {
             );
             let (head, body, len) = match parsed {
                 Ok(Parsed::Complete { head, body, len }) => (head, body, len),
+                Ok(Parsed::EmptyLines { len }) => {
+                    pos += len;
+                    continue;
+                }
                 Ok(Parsed::Partial { head }) => {
                     if head.is_some_and(|h| h.expect_continue) && !self.continue_sent {
                         self.wbuf.extend_from_slice(CONTINUE);
