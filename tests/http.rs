@@ -298,6 +298,72 @@ fn connections_over_the_per_core_cap_get_503() {
     assert_eq!(s.get("/api/v1/system/health").status, 200);
 }
 
+/// Writes `body` in 16 KiB pieces a little apart, as a client uploading it would: a server that
+/// closed the connection meanwhile makes one of these writes fail with a reset.
+fn upload_slowly(c: &mut std::net::TcpStream, body: &[u8]) -> std::io::Result<()> {
+    for piece in body.chunks(16 * 1024) {
+        c.write_all(piece)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_503_over_the_cap_reaches_a_client_that_sends_its_request_first() {
+    let s = server(&[
+        "--cores",
+        "1",
+        "--max-connections-per-core",
+        "1",
+        "--max-body-bytes",
+        "1048576",
+    ]);
+    // The one place; the start-up health probe may hold it for a moment after it closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _open = loop {
+        let mut c = s.connect();
+        c.write_all(HEALTH).expect("write");
+        if read_response(&mut c).expect("response").status == 200 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "never admitted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut extra = s.connect();
+    let body = vec![b'x'; 256 * 1024];
+    extra
+        .write_all(
+            format!(
+                "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("write head");
+    upload_slowly(&mut extra, &body).expect("the whole request is written, not reset");
+    assert_eq!(read_response(&mut extra).expect("response").status, 503);
+}
+
+#[test]
+fn a_408_reaches_a_client_still_sending_its_request() {
+    let s = server(&["--request-timeout-secs", "1", "--max-body-bytes", "1048576"]);
+    let mut c = s.connect();
+    let body = vec![b'x'; 256 * 1024];
+    c.write_all(
+        format!(
+            "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\nx",
+            body.len() + 1
+        )
+        .as_bytes(),
+    )
+    .expect("write head");
+    // The 408 is on its way; the client, not reading yet, goes on sending its body.
+    let mut first = [0u8; 1];
+    assert_eq!(c.peek(&mut first).expect("a response arrives"), 1);
+    upload_slowly(&mut c, &body).expect("the whole request is written, not reset");
+    assert_eq!(read_response(&mut c).expect("response").status, 408);
+}
+
 #[test]
 fn a_thousand_concurrent_connections_are_all_served() {
     let s = server(&[]);

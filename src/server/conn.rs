@@ -8,7 +8,7 @@
 //! responses keep request order (RFC 9112 §9.3.2).
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -76,12 +76,8 @@ enum Next {
 
 /// Serves a connection until the client closes it, an error closes it, or a timeout does.
 pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
-    use std::os::fd::AsRawFd;
     let registry = &ctx.registry;
-    let slot = registry.insert(
-        stream.as_raw_fd(),
-        registry.now() + ctx.idle_timeout_secs + 1,
-    );
+    let slot = registry.insert(registry.now() + ctx.idle_timeout_secs + 1);
     let metrics = ctx.app.metrics();
     metrics.open_connections.add(1);
     // A client that stops reading its responses would otherwise hold a write (and the
@@ -110,12 +106,10 @@ pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
     if let Err(err) = conn.run(&mut stream).await {
         log::debug!("connection closed: {err}");
     }
-    // `conn` drops here, before `stream` (a parameter) closes the socket: see `Drop`.
 }
 
 impl Drop for Conn {
-    /// Leaves the registry while the socket is still open (so the sweeper never touches a
-    /// reused descriptor), also when a bug made the connection task panic.
+    /// Leaves the registry, also when a bug made the connection task panic.
     fn drop(&mut self) {
         let metrics = self.ctx.app.metrics();
         if self.slot.timed_out() {
@@ -210,7 +204,14 @@ impl Conn {
                 return Err(err);
             }
         }
-        stream.read(&mut self.rbuf[self.filled..]).await
+        // The sweeper ends a read past its deadline by waking `expired`: as end-of-file.
+        let slot = &self.slot;
+        let read = stream.read(&mut self.rbuf[self.filled..]);
+        futures_lite::future::or(read, async {
+            slot.expired().await;
+            Ok(0)
+        })
+        .await
     }
 
     /// Frames and answers every complete request in the read buffer. Returns the bytes
@@ -365,7 +366,8 @@ impl Conn {
 
     async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
         self.prepare_error(Status::RequestTimeout, "request timed out");
-        stream.write_all(&self.wbuf).await
+        stream.write_all(&self.wbuf).await?;
+        self.linger(stream).await
     }
 
     /// Replaces the output with one error response that closes the connection.
@@ -394,23 +396,34 @@ impl Conn {
         }
     }
 
-    /// Closes after an error without losing the response: a close with unread input makes
-    /// the kernel send RST, which can destroy the response before the client reads it. So stop
-    /// writing, then discard what the client still sends, for a short bounded time.
+    /// See [`linger`]; the connection bounds it with its own timer, so the sweeper leaves it
+    /// alone meanwhile.
     async fn linger(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
-        const LINGER_BYTES: usize = 1 << 20;
-        stream.close().await?;
-        let deadline = self.ctx.registry.now() + 2;
-        self.slot.set_phase(Phase::Reading, deadline);
+        self.slot.set_phase(Phase::Busy, 0);
+        linger(stream, &mut self.rbuf).await
+    }
+}
+
+/// Closes after an answer without losing it, for every close with the client's input possibly
+/// unread (an error, a timeout, the connection cap): a close with unread input makes the
+/// kernel send RST, which can destroy the response before the client reads it or fail the
+/// client's write of the rest of its request. So stop writing (FIN), then discard what the
+/// client still sends, for a bounded time and amount.
+async fn linger(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    const LINGER_BYTES: usize = 1 << 20;
+    const LINGER_TIME: Duration = Duration::from_secs(2);
+    stream.close().await?;
+    let drain = async {
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
-            match stream.read(&mut self.rbuf).await {
+            match stream.read(buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
         }
-        Ok(())
-    }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(LINGER_TIME)).await;
+    Ok(())
 }
 
 /// Appends an error response that closes the connection.
@@ -444,6 +457,8 @@ pub async fn refuse(ctx: Rc<ConnContext>, mut stream: TcpStream) {
         Status::ServiceUnavailable,
         "too many connections",
     );
-    let _ = stream.write_all(&out).await;
-    let _ = stream.close().await;
+    if stream.write_all(&out).await.is_ok() {
+        let mut discard = [0; 4096];
+        let _ = linger(&mut stream, &mut discard).await;
+    }
 }
