@@ -555,3 +555,32 @@ fn a_client_that_never_reads_its_responses_is_disconnected() {
     }
     drop(writer.join());
 }
+
+#[test]
+fn a_client_reading_a_byte_a_second_is_cut_off() {
+    let s = server(&["--request-timeout-secs", "2"]);
+    // A small receive window, so the responses wait on the server's side.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&s.addr.into()).expect("connect");
+    let mut c: std::net::TcpStream = socket.into();
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(&HEALTH.repeat(4000)).expect("write");
+    let started = Instant::now();
+    while open_connections(&s) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(2), "never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut byte = [0u8; 1];
+    // Only the connection asking for /metrics remains once the reader is cut off.
+    while open_connections(&s) > 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a client reading a byte a second is still connected"
+        );
+        let _ = std::io::Read::read(&mut c, &mut byte);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -307,7 +307,7 @@ impl Conn {
     async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
         if self.deferred.is_empty() {
             if !self.wbuf.is_empty() {
-                stream.write_all(&self.wbuf).await?;
+                write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
             }
             return Ok(());
         }
@@ -340,7 +340,7 @@ impl Conn {
             }
         }
         out.extend_from_slice(&self.wbuf[copied..]);
-        let written = stream.write_all(&out).await;
+        let written = write_before_deadline(&self.ctx, &self.slot, stream, &out).await;
         self.assembled = out;
         written
     }
@@ -360,13 +360,13 @@ impl Conn {
 
     async fn reject(&mut self, stream: &mut TcpStream, err: HttpError) -> std::io::Result<()> {
         self.prepare_error(err.status(), &err.to_string());
-        stream.write_all(&self.wbuf).await?;
+        write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
         self.linger(stream).await
     }
 
     async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
         self.prepare_error(Status::RequestTimeout, "request timed out");
-        stream.write_all(&self.wbuf).await?;
+        write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
         self.linger(stream).await
     }
 
@@ -402,6 +402,38 @@ impl Conn {
         self.slot.set_phase(Phase::Busy, 0);
         linger(stream, &mut self.rbuf).await
     }
+}
+
+/// Writes a batch of responses, within one deadline (the request timeout) for all of it: a
+/// client that reads too slowly to take a batch in that time is cut off, with a reset (it is
+/// not reading; there is no answer to save).
+///
+/// The common case costs no system call more: the write is polled first and usually completes
+/// at once; the expiry future is polled only when it must wait.
+async fn write_before_deadline(
+    ctx: &ConnContext,
+    slot: &Slot,
+    stream: &mut TcpStream,
+    out: &[u8],
+) -> std::io::Result<()> {
+    let deadline = ctx.registry.now() + ctx.request_timeout_secs + 1;
+    slot.set_phase(Phase::Writing, deadline);
+    let write = stream.write_all(out);
+    let expired = async {
+        slot.expired().await;
+        Err(std::io::ErrorKind::TimedOut.into())
+    };
+    let written = futures_lite::future::or(write, expired).await;
+    slot.set_phase(Phase::Busy, 0);
+    if written.is_err() {
+        // Abortive close: frees the kernel's send buffer at once instead of trickling it out.
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor is this connection's socket, open for as long as `stream`,
+        // which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+    }
+    written
 }
 
 /// Closes after an answer without losing it, for every close with the client's input possibly

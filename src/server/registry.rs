@@ -23,6 +23,10 @@ pub enum Phase {
     Reading,
     /// Requests are being answered; no timeout (the counter has its own).
     Busy,
+    /// A batch of responses is being written: one deadline for the whole batch, because
+    /// glommio's write timeout restarts with every partial send and a client draining a few
+    /// bytes at a time would never meet it.
+    Writing,
 }
 
 /// One connection's entry, shared by the connection task and the sweeper.
