@@ -570,7 +570,10 @@ fn a_client_reading_a_byte_a_second_is_cut_off() {
     c.write_all(&HEALTH.repeat(4000)).expect("write");
     let started = Instant::now();
     while open_connections(&s) < 2 {
-        assert!(started.elapsed() < Duration::from_secs(2), "never connected");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "never connected"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut byte = [0u8; 1];
@@ -583,4 +586,100 @@ fn a_client_reading_a_byte_a_second_is_cut_off() {
         let _ = std::io::Read::read(&mut c, &mut byte);
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// README.md "Limits and errors": the most one connection holds with the default limits, given
+/// the largest response R: read buffer 140 KiB, decoded body 64 KiB, pending output 32 KiB + R
+/// (twice with counter increments, plus their 256 responses), response scratch R, batch
+/// bookkeeping.
+fn stated_bytes_per_connection(largest_response: usize) -> usize {
+    330 * 1024 + 3 * largest_response
+}
+
+#[test]
+fn clients_pipelining_without_reading_stay_within_the_stated_memory_per_connection() {
+    const CLIENTS: usize = 16;
+    let s = server(&[]);
+    let metrics = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let largest_response = s.get("/metrics").body.len() + 256;
+    let body = vec![b'x'; 64 * 1024];
+    let mut big = format!(
+        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    big.extend_from_slice(&body);
+    // Warm up what every connection shares (allocator arenas, the /metrics code path).
+    let mut warm = s.connect();
+    warm.write_all(&big).expect("write");
+    read_response(&mut warm).expect("response");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.rss_bytes();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = s.connect();
+            // A large body grows the read buffer, then thousands of requests in one write.
+            c.write_all(&big).expect("write");
+            c.write_all(&metrics.repeat(3000)).expect("write");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = s.rss_bytes();
+    let grown = after.saturating_sub(before);
+    let bound = CLIENTS * stated_bytes_per_connection(largest_response);
+    assert!(
+        grown <= bound,
+        "RSS grew {} KiB for {CLIENTS} clients, over the stated {} KiB",
+        grown / 1024,
+        bound / 1024
+    );
+    eprintln!(
+        "RSS grew {} KiB for {CLIENTS} clients (stated bound {} KiB)",
+        grown / 1024,
+        bound / 1024
+    );
+    drop(clients);
+}
+
+#[test]
+fn idle_connections_give_their_grown_buffers_back() {
+    const CLIENTS: usize = 64;
+    /// README.md: an idle connection keeps its buffers at their initial 4 KiB.
+    const STATED_IDLE_BYTES: usize = 24 * 1024;
+    let s = server(&[]);
+    let body = vec![b'x'; 64 * 1024];
+    let mut big = format!(
+        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    big.extend_from_slice(&body);
+    let mut warm = s.connect();
+    warm.write_all(&big).expect("write");
+    read_response(&mut warm).expect("response");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.rss_bytes();
+    // One after the other, each grows its buffers with a large request, then stays open.
+    let idle: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = s.connect();
+            c.write_all(&big).expect("write");
+            read_response(&mut c).expect("response");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = s.rss_bytes().saturating_sub(before);
+    let largest_response = 8 * 1024;
+    let bound = CLIENTS * STATED_IDLE_BYTES + stated_bytes_per_connection(largest_response);
+    assert!(
+        grown <= bound,
+        "RSS grew {} KiB for {CLIENTS} idle connections, over {} KiB",
+        grown / 1024,
+        bound / 1024
+    );
+    drop(idle);
 }

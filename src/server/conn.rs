@@ -1,11 +1,13 @@
-//! One client connection: read, answer every complete request in the buffer, write all the
-//! answers with one call, repeat.
+//! One client connection: read, answer every complete request in the buffer, write the
+//! answers with one call per batch, repeat.
 //!
 //! The loop reads into a buffer that holds at most one request's head and body (so a client
 //! cannot make it grow without bound), frames requests with [`http::parse`], lets
 //! [`routes::dispatch`] answer them from the core's [`App`](crate::app::App) and appends the
-//! responses to one output buffer. Counter increments are answered after their commit;
-//! responses keep request order (RFC 9112 §9.3.2).
+//! responses to one output buffer, written once it holds [`MAX_PENDING_OUTPUT_BYTES`] or the
+//! buffered requests are all answered (so output is bounded too). Counter increments are
+//! answered after their commit; responses keep request order (RFC 9112 §9.3.2). Writes have a
+//! deadline; closes after an answer linger; an idle connection gives grown buffers back.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -23,8 +25,19 @@ use super::context::ConnContext;
 use super::registry::{Phase, Slot};
 
 /// Initial size of a connection's read and write buffers; enough for 16-deep pipelining of
-/// small requests without growing.
+/// small requests without growing. Buffers that grew are shrunk back to it when the
+/// connection goes idle.
 const INITIAL_BUFFER_BYTES: usize = 4096;
+
+/// A batch of responses stops growing once it holds this much: it is written, and the
+/// requests still buffered are answered after it. So a client pipelining thousands of requests
+/// without reading costs at most this (plus one response) of pending output, not megabytes.
+/// 32 KiB is ~250 small responses: one write per batch is kept for any sane pipeline depth.
+const MAX_PENDING_OUTPUT_BYTES: usize = 32 * 1024;
+
+/// Likewise in requests, which bounds the counter increments waiting for a commit (their
+/// responses are put together only after it) and the per-batch bookkeeping.
+const MAX_BATCH_REQUESTS: usize = 256;
 
 /// Per-connection state that outlives one read.
 struct Conn {
@@ -71,6 +84,8 @@ struct Deferred {
 #[derive(PartialEq, Eq)]
 enum Next {
     Read,
+    /// The batch reached its bound with requests still buffered: answer them next.
+    Answer,
     Close,
 }
 
@@ -142,12 +157,20 @@ impl Conn {
             self.filled += n;
             self.slot.set_phase(Phase::Busy, 0);
 
-            let (consumed, next) = self.answer_buffered();
-            let flushed = self.flush(stream).await;
-            self.record_answered();
-            flushed?;
-            if next == Next::Close {
-                return self.linger(stream).await;
+            // Answer what the buffer holds, one bounded batch at a time: a client pipelining
+            // thousands of requests without reading gets them answered as it takes them.
+            let mut consumed = 0;
+            loop {
+                let (end, next) = self.answer_buffered(consumed);
+                let flushed = self.flush(stream).await;
+                self.record_answered();
+                flushed?;
+                consumed = end;
+                match next {
+                    Next::Read => break,
+                    Next::Answer => {}
+                    Next::Close => return self.linger(stream).await,
+                }
             }
 
             self.rbuf.copy_within(consumed..self.filled, 0);
@@ -159,6 +182,7 @@ impl Conn {
                 }
                 let deadline = registry.now() + self.ctx.idle_timeout_secs + 1;
                 self.slot.set_phase(Phase::Idle, deadline);
+                self.give_back_buffers();
             } else {
                 if consumed > 0 {
                     // A new request started in this read: its own timeout starts now.
@@ -214,13 +238,13 @@ impl Conn {
         .await
     }
 
-    /// Frames and answers every complete request in the read buffer. Returns the bytes
-    /// consumed and whether the connection closes after these responses.
-    fn answer_buffered(&mut self) -> (usize, Next) {
+    /// Frames and answers the complete requests in the read buffer from `from`, until the
+    /// batch reaches its bound. Returns where it stopped and what comes after these responses.
+    fn answer_buffered(&mut self, from: usize) -> (usize, Next) {
         let ctx = self.ctx.clone();
         let date = ctx.date.borrow();
         self.wbuf.clear();
-        let mut pos = 0;
+        let mut pos = from;
         while pos < self.filled {
             let parsed = http::parse(
                 &self.rbuf[pos..self.filled],
@@ -298,6 +322,11 @@ impl Conn {
             if persistence == Persistence::Close {
                 return (pos, Next::Close);
             }
+            if self.wbuf.len() >= MAX_PENDING_OUTPUT_BYTES
+                || self.answered.len() + self.deferred.len() >= MAX_BATCH_REQUESTS
+            {
+                return (pos, Next::Answer);
+            }
         }
         (pos, Next::Read)
     }
@@ -345,6 +374,35 @@ impl Conn {
         written
     }
 
+    /// Shrinks the buffers a large request or batch grew back to their initial size, once the
+    /// connection is idle: 16,384 idle connections per core must not each keep 100+ KiB.
+    /// Costs a few comparisons when nothing grew.
+    fn give_back_buffers(&mut self) {
+        if self.rbuf.len() > INITIAL_BUFFER_BYTES {
+            self.rbuf.truncate(INITIAL_BUFFER_BYTES);
+            self.rbuf.shrink_to_fit();
+        }
+        for buf in [
+            &mut self.wbuf,
+            &mut self.assembled,
+            &mut self.response_body,
+            &mut self.decoded_body,
+        ] {
+            if buf.capacity() > INITIAL_BUFFER_BYTES {
+                buf.clear();
+                buf.shrink_to(INITIAL_BUFFER_BYTES);
+            }
+        }
+        if self.answered.capacity() > 64 {
+            self.answered.clear();
+            self.answered.shrink_to(64);
+        }
+        if self.deferred.capacity() > 64 {
+            self.deferred.clear();
+            self.deferred.shrink_to(64);
+        }
+    }
+
     /// Grows the read buffer for a request larger than it; false once the buffer has reached
     /// the most one request may need (head + body, plus room for chunked framing).
     fn grow_read_buffer(&mut self) -> bool {
@@ -354,6 +412,8 @@ impl Conn {
             return false;
         }
         let new_len = (self.rbuf.len() * 2).min(max);
+        // Exactly: the stated worst case per connection counts this buffer at its limit.
+        self.rbuf.reserve_exact(new_len - self.rbuf.len());
         self.rbuf.resize(new_len, 0);
         true
     }
