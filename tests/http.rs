@@ -244,6 +244,28 @@ fn a_slow_request_gets_408_and_is_closed() {
 }
 
 #[test]
+fn a_stray_crlf_after_a_request_is_ignored_not_answered_408() {
+    let s = server(&["--request-timeout-secs", "1"]);
+    let mut c = s.connect();
+    let body = br#"{"key":"not-a-uuid"}"#;
+    let mut req = format!(
+        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    // What old clients send after a POST body (RFC 9112 §2.2 asks the server to ignore it).
+    req.extend_from_slice(b"\r\n");
+    c.write_all(&req).expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 422);
+    // Well past the request timeout: nothing unsolicited arrives, the connection still serves.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.write_all(b"\r\n").expect("write");
+    c.write_all(HEALTH).expect("write");
+    assert_eq!(read_response(&mut c).expect("response").status, 200);
+}
+
+#[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let s = server(&["--idle-timeout-secs", "1"]);
     let mut c = s.connect();
@@ -274,6 +296,72 @@ fn connections_over_the_per_core_cap_get_503() {
     open.clear();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.get("/api/v1/system/health").status, 200);
+}
+
+/// Writes `body` in 16 KiB pieces a little apart, as a client uploading it would: a server that
+/// closed the connection meanwhile makes one of these writes fail with a reset.
+fn upload_slowly(c: &mut std::net::TcpStream, body: &[u8]) -> std::io::Result<()> {
+    for piece in body.chunks(16 * 1024) {
+        c.write_all(piece)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_503_over_the_cap_reaches_a_client_that_sends_its_request_first() {
+    let s = server(&[
+        "--cores",
+        "1",
+        "--max-connections-per-core",
+        "1",
+        "--max-body-bytes",
+        "1048576",
+    ]);
+    // The one place; the start-up health probe may hold it for a moment after it closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _open = loop {
+        let mut c = s.connect();
+        c.write_all(HEALTH).expect("write");
+        if read_response(&mut c).expect("response").status == 200 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "never admitted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut extra = s.connect();
+    let body = vec![b'x'; 256 * 1024];
+    extra
+        .write_all(
+            format!(
+                "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("write head");
+    upload_slowly(&mut extra, &body).expect("the whole request is written, not reset");
+    assert_eq!(read_response(&mut extra).expect("response").status, 503);
+}
+
+#[test]
+fn a_408_reaches_a_client_still_sending_its_request() {
+    let s = server(&["--request-timeout-secs", "1", "--max-body-bytes", "1048576"]);
+    let mut c = s.connect();
+    let body = vec![b'x'; 256 * 1024];
+    c.write_all(
+        format!(
+            "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\nx",
+            body.len() + 1
+        )
+        .as_bytes(),
+    )
+    .expect("write head");
+    // The 408 is on its way; the client, not reading yet, goes on sending its body.
+    let mut first = [0u8; 1];
+    assert_eq!(c.peek(&mut first).expect("a response arrives"), 1);
+    upload_slowly(&mut c, &body).expect("the whole request is written, not reset");
+    assert_eq!(read_response(&mut c).expect("response").status, 408);
 }
 
 #[test]
@@ -319,22 +407,24 @@ fn metrics_give_request_durations_by_route_and_the_standard_process_metrics() {
     let text = s.get("/metrics").text();
     // The start-up health check is a request too, possibly on another core: count >= 1.
     let health = "route=\"/api/v1/system/health\"";
-    let total = |prefix: String, suffix: &str| {
+    // Summed over cores: which core serves a connection (and the start-up health probes) is
+    // up to the kernel.
+    let sum = |prefix: &str, suffix: &str| -> u64 {
         text.lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains(suffix))
+            .filter(|l| l.starts_with(prefix) && l.contains(suffix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum::<u64>()
+            .sum()
     };
-    let counted = total(
-        format!("tally_http_request_duration_seconds_count{{{health}"),
+    let count = sum(
+        &format!("tally_http_request_duration_seconds_count{{{health}"),
         "",
     );
-    assert!(counted >= 1, "{text}");
-    let inf = total(
-        format!("tally_http_request_duration_seconds_bucket{{{health}"),
-        "le=\"+Inf\"",
+    let inf = sum(
+        &format!("tally_http_request_duration_seconds_bucket{{{health}"),
+        "le=\"+Inf\"}",
     );
-    assert_eq!(inf, counted, "the +Inf bucket holds every request: {text}");
+    assert!(count >= 2, "{text}");
+    assert_eq!(inf, count, "{text}");
     for name in [
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
@@ -345,14 +435,14 @@ fn metrics_give_request_durations_by_route_and_the_standard_process_metrics() {
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .unwrap_or_else(|| panic!("{name} missing"));
-        // CPU seconds may still be 0 in clock ticks of 10 ms; the others cannot be.
-        let min = if name == "process_cpu_seconds_total" {
+        // CPU time is counted in clock ticks: a fresh process may not have used one yet.
+        let least = if name == "process_cpu_seconds_total" {
             0.0
         } else {
             f64::MIN_POSITIVE
         };
         assert!(
-            value.parse::<f64>().is_ok_and(|v| v >= min),
+            value.parse::<f64>().is_ok_and(|v| v >= least),
             "{name} {value}"
         );
     }
@@ -486,4 +576,132 @@ fn a_busy_listen_address_is_reported_once() {
         1,
         "the cause is said once:\n{err}"
     );
+}
+
+#[test]
+fn a_client_reading_a_byte_a_second_is_cut_off() {
+    let s = server(&["--request-timeout-secs", "2"]);
+    // A small receive window, so the responses wait on the server's side.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&s.addr.into()).expect("connect");
+    let mut c: std::net::TcpStream = socket.into();
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(&HEALTH.repeat(4000)).expect("write");
+    let started = Instant::now();
+    while open_connections(&s) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "never connected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut byte = [0u8; 1];
+    // Only the connection asking for /metrics remains once the reader is cut off.
+    while open_connections(&s) > 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a client reading a byte a second is still connected"
+        );
+        let _ = std::io::Read::read(&mut c, &mut byte);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// README.md "Limits and errors": the most one connection holds with the default limits, given
+/// the largest response R: read buffer 140 KiB, decoded body 64 KiB, pending output 32 KiB + R
+/// (twice with counter increments, plus their 256 responses), response scratch R, batch
+/// bookkeeping.
+fn stated_bytes_per_connection(largest_response: usize) -> usize {
+    330 * 1024 + 3 * largest_response
+}
+
+#[test]
+fn clients_pipelining_without_reading_stay_within_the_stated_memory_per_connection() {
+    const CLIENTS: usize = 16;
+    let s = server(&[]);
+    let metrics = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let largest_response = s.get("/metrics").body.len() + 256;
+    let body = vec![b'x'; 64 * 1024];
+    let mut big = format!(
+        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    big.extend_from_slice(&body);
+    // Warm up what every connection shares (allocator arenas, the /metrics code path).
+    let mut warm = s.connect();
+    warm.write_all(&big).expect("write");
+    read_response(&mut warm).expect("response");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.rss_bytes();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = s.connect();
+            // A large body grows the read buffer, then thousands of requests in one write.
+            c.write_all(&big).expect("write");
+            c.write_all(&metrics.repeat(3000)).expect("write");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = s.rss_bytes();
+    let grown = after.saturating_sub(before);
+    let bound = CLIENTS * stated_bytes_per_connection(largest_response);
+    assert!(
+        grown <= bound,
+        "RSS grew {} KiB for {CLIENTS} clients, over the stated {} KiB",
+        grown / 1024,
+        bound / 1024
+    );
+    eprintln!(
+        "RSS grew {} KiB for {CLIENTS} clients (stated bound {} KiB)",
+        grown / 1024,
+        bound / 1024
+    );
+    drop(clients);
+}
+
+#[test]
+fn idle_connections_give_their_grown_buffers_back() {
+    const CLIENTS: usize = 64;
+    /// README.md: an idle connection keeps its buffers at their initial 4 KiB.
+    const STATED_IDLE_BYTES: usize = 24 * 1024;
+    let s = server(&[]);
+    let body = vec![b'x'; 64 * 1024];
+    let mut big = format!(
+        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    big.extend_from_slice(&body);
+    let mut warm = s.connect();
+    warm.write_all(&big).expect("write");
+    read_response(&mut warm).expect("response");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.rss_bytes();
+    // One after the other, each grows its buffers with a large request, then stays open.
+    let idle: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = s.connect();
+            c.write_all(&big).expect("write");
+            read_response(&mut c).expect("response");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = s.rss_bytes().saturating_sub(before);
+    let largest_response = 8 * 1024;
+    let bound = CLIENTS * STATED_IDLE_BYTES + stated_bytes_per_connection(largest_response);
+    assert!(
+        grown <= bound,
+        "RSS grew {} KiB for {CLIENTS} idle connections, over {} KiB",
+        grown / 1024,
+        bound / 1024
+    );
+    drop(idle);
 }

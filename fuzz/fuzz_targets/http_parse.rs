@@ -1,15 +1,16 @@
 //! Fuzzes the request framer: no input may panic, and the answer must not depend on how the
-//! input is split across reads (the connection loop re-parses its buffer after every read).
+//! input is split across reads (the connection loop parses its buffer after every read, keeping the parser's state).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally::http::{parse, BodyLocation, Limits, Parsed, Status};
+use tally::http::{parse, BodyLocation, Limits, Parsed, RequestState, Status};
 
 /// Frames `input` as the connection loop would, with reads ending at `splits`: the requests
 /// it yields (method, path, body) and the error that ended it, if any.
 fn frame(input: &[u8], splits: &[usize]) -> Vec<Result<(u8, Vec<u8>, Vec<u8>), Status>> {
     let limits = Limits::default();
     let mut scratch = Vec::new();
+    let mut state = RequestState::default();
     let mut out = Vec::new();
     let mut start = 0;
     let mut ends: Vec<usize> = splits.iter().map(|&s| s.min(input.len())).collect();
@@ -17,7 +18,7 @@ fn frame(input: &[u8], splits: &[usize]) -> Vec<Result<(u8, Vec<u8>, Vec<u8>), S
     ends.sort_unstable();
     for end in ends {
         loop {
-            match parse(&input[start..end], &limits, &mut scratch) {
+            match parse(&input[start..end], &mut state, &limits, &mut scratch) {
                 Ok(Parsed::Complete { head, body, len }) => {
                     let window = &input[start..end];
                     let body = match body {
@@ -27,6 +28,7 @@ fn frame(input: &[u8], splits: &[usize]) -> Vec<Result<(u8, Vec<u8>, Vec<u8>), S
                     out.push(Ok((head.method as u8, window[head.path.clone()].to_vec(), body)));
                     start += len;
                 }
+                Ok(Parsed::EmptyLines { len }) => start += len,
                 Ok(Parsed::Partial { .. }) => break,
                 Err(err) => {
                     out.push(Err(err.status()));

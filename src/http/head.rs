@@ -53,7 +53,7 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Ht
     let Some(head_len) = read_head(&mut req, buf, limits)? else {
         return Ok(None);
     };
-    let line = RequestLine::of(&req, buf, limits)?;
+    let line = RequestLine::of(&req, buf)?;
     let fields = FieldSummary::of(req.headers, line.http10)?;
     check_host(fields.hosts, line.http10)?;
     let framing = body_framing(&fields, line.http10, limits)?;
@@ -69,41 +69,89 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Ht
 }
 
 /// Runs `httparse` over `buf`: the head's length once it is complete, `None` before. Both a
-/// complete and an incomplete head are held to the size limits.
+/// complete and an incomplete head are held to the same limits, decided by the same bytes
+/// however the head arrives.
 fn read_head<'b>(
     req: &mut httparse::Request<'_, 'b>,
     buf: &'b [u8],
     limits: &Limits,
 ) -> Result<Option<usize>, HttpError> {
-    let head_len = match req.parse(buf) {
+    let parsed = req.parse(buf);
+    // A complete head whose target is within the limit cannot have broken it (the common
+    // case costs nothing more); otherwise the target limit is checked first, as below.
+    let target_fits = matches!(parsed, Ok(httparse::Status::Complete(_)))
+        && req.path.is_some_and(|t| t.len() <= limits.max_uri_bytes);
+    if !target_fits {
+        if let Some(decided_at) = target_too_long_at(buf, limits) {
+            // The 414 is decided by byte `decided_at`; an error in the bytes before it came
+            // first, whether or not they arrived in the same read.
+            let mut no_fields = [];
+            return Err(
+                match httparse::Request::new(&mut no_fields).parse(&buf[..decided_at]) {
+                    Err(err) => head_error(err),
+                    Ok(_) => HttpError::UriTooLong,
+                },
+            );
+        }
+    }
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            check_partial_head(buf, limits)?;
+            // A client must not make us buffer without bound by never finishing its head.
+            if buf.len() >= limits.max_head_bytes {
+                return Err(HttpError::HeadTooLarge);
+            }
             return Ok(None);
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => {
-            return Err(HttpError::BadRequest("unsupported HTTP version"));
-        }
-        Err(_) => return Err(HttpError::BadRequest("malformed request head")),
+        Err(err) => return Err(head_error(err)),
     };
     if head_len > limits.max_head_bytes {
         return Err(HttpError::HeadTooLarge);
     }
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(HttpError::BadRequest("bare LF in request head"));
+    }
     Ok(Some(head_len))
 }
 
-/// Decides whether an incomplete head has already broken a limit, so a client cannot make us
-/// buffer without bound by never finishing its request line or header section.
-fn check_partial_head(buf: &[u8], limits: &Limits) -> Result<(), HttpError> {
-    let line_end = buf.iter().position(|&b| b == b'\n');
-    // "METHOD " + target + " HTTP/1.1\r": allow generous room around the target itself.
-    let uri_slack = 32;
-    match line_end {
-        None if buf.len() > limits.max_uri_bytes + uri_slack => Err(HttpError::UriTooLong),
-        _ if buf.len() >= limits.max_head_bytes => Err(HttpError::HeadTooLarge),
-        _ => Ok(()),
+fn head_error(err: httparse::Error) -> HttpError {
+    match err {
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        httparse::Error::Version => HttpError::BadRequest("unsupported HTTP version"),
+        _ => HttpError::BadRequest("malformed request head"),
     }
+}
+
+/// The one rule for 414 (RFC 9112 §3, RFC 9110 §15.5.15): the request target, the bytes after
+/// the request line's first SP up to the next SP, CR or LF, longer than `max_uri_bytes`. Returns
+/// the length of the prefix that decides it (target byte `max_uri_bytes + 1` has arrived), if
+/// that is within `buf` and within the head limit (beyond it the head is too large first).
+fn target_too_long_at(buf: &[u8], limits: &Limits) -> Option<usize> {
+    let line = &buf[..buf.len().min(limits.max_head_bytes)];
+    let is_end = |b: &u8| matches!(b, b' ' | b'\r' | b'\n');
+    let sp = line.iter().position(is_end)?;
+    if line[sp] != b' ' {
+        return None;
+    }
+    let target = &line[sp + 1..];
+    let len = target.iter().position(is_end).unwrap_or(target.len());
+    (len > limits.max_uri_bytes).then_some(sp + 1 + limits.max_uri_bytes + 1)
+}
+
+/// RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; tally does not, in the head
+/// as in chunked framing and trailers (`chunked.rs`): a bare LF is 400. One rule for every line
+/// of a request, and the strict one, because a framer that splits lines where an intermediary
+/// does not is how requests are smuggled (RFC 9112 §11.2). Written as a fold without early exit
+/// so it vectorizes: heads are short and this runs for every request.
+fn has_bare_lf(head: &[u8]) -> bool {
+    let first = head.first() == Some(&b'\n');
+    let rest = head[1.min(head.len())..]
+        .iter()
+        .zip(head)
+        .fold(false, |found, (&b, &prev)| {
+            found | (b == b'\n' && prev != b'\r')
+        });
+    first | rest
 }
 
 /// The request line (RFC 9112 §3), as the rest of tally needs it.
@@ -115,14 +163,11 @@ struct RequestLine {
 }
 
 impl RequestLine {
-    fn of(req: &httparse::Request<'_, '_>, buf: &[u8], limits: &Limits) -> Result<Self, HttpError> {
+    fn of(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Result<Self, HttpError> {
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
         else {
             return Err(HttpError::BadRequest("malformed request line"));
         };
-        if target.len() > limits.max_uri_bytes {
-            return Err(HttpError::UriTooLong);
-        }
         let method = match method {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
@@ -330,6 +375,14 @@ fn parse_content_length(v: &[u8]) -> Result<usize, HttpError> {
         n = n * 10 + usize::from(b - b'0');
     }
     Ok(n)
+}
+
+/// `field-name = token` (RFC 9110 §5.1, §5.6.2): one or more `tchar`.
+pub(super) fn is_field_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Strips optional whitespace (`OWS`, RFC 9110 §5.6.3: spaces and tabs) from both ends.

@@ -18,8 +18,8 @@ mod tests;
 
 pub use head::{BodyFraming, Head, Method};
 pub use request::{
-    parse, BodyLocation, HttpError, Limits, Parsed, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADERS,
-    DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_URI_BYTES, MAX_HEADERS_CAP,
+    parse, BodyLocation, HttpError, Limits, Parsed, RequestState, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_URI_BYTES, MAX_HEADERS_CAP,
 };
 pub use response::{write_response, HttpDate, Persistence, ResponseHead};
 pub use status::Status;

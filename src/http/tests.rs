@@ -10,7 +10,7 @@ fn limits() -> Limits {
 
 fn parse_all(input: &[u8]) -> (Result<Parsed, HttpError>, Vec<u8>) {
     let mut scratch = Vec::new();
-    let parsed = parse(input, &limits(), &mut scratch);
+    let parsed = parse(input, &mut RequestState::default(), &limits(), &mut scratch);
     (parsed, scratch)
 }
 
@@ -320,23 +320,133 @@ fn garbage_and_other_versions_are_400() {
     }
 }
 
-/// Parses `input` fed in pieces ending at `splits`, the way the connection loop does:
-/// re-parse the buffered bytes after each piece, consume complete requests.
+#[test]
+fn empty_lines_before_a_request_line_are_ignored() {
+    assert_eq!(parse_all(b"\r\n").0, Ok(Parsed::EmptyLines { len: 2 }));
+    assert_eq!(parse_all(b"\n").0, Ok(Parsed::EmptyLines { len: 1 }));
+    assert_eq!(parse_all(b"\r").0, Ok(Parsed::Partial { head: None }));
+    let mut input = b"\r\n\n\r\n".to_vec();
+    input.extend_from_slice(GET);
+    assert_eq!(parse_all(&input).0, Ok(Parsed::EmptyLines { len: 5 }));
+    assert_eq!(complete(&input[5..]).2, GET.len());
+    // Not an empty line: a CR followed by anything but LF.
+    assert_eq!(
+        error(b"\rGET / HTTP/1.1\r\n\r\n").status(),
+        Status::BadRequest
+    );
+}
+
+#[test]
+fn a_bare_lf_is_400_in_the_head_as_in_chunked_framing() {
+    for input in [
+        &b"GET / HTTP/1.1\nHost: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\na\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\n\r\n",
+    ] {
+        assert_eq!(error(input).status(), Status::BadRequest, "{input:?}");
+    }
+    assert_eq!(
+        error(b"GET / HTTP/1.1\r\nHost: x\rY: z\r\n\r\n").status(),
+        Status::BadRequest,
+        "a bare CR"
+    );
+}
+
+#[test]
+fn control_characters_in_chunk_extensions_and_trailers_are_400() {
+    for chunks in [
+        "1;a\rb\r\nx\r\n0\r\n\r\n",
+        "1;a\0b\r\nx\r\n0\r\n\r\n",
+        "1;a=\x01\r\nx\r\n0\r\n\r\n",
+        "0\r\nT: a\0b\r\n\r\n",
+        "0\r\nT: a\rb\r\n\r\n",
+        "0\r\nno colon\r\n\r\n",
+        "0\r\n: no name\r\n\r\n",
+        "0\r\nT: v\r\n folded\r\n\r\n",
+    ] {
+        let req =
+            format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}");
+        assert_eq!(
+            error(req.as_bytes()).status(),
+            Status::BadRequest,
+            "chunks {chunks:?}"
+        );
+    }
+    let ok = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b;c=\"d e\"\r\nx\r\n0\r\nT: v\tw\r\n\r\n";
+    assert_eq!(complete(ok).2, ok.len());
+}
+
+#[test]
+fn the_target_limit_counts_the_target_only_complete_or_not() {
+    // A long method with a target exactly at the limit: fine whether or not the line is done.
+    let method = "M".repeat(100);
+    let target = format!("/{}", "t".repeat(limits().max_uri_bytes - 1));
+    let line = format!("{method} {target}");
+    assert!(is_partial(line.as_bytes()));
+    let req = format!("{line} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(complete(req.as_bytes()).0.method, Method::Other);
+    // One byte more is 414, complete or not.
+    let line = format!("{method} {target}t");
+    assert_eq!(error(line.as_bytes()), HttpError::UriTooLong);
+    let req = format!("{line} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(error(req.as_bytes()), HttpError::UriTooLong);
+}
+
+#[test]
+fn a_chunked_body_trickled_one_byte_per_read_costs_work_linear_in_its_size() {
+    // 64 KiB of data in 1 KiB chunks with extensions, then a trailer; every read adds 1 byte.
+    let mut req = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let head_len = req.len();
+    for i in 0..64u8 {
+        req.extend_from_slice(b"400;part=1\r\n");
+        req.extend(std::iter::repeat_n(b'a' + i % 26, 1024));
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\nTrailer-Field: t\r\n\r\n");
+    let mut state = RequestState::default();
+    let mut scratch = Vec::new();
+    super::chunked::EXAMINED.with(|e| e.set(0));
+    for end in head_len..req.len() {
+        let parsed = parse(&req[..end], &mut state, &limits(), &mut scratch);
+        assert!(
+            matches!(parsed, Ok(Parsed::Partial { head: Some(_) })),
+            "{end}"
+        );
+    }
+    let parsed = parse(&req, &mut state, &limits(), &mut scratch);
+    assert!(matches!(parsed, Ok(Parsed::Complete { len, .. }) if len == req.len()));
+    assert_eq!(scratch.len(), 64 * 1024);
+    let examined = super::chunked::EXAMINED.with(|e| e.get());
+    let body_len = req.len() - head_len;
+    assert!(
+        examined <= 2 * body_len,
+        "the decoder examined {examined} bytes for a body of {body_len}"
+    );
+}
+
+/// Parses `input` fed in pieces ending at `splits`, the way the connection loop does: parse
+/// the buffered bytes after each piece with the state the last call left, consume complete
+/// requests.
 fn framed_in_pieces(input: &[u8], splits: &[usize]) -> Vec<Result<(Head, Vec<u8>), HttpError>> {
     let mut results = Vec::new();
     let mut scratch = Vec::new();
+    let mut state = RequestState::default();
     let mut start = 0;
     let mut ends: Vec<usize> = splits.iter().map(|&s| s.min(input.len())).collect();
     ends.push(input.len());
     ends.sort_unstable();
     for end in ends {
         loop {
-            match parse(&input[start..end], &limits(), &mut scratch) {
+            match parse(&input[start..end], &mut state, &limits(), &mut scratch) {
                 Ok(Parsed::Complete { head, body, len }) => {
                     let body = body_of(&input[start..end], &body, &scratch).to_vec();
                     results.push(Ok((head, body)));
                     start += len;
                 }
+                Ok(Parsed::EmptyLines { len }) => start += len,
                 Ok(Parsed::Partial { .. }) => break,
                 Err(err) => {
                     results.push(Err(err));
@@ -355,8 +465,87 @@ fn request_strategy() -> impl Strategy<Value = Vec<u8>> {
         Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n0\r\n\r\n".to_vec()),
         Just(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec()),
         Just(b"HEAD /metrics?x HTTP/1.1\r\nhost: y\r\nExpect: 100-continue\r\n\r\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n\r\n".to_vec()),
     ];
     prop::collection::vec(one, 1..5).prop_map(|v| v.concat())
+}
+
+/// Requests at the edges of the framing rules: bare LF, control characters in chunk
+/// extensions and trailers, targets around the length limit behind methods of any length,
+/// with an invalid byte before or after the limit.
+fn edge_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let max_uri = limits().max_uri_bytes;
+    let edge = prop_oneof![
+        Just(b"GET / HTTP/1.1\nHost: x\n\n".to_vec()),
+        Just(b"GET / HTTP/1.1\r\nHost: x\r\n\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;e\r\na\r\n0\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;e\0\r\na\r\n0\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\na\r\n0\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: \rv\r\n\r\n".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\n\r\n".to_vec()),
+        (1usize..64, max_uri - 2..max_uri + 3, prop::option::of((0usize..max_uri + 3, any::<u8>())))
+            .prop_map(|(method_len, target_len, bad)| {
+                let mut target = vec![b'u'; target_len];
+                target[0] = b'/';
+                if let Some((at, byte)) = bad {
+                    let at = at.min(target_len - 1);
+                    target[at] = byte;
+                }
+                let mut req = vec![b'M'; method_len];
+                req.push(b' ');
+                req.extend_from_slice(&target);
+                req.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+                req
+            }),
+    ];
+    (request_strategy(), edge).prop_map(|(a, b)| [a, b].concat())
+}
+
+#[test]
+fn edge_cases_frame_the_same_split_at_any_single_byte() {
+    let max_uri = limits().max_uri_bytes;
+    let long_method = format!(
+        "{} /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "M".repeat(60),
+        "u".repeat(max_uri - 1)
+    );
+    let long_target_bad_late = format!(
+        "GET /{}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "u".repeat(max_uri + 10)
+    );
+    let long_target_bad_early = format!(
+        "GET /\x01{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "u".repeat(max_uri + 10)
+    );
+    let inputs: [&[u8]; 6] = [
+        long_method.as_bytes(),
+        long_target_bad_late.as_bytes(),
+        long_target_bad_early.as_bytes(),
+        b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;e\0\r\na\r\n0\r\nT: v\r\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nT: v\x7f\r\n\r\n",
+    ];
+    for input in inputs {
+        let whole = framed_in_pieces(input, &[]);
+        for split in 0..=input.len() {
+            assert_eq!(
+                framed_in_pieces(input, &[split]),
+                whole,
+                "split at {split} of {input:?}"
+            );
+        }
+    }
+}
+
+/// Split points anywhere in an input.
+fn splits_strategy() -> impl Strategy<Value = Vec<prop::sample::Index>> {
+    prop::collection::vec(any::<prop::sample::Index>(), 0..8)
+}
+
+fn split_at(input: &[u8], splits: &[prop::sample::Index]) -> Vec<usize> {
+    splits.iter().map(|i| i.index(input.len() + 1)).collect()
 }
 
 proptest! {
@@ -365,7 +554,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..2048)) {
         let mut scratch = Vec::new();
-        let _ = parse(&input, &limits(), &mut scratch);
+        let _ = parse(&input, &mut RequestState::default(), &limits(), &mut scratch);
     }
 
     #[test]
@@ -387,6 +576,27 @@ proptest! {
             let i = at.index(input.len());
             input[i] = byte;
         }
+        prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
+    }
+
+    #[test]
+    fn edge_cases_split_the_same(input in edge_strategy(), splits in splits_strategy()) {
+        let splits = split_at(&input, &splits);
+        prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
+    }
+
+    #[test]
+    fn mutated_edge_cases_split_the_same(
+        input in edge_strategy(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        splits in splits_strategy(),
+    ) {
+        let mut input = input;
+        for (at, byte) in edits {
+            let i = at.index(input.len());
+            input[i] = byte;
+        }
+        let splits = split_at(&input, &splits);
         prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
     }
 }

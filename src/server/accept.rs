@@ -53,6 +53,7 @@ fn admit(ctx: &Rc<ConnContext>, stream: TcpStream) {
     if let Err(err) = stream.set_nodelay(true) {
         log::debug!("TCP_NODELAY: {err}");
     }
+    limit_unsent_output(ctx, &stream);
     // A bug that panics while serving one connection must cost only that connection, not the
     // core (glommio would unwind through its executor).
     let served = std::panic::AssertUnwindSafe(conn::serve(ctx.clone(), stream));
@@ -62,4 +63,21 @@ fn admit(ctx: &Rc<ConnContext>, stream: TcpStream) {
         }
     })
     .detach();
+}
+
+/// A client that stops taking its responses (a zero receive window) leaves them in the kernel's
+/// send buffer, up to tcp_wmem's maximum (4 MiB by default), where no write of ours is waiting
+/// to time out: the connection then lives until the idle timeout. TCP_USER_TIMEOUT makes the
+/// kernel reset it once sent data stayed unacknowledged, or unsent behind a zero window, for
+/// the request timeout (Linux counts zero-window probes since 5.11). One setsockopt per
+/// connection, like TCP_NODELAY.
+fn limit_unsent_output(ctx: &ConnContext, stream: &TcpStream) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor is the accepted socket, open while `stream` is, which outlives
+    // this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let timeout = Duration::from_secs(ctx.request_timeout_secs.max(1));
+    if let Err(err) = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout)) {
+        log::debug!("TCP_USER_TIMEOUT: {err}");
+    }
 }

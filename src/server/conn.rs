@@ -1,14 +1,16 @@
-//! One client connection: read, answer every complete request in the buffer, write all the
-//! answers with one call, repeat.
+//! One client connection: read, answer every complete request in the buffer, write the
+//! answers with one call per batch, repeat.
 //!
 //! The loop reads into a buffer that holds at most one request's head and body (so a client
 //! cannot make it grow without bound), frames requests with [`http::parse`], lets
 //! [`routes::dispatch`] answer them from the core's [`App`](crate::app::App) and appends the
-//! responses to one output buffer. Counter increments are answered after their commit;
-//! responses keep request order (RFC 9112 §9.3.2).
+//! responses to one output buffer, written once it holds [`MAX_PENDING_OUTPUT_BYTES`] or the
+//! buffered requests are all answered (so output is bounded too). Counter increments are
+//! answered after their commit; responses keep request order (RFC 9112 §9.3.2). Writes have a
+//! deadline; closes after an answer linger; an idle connection gives grown buffers back.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -23,8 +25,19 @@ use super::context::ConnContext;
 use super::registry::{Phase, Slot};
 
 /// Initial size of a connection's read and write buffers; enough for 16-deep pipelining of
-/// small requests without growing.
+/// small requests without growing. Buffers that grew are shrunk back to it when the
+/// connection goes idle.
 const INITIAL_BUFFER_BYTES: usize = 4096;
+
+/// A batch of responses stops growing once it holds this much: it is written, and the
+/// requests still buffered are answered after it. So a client pipelining thousands of requests
+/// without reading costs at most this (plus one response) of pending output, not megabytes.
+/// 32 KiB is ~250 small responses: one write per batch is kept for any sane pipeline depth.
+const MAX_PENDING_OUTPUT_BYTES: usize = 32 * 1024;
+
+/// Likewise in requests, which bounds the counter increments waiting for a commit (their
+/// responses are put together only after it) and the per-batch bookkeeping.
+const MAX_BATCH_REQUESTS: usize = 256;
 
 /// Per-connection state that outlives one read.
 struct Conn {
@@ -39,6 +52,9 @@ struct Conn {
     response_body: Vec<u8>,
     /// A chunked request body, decoded.
     decoded_body: Vec<u8>,
+    /// What the framer knows of the request at the start of the buffer (its head, how far
+    /// its chunked body is decoded), so no byte is parsed twice across reads.
+    request_state: http::RequestState,
     /// Increments of this batch waiting for their commit: where their response goes in
     /// `wbuf`, and what it looks like.
     deferred: Vec<Deferred>,
@@ -68,17 +84,15 @@ struct Deferred {
 #[derive(PartialEq, Eq)]
 enum Next {
     Read,
+    /// The batch reached its bound with requests still buffered: answer them next.
+    Answer,
     Close,
 }
 
 /// Serves a connection until the client closes it, an error closes it, or a timeout does.
 pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
-    use std::os::fd::AsRawFd;
     let registry = &ctx.registry;
-    let slot = registry.insert(
-        stream.as_raw_fd(),
-        registry.now() + ctx.idle_timeout_secs + 1,
-    );
+    let slot = registry.insert(registry.now() + ctx.idle_timeout_secs + 1);
     let metrics = ctx.app.metrics();
     metrics.open_connections.add(1);
     // A client that stops reading its responses would otherwise hold a write (and the
@@ -95,6 +109,7 @@ pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
         wbuf: Vec::with_capacity(INITIAL_BUFFER_BYTES),
         response_body: Vec::new(),
         decoded_body: Vec::new(),
+        request_state: http::RequestState::default(),
         deferred: Vec::new(),
         assembled: Vec::new(),
         after_commit: false,
@@ -106,12 +121,10 @@ pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
     if let Err(err) = conn.run(&mut stream).await {
         log::debug!("connection closed: {err}");
     }
-    // `conn` drops here, before `stream` (a parameter) closes the socket: see `Drop`.
 }
 
 impl Drop for Conn {
-    /// Leaves the registry while the socket is still open (so the sweeper never touches a
-    /// reused descriptor), also when a bug made the connection task panic.
+    /// Leaves the registry, also when a bug made the connection task panic.
     fn drop(&mut self) {
         let metrics = self.ctx.app.metrics();
         if self.slot.timed_out() {
@@ -144,12 +157,20 @@ impl Conn {
             self.filled += n;
             self.slot.set_phase(Phase::Busy, 0);
 
-            let (consumed, next) = self.answer_buffered();
-            let flushed = self.flush(stream).await;
-            self.record_answered();
-            flushed?;
-            if next == Next::Close {
-                return self.linger(stream).await;
+            // Answer what the buffer holds, one bounded batch at a time: a client pipelining
+            // thousands of requests without reading gets them answered as it takes them.
+            let mut consumed = 0;
+            loop {
+                let (end, next) = self.answer_buffered(consumed);
+                let flushed = self.flush(stream).await;
+                self.record_answered();
+                flushed?;
+                consumed = end;
+                match next {
+                    Next::Read => break,
+                    Next::Answer => {}
+                    Next::Close => return self.linger(stream).await,
+                }
             }
 
             self.rbuf.copy_within(consumed..self.filled, 0);
@@ -161,6 +182,7 @@ impl Conn {
                 }
                 let deadline = registry.now() + self.ctx.idle_timeout_secs + 1;
                 self.slot.set_phase(Phase::Idle, deadline);
+                self.give_back_buffers();
             } else {
                 if consumed > 0 {
                     // A new request started in this read: its own timeout starts now.
@@ -206,24 +228,36 @@ impl Conn {
                 return Err(err);
             }
         }
-        stream.read(&mut self.rbuf[self.filled..]).await
+        // The sweeper ends a read past its deadline by waking `expired`: as end-of-file.
+        let slot = &self.slot;
+        let read = stream.read(&mut self.rbuf[self.filled..]);
+        futures_lite::future::or(read, async {
+            slot.expired().await;
+            Ok(0)
+        })
+        .await
     }
 
-    /// Frames and answers every complete request in the read buffer. Returns the bytes
-    /// consumed and whether the connection closes after these responses.
-    fn answer_buffered(&mut self) -> (usize, Next) {
+    /// Frames and answers the complete requests in the read buffer from `from`, until the
+    /// batch reaches its bound. Returns where it stopped and what comes after these responses.
+    fn answer_buffered(&mut self, from: usize) -> (usize, Next) {
         let ctx = self.ctx.clone();
         let date = ctx.date.borrow();
         self.wbuf.clear();
-        let mut pos = 0;
+        let mut pos = from;
         while pos < self.filled {
             let parsed = http::parse(
                 &self.rbuf[pos..self.filled],
+                &mut self.request_state,
                 &ctx.limits,
                 &mut self.decoded_body,
             );
             let (head, body, len) = match parsed {
                 Ok(Parsed::Complete { head, body, len }) => (head, body, len),
+                Ok(Parsed::EmptyLines { len }) => {
+                    pos += len;
+                    continue;
+                }
                 Ok(Parsed::Partial { head }) => {
                     if head.is_some_and(|h| h.expect_continue) && !self.continue_sent {
                         self.wbuf.extend_from_slice(CONTINUE);
@@ -288,6 +322,11 @@ impl Conn {
             if persistence == Persistence::Close {
                 return (pos, Next::Close);
             }
+            if self.wbuf.len() >= MAX_PENDING_OUTPUT_BYTES
+                || self.answered.len() + self.deferred.len() >= MAX_BATCH_REQUESTS
+            {
+                return (pos, Next::Answer);
+            }
         }
         (pos, Next::Read)
     }
@@ -297,7 +336,7 @@ impl Conn {
     async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
         if self.deferred.is_empty() {
             if !self.wbuf.is_empty() {
-                stream.write_all(&self.wbuf).await?;
+                write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
             }
             return Ok(());
         }
@@ -330,9 +369,38 @@ impl Conn {
             }
         }
         out.extend_from_slice(&self.wbuf[copied..]);
-        let written = stream.write_all(&out).await;
+        let written = write_before_deadline(&self.ctx, &self.slot, stream, &out).await;
         self.assembled = out;
         written
+    }
+
+    /// Shrinks the buffers a large request or batch grew back to their initial size, once the
+    /// connection is idle: 16,384 idle connections per core must not each keep 100+ KiB.
+    /// Costs a few comparisons when nothing grew.
+    fn give_back_buffers(&mut self) {
+        if self.rbuf.len() > INITIAL_BUFFER_BYTES {
+            self.rbuf.truncate(INITIAL_BUFFER_BYTES);
+            self.rbuf.shrink_to_fit();
+        }
+        for buf in [
+            &mut self.wbuf,
+            &mut self.assembled,
+            &mut self.response_body,
+            &mut self.decoded_body,
+        ] {
+            if buf.capacity() > INITIAL_BUFFER_BYTES {
+                buf.clear();
+                buf.shrink_to(INITIAL_BUFFER_BYTES);
+            }
+        }
+        if self.answered.capacity() > 64 {
+            self.answered.clear();
+            self.answered.shrink_to(64);
+        }
+        if self.deferred.capacity() > 64 {
+            self.deferred.clear();
+            self.deferred.shrink_to(64);
+        }
     }
 
     /// Grows the read buffer for a request larger than it; false once the buffer has reached
@@ -344,19 +412,22 @@ impl Conn {
             return false;
         }
         let new_len = (self.rbuf.len() * 2).min(max);
+        // Exactly: the stated worst case per connection counts this buffer at its limit.
+        self.rbuf.reserve_exact(new_len - self.rbuf.len());
         self.rbuf.resize(new_len, 0);
         true
     }
 
     async fn reject(&mut self, stream: &mut TcpStream, err: HttpError) -> std::io::Result<()> {
         self.prepare_error(err.status(), &err.to_string());
-        stream.write_all(&self.wbuf).await?;
+        write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
         self.linger(stream).await
     }
 
     async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
         self.prepare_error(Status::RequestTimeout, "request timed out");
-        stream.write_all(&self.wbuf).await
+        write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
+        self.linger(stream).await
     }
 
     /// Replaces the output with one error response that closes the connection.
@@ -385,23 +456,66 @@ impl Conn {
         }
     }
 
-    /// Closes after an error without losing the response: a close with unread input makes
-    /// the kernel send RST, which can destroy the response before the client reads it. So stop
-    /// writing, then discard what the client still sends, for a short bounded time.
+    /// See [`linger`]; the connection bounds it with its own timer, so the sweeper leaves it
+    /// alone meanwhile.
     async fn linger(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
-        const LINGER_BYTES: usize = 1 << 20;
-        stream.close().await?;
-        let deadline = self.ctx.registry.now() + 2;
-        self.slot.set_phase(Phase::Reading, deadline);
+        self.slot.set_phase(Phase::Busy, 0);
+        linger(stream, &mut self.rbuf).await
+    }
+}
+
+/// Writes a batch of responses, within one deadline (the request timeout) for all of it: a
+/// client that reads too slowly to take a batch in that time is cut off, with a reset (it is
+/// not reading; there is no answer to save).
+///
+/// The common case costs no system call more: the write is polled first and usually completes
+/// at once; the expiry future is polled only when it must wait.
+async fn write_before_deadline(
+    ctx: &ConnContext,
+    slot: &Slot,
+    stream: &mut TcpStream,
+    out: &[u8],
+) -> std::io::Result<()> {
+    let deadline = ctx.registry.now() + ctx.request_timeout_secs + 1;
+    slot.set_phase(Phase::Writing, deadline);
+    let write = stream.write_all(out);
+    let expired = async {
+        slot.expired().await;
+        Err(std::io::ErrorKind::TimedOut.into())
+    };
+    let written = futures_lite::future::or(write, expired).await;
+    slot.set_phase(Phase::Busy, 0);
+    if written.is_err() {
+        // Abortive close: frees the kernel's send buffer at once instead of trickling it out.
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor is this connection's socket, open for as long as `stream`,
+        // which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+    }
+    written
+}
+
+/// Closes after an answer without losing it, for every close with the client's input possibly
+/// unread (an error, a timeout, the connection cap): a close with unread input makes the
+/// kernel send RST, which can destroy the response before the client reads it or fail the
+/// client's write of the rest of its request. So stop writing (FIN), then discard what the
+/// client still sends, for a bounded time and amount.
+async fn linger(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    const LINGER_BYTES: usize = 1 << 20;
+    const LINGER_TIME: Duration = Duration::from_secs(2);
+    stream.close().await?;
+    let drain = async {
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
-            match stream.read(&mut self.rbuf).await {
+            match stream.read(buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
         }
-        Ok(())
-    }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(LINGER_TIME)).await;
+    Ok(())
 }
 
 /// Appends an error response that closes the connection.
@@ -435,6 +549,8 @@ pub async fn refuse(ctx: Rc<ConnContext>, mut stream: TcpStream) {
         Status::ServiceUnavailable,
         "too many connections",
     );
-    let _ = stream.write_all(&out).await;
-    let _ = stream.close().await;
+    if stream.write_all(&out).await.is_ok() {
+        let mut discard = [0; 4096];
+        let _ = linger(&mut stream, &mut discard).await;
+    }
 }

@@ -1,12 +1,15 @@
 //! Per-core table of open connections and their deadlines, swept once a second.
 //!
 //! Timeouts cost nothing per request: a connection only stores a deadline in whole seconds of
-//! the core's coarse clock; the sweeper finds expired ones and shuts down their read side,
-//! which wakes the connection's pending read with end-of-file. The connection then sees
-//! `timed_out` and answers 408 if it was in the middle of a request.
+//! the core's coarse clock; the sweeper finds expired ones, marks them `timed_out` and wakes
+//! the task waiting in [`Slot::expired`] (raced with the connection's read). The connection then
+//! answers 408 if it was in the middle of a request.
+//!
+//! The socket itself is left alone: a `shutdown(SHUT_RD)` would make Linux answer any byte the
+//! client sends afterwards with a reset, which defeats the lingering close that lets the client
+//! read its 408.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -20,15 +23,20 @@ pub enum Phase {
     Reading,
     /// Requests are being answered; no timeout (the counter has its own).
     Busy,
+    /// A batch of responses is being written: one deadline for the whole batch, because
+    /// glommio's write timeout restarts with every partial send and a client draining a few
+    /// bytes at a time would never meet it.
+    Writing,
 }
 
 /// One connection's entry, shared by the connection task and the sweeper.
 pub struct Slot {
-    fd: RawFd,
     phase: Cell<Phase>,
     /// Coarse-clock second after which the connection is closed; meaningless when Busy.
     deadline: Cell<u64>,
     timed_out: Cell<bool>,
+    /// The connection task waiting in [`Slot::expired`], woken when the deadline passes.
+    waker: Cell<Option<Waker>>,
     index: Cell<usize>,
 }
 
@@ -42,14 +50,25 @@ impl Slot {
         self.timed_out.get()
     }
 
-    /// Wakes the connection's pending read with end-of-file; writes still work.
+    /// Resolves once the sweeper has found this connection past its deadline (or the core
+    /// closes it at shutdown). Raced with a read: costs a waker clone when the read waits.
+    pub async fn expired(&self) {
+        std::future::poll_fn(|cx| {
+            if self.timed_out.get() {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Marks the connection timed out and wakes its task.
     fn interrupt(&self) {
         self.timed_out.set(true);
-        // SAFETY: `fd` is open: the connection removes its slot before its socket is closed,
-        // and slots are only touched on this core's thread. shutdown(2) on a socket has no
-        // memory-safety requirements.
-        unsafe {
-            libc::shutdown(self.fd, libc::SHUT_RD);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
         }
     }
 }
@@ -87,13 +106,13 @@ impl Registry {
         self.now.get()
     }
 
-    pub fn insert(&self, fd: RawFd, idle_deadline: u64) -> Rc<Slot> {
+    pub fn insert(&self, idle_deadline: u64) -> Rc<Slot> {
         let mut slots = self.slots.borrow_mut();
         let slot = Rc::new(Slot {
-            fd,
             phase: Cell::new(Phase::Idle),
             deadline: Cell::new(idle_deadline),
             timed_out: Cell::new(false),
+            waker: Cell::new(None),
             index: Cell::new(slots.len()),
         });
         slots.push(slot.clone());
