@@ -130,6 +130,7 @@ tally_workloads() {
         start_tally main $RUN_ARGS
         if [[ " $WORKLOADS " == *" health "* ]]; then
             load "${TAG}tally-health" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
+            CONNS=1 load "${TAG}tally-health-1c" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
             load "${TAG}tally-health-pipelined-16" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH" -s bench/pipeline.lua -- 16
         fi
         if [[ " $WORKLOADS " == *" kv "* ]]; then
@@ -188,6 +189,7 @@ EOF
             PIDS+=("$NGINX_PID")
             wait_http "http://127.0.0.1:$NGINX_PORT$HEALTH"
             load nginx-fixed-200 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH"
+            CONNS=1 load nginx-fixed-200-1c "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH"
             load nginx-fixed-200-pipelined-16 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH" -s bench/pipeline.lua -- 16
             kill -TERM "$NGINX_PID"
             wait "$NGINX_PID" 2>/dev/null || true
@@ -238,6 +240,8 @@ def ratio(a, b, i, label):
 print()
 ratio("tally-health", "nginx-fixed-200", 1, "tally/nginx cpu per request (health)")
 ratio("tally-health", "nginx-fixed-200", 0, "tally/nginx req/s (health)")
+ratio("tally-health-1c", "nginx-fixed-200-1c", 1, "tally/nginx cpu per request (health, 1 connection)")
+ratio("tally-health-1c", "nginx-fixed-200-1c", 0, "tally/nginx req/s (health, 1 connection)")
 ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 1, "tally/nginx cpu per request (pipelined 16)")
 ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 0, "tally/nginx req/s (pipelined 16)")
 ratio("tally-kv-lookup", "nginx-fixed-200", 1, "kv lookup / nginx fixed-200 cpu per request")
