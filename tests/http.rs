@@ -618,25 +618,33 @@ fn stated_bytes_per_connection(largest_response: usize) -> usize {
     330 * 1024 + 3 * largest_response
 }
 
+/// A `POST /get_value` with a body of `bytes` (it grows the connection's read buffer).
+fn post_with_body(bytes: usize) -> Vec<u8> {
+    let mut request =
+        format!("POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {bytes}\r\n\r\n")
+            .into_bytes();
+    request.resize(request.len() + bytes, b'x');
+    request
+}
+
+/// Warms up what every connection shares (allocator arenas, the large-request path) before
+/// RSS is measured.
+fn warm_up(s: &TestServer, request: &[u8]) {
+    let mut warm = s.connect();
+    warm.write_all(request).expect("write");
+    read_response(&mut warm).expect("response");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 #[test]
 fn clients_pipelining_without_reading_stay_within_the_stated_memory_per_connection() {
     const CLIENTS: usize = 16;
     let s = server(&[]);
     let metrics = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
     let largest_response = s.get("/metrics").body.len() + 256;
-    let body = vec![b'x'; 64 * 1024];
-    let mut big = format!(
-        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    big.extend_from_slice(&body);
-    // Warm up what every connection shares (allocator arenas, the /metrics code path).
-    let mut warm = s.connect();
-    warm.write_all(&big).expect("write");
-    read_response(&mut warm).expect("response");
-    drop(warm);
-    std::thread::sleep(Duration::from_millis(300));
+    let big = post_with_body(64 * 1024);
+    warm_up(&s, &big);
     let before = s.rss_bytes();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -671,18 +679,8 @@ fn idle_connections_give_their_grown_buffers_back() {
     /// README.md: an idle connection keeps its buffers at their initial 4 KiB.
     const STATED_IDLE_BYTES: usize = 24 * 1024;
     let s = server(&[]);
-    let body = vec![b'x'; 64 * 1024];
-    let mut big = format!(
-        "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    big.extend_from_slice(&body);
-    let mut warm = s.connect();
-    warm.write_all(&big).expect("write");
-    read_response(&mut warm).expect("response");
-    drop(warm);
-    std::thread::sleep(Duration::from_millis(300));
+    let big = post_with_body(64 * 1024);
+    warm_up(&s, &big);
     let before = s.rss_bytes();
     // One after the other, each grows its buffers with a large request, then stays open.
     let idle: Vec<_> = (0..CLIENTS)
