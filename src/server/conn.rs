@@ -17,7 +17,8 @@ use glommio::net::TcpStream;
 
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
 use crate::http::{
-    self, BodyLocation, HttpError, Method, Parsed, Persistence, ResponseHead, Status,
+    self, BodyLocation, Head, HttpDate, HttpError, Method, Parsed, Persistence, ResponseHead,
+    Status,
 };
 use crate::routes::{self, Reply, Route};
 
@@ -281,44 +282,7 @@ impl Conn {
             let start = pos;
             pos += len;
             self.continue_sent = false;
-            let path = &self.rbuf[start + head.path.start..start + head.path.end];
-            let route = Route::from_path(path);
-            let body: &mut [u8] = match body {
-                BodyLocation::Input(r) => &mut self.rbuf[start + r.start..start + r.end],
-                BodyLocation::Scratch => &mut self.decoded_body,
-            };
-            let persistence = if !head.keep_alive || ctx.shutting_down.get() {
-                Persistence::Close
-            } else if head.http10 {
-                Persistence::KeepAliveHttp10
-            } else {
-                Persistence::KeepAlive
-            };
-            let head_only = head.method == Method::Head;
-            self.response_body.clear();
-            match routes::dispatch(&ctx.app, head.method, route, body, &mut self.response_body) {
-                Reply::Now {
-                    status,
-                    content_type,
-                    allow,
-                } => {
-                    let response = ResponseHead {
-                        status,
-                        content_type,
-                        persistence,
-                        head_only,
-                        allow,
-                    };
-                    http::write_response(&mut self.wbuf, &response, &date, &self.response_body);
-                    self.answered.push((Route::metric_index(route), status));
-                }
-                Reply::Increment(ticket) => self.deferred.push(Deferred {
-                    at: self.wbuf.len(),
-                    ticket,
-                    persistence,
-                    head_only,
-                }),
-            }
+            let persistence = self.answer(start, &head, body, &date);
             if persistence == Persistence::Close {
                 return (pos, Next::Close);
             }
@@ -329,6 +293,51 @@ impl Conn {
             }
         }
         (pos, Next::Read)
+    }
+
+    /// Answers the complete request at `start` of the read buffer: its response goes into the
+    /// batch's output (or, for an increment, its place there is kept until the commit).
+    /// Returns whether the connection stays open after it.
+    fn answer(
+        &mut self,
+        start: usize,
+        head: &Head,
+        body: BodyLocation,
+        date: &HttpDate,
+    ) -> Persistence {
+        let ctx = &self.ctx;
+        let route = Route::from_path(&self.rbuf[start + head.path.start..start + head.path.end]);
+        let body: &mut [u8] = match body {
+            BodyLocation::Input(r) => &mut self.rbuf[start + r.start..start + r.end],
+            BodyLocation::Scratch => &mut self.decoded_body,
+        };
+        let persistence = persistence(head, ctx.shutting_down.get());
+        let head_only = head.method == Method::Head;
+        self.response_body.clear();
+        match routes::dispatch(&ctx.app, head.method, route, body, &mut self.response_body) {
+            Reply::Now {
+                status,
+                content_type,
+                allow,
+            } => {
+                let response = ResponseHead {
+                    status,
+                    content_type,
+                    persistence,
+                    head_only,
+                    allow,
+                };
+                http::write_response(&mut self.wbuf, &response, date, &self.response_body);
+                self.answered.push((Route::metric_index(route), status));
+            }
+            Reply::Increment(ticket) => self.deferred.push(Deferred {
+                at: self.wbuf.len(),
+                ticket,
+                persistence,
+                head_only,
+            }),
+        }
+        persistence
     }
 
     /// Writes this batch's responses with one call, first waiting for the commits of any
@@ -516,6 +525,18 @@ async fn linger(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
     };
     futures_lite::future::or(drain, glommio::timer::sleep(LINGER_TIME)).await;
     Ok(())
+}
+
+/// What the response's `Connection` header says (RFC 9112 §9.3): close when the client asked
+/// for it (or is HTTP/1.0 without keep-alive) and while the core drains.
+fn persistence(head: &Head, draining: bool) -> Persistence {
+    if !head.keep_alive || draining {
+        Persistence::Close
+    } else if head.http10 {
+        Persistence::KeepAliveHttp10
+    } else {
+        Persistence::KeepAlive
+    }
 }
 
 /// Appends an error response that closes the connection.
