@@ -78,6 +78,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_KV_DATA")]
     pub kv_data: Option<PathBuf>,
 
+    /// Refuse a key/value reload whose peak memory could pass this many bytes: the old
+    /// replicas + the new file's size x (1 + cores). Default: no limit.
+    #[arg(long, env = "TALLY_KV_RELOAD_MAX_BYTES")]
+    pub kv_reload_max_bytes: Option<u64>,
+
     /// Open connections per core; a connection beyond it gets 503 and is closed.
     #[arg(long, env = "TALLY_MAX_CONNECTIONS_PER_CORE", default_value_t = 16_384)]
     pub max_connections_per_core: usize,

@@ -194,7 +194,7 @@ fn ready(app: &App, out: &mut Vec<u8>) -> Reply {
 }
 
 fn get_value(app: &App, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
-    match app.lookup(body) {
+    app.lookup(body, |lookup| match lookup {
         Lookup::Found(value) => {
             out.extend_from_slice(b"{\"value\":");
             kv::write_json_string(out, value);
@@ -204,7 +204,7 @@ fn get_value(app: &App, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
         Lookup::NotFound => message(out, Status::NotFound, "key not found"),
         Lookup::NotUuidV4 => message(out, Status::UnprocessableContent, "key is not a UUID v4"),
         Lookup::BadRequest(why) => message(out, Status::BadRequest, why),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //!   [`sample`] generates one; [`write`] writes one back out.
 //! - [`Replica::build`] runs on each core's thread; [`lookup`] answers from it with no
 //!   allocation and no cross-core traffic.
+//! - `reload`: a new dataset while serving ([`Reloader`], [`ReloadTrigger`]): parsed on its
+//!   own thread, a replica built for each core and swapped in between requests.
 
 #[cfg(test)]
 mod bench;
@@ -13,6 +15,7 @@ mod dataset;
 mod json;
 mod load;
 mod lookup;
+mod reload;
 mod replica;
 mod sample;
 #[cfg(test)]
@@ -24,6 +27,10 @@ pub use dataset::{Dataset, MAX_VALUE_BYTES};
 pub use json::write_json_string;
 pub use load::{load, LoadError, Position};
 pub use lookup::{lookup, Lookup, LookupScratch};
+pub use reload::{
+    reload_channel, reload_peak_bytes, ReloadError, ReloadReason, ReloadRequests, ReloadStatus,
+    ReloadTrigger, Reloader, Requested, Swap,
+};
 pub use replica::Replica;
 pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED, MAX_SAMPLE_PAIRS};
 pub use uuid_v4::parse_uuid_v4;
