@@ -83,6 +83,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_KV_RELOAD_MAX_BYTES")]
     pub kv_reload_max_bytes: Option<u64>,
 
+    /// Reload the --kv-data file when it is replaced (renamed over) or rewritten, once no write
+    /// came for 200 ms (inotify on its directory).
+    #[arg(long, env = "TALLY_KV_WATCH", requires = "kv_data")]
+    pub kv_watch: bool,
+
     /// Open connections per core; a connection beyond it gets 503 and is closed.
     #[arg(long, env = "TALLY_MAX_CONNECTIONS_PER_CORE", default_value_t = 16_384)]
     pub max_connections_per_core: usize,

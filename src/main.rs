@@ -70,6 +70,9 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     // tally (it is served once the cores run).
     let (reload_trigger, reload_requests) = kv::reload_channel(cfg.kv_data.as_deref());
     server::reload_on_hangup(reload_trigger.clone(), cpus.last().copied())?;
+    if let (true, Some(path)) = (cfg.kv_watch, &cfg.kv_data) {
+        kv::watch(path, reload_trigger.clone())?;
+    }
     let load_started = Instant::now();
     let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
     let kv_status = Arc::new(kv::ReloadStatus::initial(

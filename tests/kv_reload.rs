@@ -263,3 +263,49 @@ fn a_reload_during_the_shutdown_drain_does_not_delay_the_exit() {
         started.elapsed()
     );
 }
+
+#[test]
+fn with_kv_watch_a_file_renamed_over_the_dataset_is_loaded() {
+    let dir = test_dir("watch-rename");
+    let path = dir.join("data.jsonl");
+    replace(&path, &dataset(100, "old"));
+    let s = server(&path, &["--kv-watch"]);
+    // Another file in the directory is not the dataset.
+    replace(&dir.join("other.jsonl"), "garbage");
+    replace(&path, &dataset(100, "new"));
+    wait_metric(&s, "tally_kv_generation", 2.0);
+    assert_eq!(value_of(&s, &key(42)).1.as_deref(), Some("new-42"));
+    let log = s.log_text();
+    assert!(log.contains("reload (the file changed)"), "{log}");
+    assert!(!log.contains("other.jsonl"), "{log}");
+    assert_eq!(metric(&s, "tally_kv_reload_failures_total"), Some(0.0));
+}
+
+#[test]
+fn with_kv_watch_a_file_written_in_pieces_is_loaded_once_whole() {
+    let dir = test_dir("watch-pieces");
+    let path = dir.join("data.jsonl");
+    replace(&path, &dataset(100, "old"));
+    let s = TestServer::start_with_env(
+        &[
+            "--database-url",
+            NO_DATABASE,
+            "--kv-data",
+            path.to_str().expect("utf-8"),
+        ],
+        &[("TALLY_KV_WATCH", "true")],
+    );
+    let content = dataset(300, "new");
+    let mut file = std::fs::File::create(&path).expect("truncate");
+    for piece in content.as_bytes().chunks(content.len() / 5 + 1) {
+        file.write_all(piece).expect("write");
+        file.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    drop(file);
+    wait_metric(&s, "tally_kv_generation", 2.0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(&s, "tally_kv_generation"), Some(2.0), "one reload");
+    assert_eq!(metric(&s, "tally_kv_reload_failures_total"), Some(0.0));
+    assert_eq!(value_of(&s, &key(250)).1.as_deref(), Some("new-250"));
+}

@@ -7,7 +7,8 @@
 //! - [`Replica::build`] runs on each core's thread; [`lookup`] answers from it with no
 //!   allocation and no cross-core traffic.
 //! - `reload`: a new dataset while serving ([`Reloader`], [`ReloadTrigger`]): parsed on its
-//!   own thread, a replica built for each core and swapped in between requests.
+//!   own thread, a replica built for each core and swapped in between requests; [`watch`]
+//!   asks for one when the file is replaced (`--kv-watch`).
 
 #[cfg(test)]
 mod bench;
@@ -21,6 +22,7 @@ mod sample;
 #[cfg(test)]
 mod test_files;
 mod uuid_v4;
+mod watch;
 mod write;
 
 pub use dataset::{Dataset, MAX_VALUE_BYTES};
@@ -34,6 +36,7 @@ pub use reload::{
 pub use replica::Replica;
 pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED, MAX_SAMPLE_PAIRS};
 pub use uuid_v4::parse_uuid_v4;
+pub use watch::{watch, WatchError};
 pub use write::{write, write_jsonl};
 
 /// The dataset is shared by reference across cores; a replica may be built on one thread and
