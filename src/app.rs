@@ -29,6 +29,8 @@ pub struct Shared {
     pub kv_status: Arc<ReloadStatus>,
     /// Asks for a dataset reload; `None` where nothing can reload (unit tests).
     pub kv_reload: Option<ReloadTrigger>,
+    /// `--admin-token`: without it the admin routes do not exist (404).
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Shared {
@@ -41,7 +43,14 @@ impl Shared {
             started: Instant::now(),
             kv_status: Arc::default(),
             kv_reload: None,
+            admin_token: None,
         }
+    }
+
+    /// With the admin routes, open to requests that carry `token`.
+    pub fn with_admin_token(mut self, token: Option<AdminToken>) -> Self {
+        self.admin_token = token;
+        self
     }
 
     /// With the dataset's status and the way to ask for a reload.
@@ -142,5 +151,69 @@ impl App {
         metrics.kv_replica_bytes.set(new.memory_bytes() as u64);
         metrics.kv_replica_pairs.set(new.len() as u64);
         std::mem::replace(&mut *self.replica.borrow_mut(), new)
+    }
+}
+
+/// The secret an admin request must present as `Authorization: Bearer <token>`. Its `Debug`
+/// does not print it (configurations are logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Box<[u8]>);
+
+impl AdminToken {
+    /// `None` for an empty token: an empty secret would open the door to anyone.
+    pub fn new(token: &str) -> Option<AdminToken> {
+        let token = token.trim();
+        (!token.is_empty()).then(|| AdminToken(token.as_bytes().into()))
+    }
+
+    /// Whether an `Authorization` value is `Bearer <this token>` (the scheme is
+    /// case-insensitive, RFC 9110 §11.1). The token is compared in constant time, so response
+    /// times do not reveal how much of a guess was right; only its length can show.
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(value) = authorization else {
+            return false;
+        };
+        let Some((scheme, credentials)) = value.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ")
+            && bool::from(credentials.trim_ascii().ct_eq(&self.0))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod admin_token_tests {
+    use super::AdminToken;
+
+    #[test]
+    fn only_the_bearer_token_itself_is_accepted() {
+        let token = AdminToken::new("s3cret").expect("not empty");
+        assert!(token.accepts(Some(b"Bearer s3cret")));
+        assert!(token.accepts(Some(b"bearer  s3cret ")));
+        for wrong in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cret2",
+            b"Bearer S3CRET",
+            b"Basic s3cret",
+            b"s3cret",
+            b"Bearer ",
+            b"",
+        ] {
+            assert!(
+                !token.accepts(Some(wrong)),
+                "{:?}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
+        assert!(!token.accepts(None));
+        assert!(AdminToken::new("  ").is_none());
+        assert_eq!(format!("{token:?}"), "AdminToken(<redacted>)");
     }
 }

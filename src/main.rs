@@ -58,6 +58,13 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &cfg.database_url {
         config::check_database_url(url)?;
     }
+    if cfg
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        bail!("--admin-token / TALLY_ADMIN_TOKEN is empty: an empty token would let anyone in");
+    }
     raise_open_file_limit();
     server::uring::check()?;
     let cpus = choose_cpus(cfg.cores)?;

@@ -309,3 +309,82 @@ fn with_kv_watch_a_file_written_in_pieces_is_loaded_once_whole() {
     assert_eq!(metric(&s, "tally_kv_reload_failures_total"), Some(0.0));
     assert_eq!(value_of(&s, &key(250)).1.as_deref(), Some("new-250"));
 }
+
+fn admin_reload(s: &TestServer, authorization: Option<&str>) -> common::server::Response {
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    s.request(
+        format!("POST /admin/kv/reload HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+#[test]
+fn the_admin_endpoint_reloads_only_with_the_token() {
+    let dir = test_dir("admin");
+    let path = dir.join("data.jsonl");
+    replace(&path, &dataset(100, "old"));
+    let s = TestServer::start_with_env(
+        &[
+            "--database-url",
+            NO_DATABASE,
+            "--kv-data",
+            path.to_str().expect("utf-8"),
+        ],
+        &[("TALLY_ADMIN_TOKEN", "correct horse")],
+    );
+    replace(&path, &dataset(100, "new"));
+    for wrong in [
+        None,
+        Some("Bearer correct hors"),
+        Some("Bearer correct horsE"),
+        Some("Basic correct horse"),
+    ] {
+        let r = admin_reload(&s, wrong);
+        assert_eq!(r.status, 401, "{wrong:?}: {}", r.text());
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    // Two Authorization fields are no credentials.
+    let r = s.request(
+        b"POST /admin/kv/reload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer correct horse\r\nAuthorization: Bearer correct horse\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        s.request(b"GET /admin/kv/reload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer correct horse\r\n\r\n")
+            .status,
+        405
+    );
+    assert_eq!(value_of(&s, &key(1)).1.as_deref(), Some("old-1"));
+
+    let r = admin_reload(&s, Some("Bearer correct horse"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"reload": "started", "generation": 1, "failures": 0})
+    );
+    wait_metric(&s, "tally_kv_generation", 2.0);
+    assert_eq!(value_of(&s, &key(1)).1.as_deref(), Some("new-1"));
+    assert!(s.log_text().contains("reload (POST /admin/kv/reload)"));
+}
+
+#[test]
+fn without_an_admin_token_the_admin_endpoint_does_not_exist() {
+    let dir = test_dir("no-admin");
+    let path = dir.join("data.jsonl");
+    replace(&path, &dataset(10, "old"));
+    let s = server(&path, &[]);
+    assert_eq!(admin_reload(&s, Some("Bearer anything")).status, 404);
+    assert_eq!(s.get("/admin/kv/reload").status, 404);
+}
+
+#[test]
+fn the_admin_endpoint_without_a_file_answers_conflict() {
+    let s = TestServer::start_with_env(
+        &["--database-url", NO_DATABASE],
+        &[("TALLY_ADMIN_TOKEN", "t0ken")],
+    );
+    let r = admin_reload(&s, Some("Bearer t0ken"));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.json()["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("nothing to reload")));
+}

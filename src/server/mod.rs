@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::Shared;
+use crate::app::{AdminToken, Shared};
 use crate::counter::{CounterShared, Wiring};
 use crate::http::Limits;
 use crate::kv::{self, Dataset, ReloadRequests, ReloadStatus, ReloadTrigger, Reloader, Replica};
@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `ring_flags`).
     pub ring_taskrun_flags: bool,
+    /// Opens the admin routes to requests that present it.
+    pub admin_token: Option<AdminToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +143,8 @@ pub fn run(
                 .collect(),
             counter,
         )
-        .with_kv_reload(kv_reload.status.clone(), kv_reload.trigger.clone()),
+        .with_kv_reload(kv_reload.status.clone(), kv_reload.trigger.clone())
+        .with_admin_token(config.admin_token.clone()),
     );
     let (stop_senders, stop_receivers): (Vec<_>, Vec<_>) =
         config.cpus.iter().map(|_| flume::bounded::<()>(1)).unzip();
