@@ -194,17 +194,27 @@ fn lookups_under_load_see_the_old_or_the_new_value_never_an_error() {
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
+    let mut slowest = Duration::ZERO;
     for client in clients {
-        total += client.join().expect("no bad answer");
+        let (lookups, slowest_lookup) = client.join().expect("no bad answer");
+        total += lookups;
+        slowest = slowest.max(slowest_lookup);
     }
     assert!(total > 100, "only {total} lookups");
+    // No pause: a debug build on a shared machine, so only a stall of a second would show.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a lookup took {slowest:?}"
+    );
 }
 
 /// Looks keys up on one keep-alive connection until `stop`; every known key must answer 200
-/// with its old or new value, every unknown key 404. Returns the number of lookups.
-fn lookup_loop(s: &TestServer, stop: &AtomicBool, thread: u32, n: u32) -> usize {
+/// with its old or new value, every unknown key 404. Returns the number of lookups and the
+/// slowest one.
+fn lookup_loop(s: &TestServer, stop: &AtomicBool, thread: u32, n: u32) -> (usize, Duration) {
     let mut c = s.connect();
     let mut done = 0;
+    let mut slowest = Duration::ZERO;
     let mut i = thread * 7_777;
     while !stop.load(Ordering::SeqCst) {
         i = (i + 7_919) % (2 * n);
@@ -214,8 +224,10 @@ fn lookup_loop(s: &TestServer, stop: &AtomicBool, thread: u32, n: u32) -> usize 
             "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        let sent = Instant::now();
         c.write_all(req.as_bytes()).expect("write");
         let r = read_response(&mut c).expect("a response");
+        slowest = slowest.max(sent.elapsed());
         if i < n {
             assert_eq!(r.status, 200, "key {i}: {}", r.text());
             let value = r.json()["value"].as_str().expect("string").to_owned();
@@ -228,7 +240,7 @@ fn lookup_loop(s: &TestServer, stop: &AtomicBool, thread: u32, n: u32) -> usize 
         }
         done += 1;
     }
-    done
+    (done, slowest)
 }
 
 #[test]
