@@ -31,7 +31,7 @@ pub use load::{load, LoadError, Position};
 pub use lookup::{lookup, Lookup, LookupScratch};
 pub use reload::{
     reload_channel, reload_peak_bytes, ReloadError, ReloadReason, ReloadRequests, ReloadStatus,
-    ReloadTrigger, Reloader, Requested, Swap,
+    ReloadTrigger, Reloader, Requested, Swap, Swapped,
 };
 pub use replica::Replica;
 pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED, MAX_SAMPLE_PAIRS};

@@ -15,7 +15,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::app::{App, Shared};
 use crate::counter::{self, CorePort, CounterCore, OwnerPort, Wiring};
 use crate::http::HttpDate;
-use crate::kv::{Dataset, Replica, Swap};
+use crate::kv::{Dataset, Replica, Swap, Swapped};
 
 use super::context::ConnContext;
 use super::registry::Registry;
@@ -223,20 +223,22 @@ fn start_background_tasks(ctx: &Rc<ConnContext>) {
 }
 
 /// Swaps in each replica the reload thread sends, between two requests (this task runs only
-/// when no handler does), frees the old one and says so. Ends with the core: a replica sent
-/// during the drain is dropped with the channel, and shutdown does not wait for it.
+/// when no handler does), and hands the old one back to be freed off this core. Ends with the
+/// core: a replica sent during the drain is dropped with the channel, and shutdown does not
+/// wait for it.
 async fn swap_replicas(ctx: Rc<ConnContext>, swaps: flume::Receiver<Swap>) {
     while let Ok(Swap { replica, done }) = swaps.recv_async().await {
-        let started = Instant::now();
         let (pairs, bytes) = (replica.len(), replica.memory_bytes());
-        drop(ctx.app.swap_replica(replica));
+        let old = ctx.app.swap_replica(replica);
         log::info!(
-            "core {}: key/value replica of {pairs} pairs, {bytes} bytes swapped in ({:?} with \
-             freeing the old one)",
-            ctx.app.core,
-            started.elapsed()
+            "core {}: key/value replica of {pairs} pairs, {bytes} bytes swapped in",
+            ctx.app.core
         );
-        let _ = done.send(ctx.app.core);
+        // If the reload thread gave up waiting, the old replica comes back and is freed here.
+        let _ = done.send(Swapped {
+            core: ctx.app.core,
+            old,
+        });
     }
 }
 
