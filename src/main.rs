@@ -77,15 +77,17 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     // tally (it is served once the cores run).
     let (reload_trigger, reload_requests) = kv::reload_channel(cfg.kv_data.as_deref());
     server::reload_on_hangup(reload_trigger.clone(), cpus.last().copied())?;
-    if let (true, Some(path)) = (cfg.kv_watch, &cfg.kv_data) {
-        kv::watch(path, reload_trigger.clone())?;
-    }
     let load_started = Instant::now();
     let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
     let kv_status = Arc::new(kv::ReloadStatus::initial(
         dataset.len(),
         load_started.elapsed(),
     ));
+    // After the load, so a bad --kv-data is reported as such; a change in between is missed
+    // only if it lands in the microseconds before the watch is added.
+    if let (true, Some(path)) = (cfg.kv_watch, &cfg.kv_data) {
+        kv::watch(path, reload_trigger.clone())?;
+    }
     if shutdown.requested() {
         log::info!("stopped during start-up");
         return Ok(());

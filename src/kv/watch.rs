@@ -24,10 +24,11 @@ pub const QUIET: Duration = Duration::from_millis(200);
 
 /// Why the file cannot be watched.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot watch {} for --kv-watch: {source}", dir.display())]
+#[error("cannot watch {} for --kv-watch: {reason}", dir.display())]
 pub struct WatchError {
     dir: PathBuf,
-    source: std::io::Error,
+    /// Not a `#[source]`: the message says it already (as `LoadError` does).
+    reason: std::io::Error,
 }
 
 /// Starts the `tally-kv-watch` thread, which asks `trigger` for a reload whenever `file` is
@@ -39,9 +40,9 @@ pub fn watch(file: &Path, trigger: ReloadTrigger) -> Result<(), WatchError> {
         _ => PathBuf::from("."),
     };
     let name = file.file_name().map(|n| n.to_owned()).unwrap_or_default();
-    let error = |source| WatchError {
+    let error = |reason| WatchError {
         dir: dir.clone(),
-        source,
+        reason,
     };
     let inotify = Inotify::init().map_err(error)?;
     inotify
