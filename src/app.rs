@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::counter::{CounterCore, CounterShared};
-use crate::kv::{self, Lookup, LookupScratch, Replica};
+use crate::kv::{self, Lookup, LookupScratch, ReloadStatus, ReloadTrigger, Replica};
 use crate::metrics::{self, CoreMetrics};
 
 /// State shared by every core (read-mostly; metrics are written each by its own core).
@@ -25,6 +25,12 @@ pub struct Shared {
     kv_ready_cores: AtomicUsize,
     /// For `tally_uptime_seconds`.
     started: Instant,
+    /// The dataset's generation, load time and reload failures (written by the reload thread).
+    pub kv_status: Arc<ReloadStatus>,
+    /// Asks for a dataset reload; `None` where nothing can reload (unit tests).
+    pub kv_reload: Option<ReloadTrigger>,
+    /// `--admin-token`: without it the admin routes do not exist (404).
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Shared {
@@ -35,7 +41,23 @@ impl Shared {
             counter,
             kv_ready_cores: AtomicUsize::new(0),
             started: Instant::now(),
+            kv_status: Arc::default(),
+            kv_reload: None,
+            admin_token: None,
         }
+    }
+
+    /// With the admin routes, open to requests that carry `token`.
+    pub fn with_admin_token(mut self, token: Option<AdminToken>) -> Self {
+        self.admin_token = token;
+        self
+    }
+
+    /// With the dataset's status and the way to ask for a reload.
+    pub fn with_kv_reload(mut self, status: Arc<ReloadStatus>, trigger: ReloadTrigger) -> Self {
+        self.kv_status = status;
+        self.kv_reload = Some(trigger);
+        self
     }
 
     pub fn cores(&self) -> usize {
@@ -60,6 +82,7 @@ impl Shared {
     /// `/metrics`: every core's HTTP metrics, the counter's, uptime and the process's.
     pub fn render_metrics(&self, out: &mut String) {
         metrics::render_cores(&self.metrics, out);
+        self.kv_status.render(out);
         self.counter.render_metrics(out);
         metrics::write_single(
             out,
@@ -76,7 +99,9 @@ impl Shared {
 pub struct App {
     pub core: usize,
     pub shared: Arc<Shared>,
-    pub replica: Replica,
+    /// Borrowed for one lookup at a time (never across an await), so a reload's
+    /// [`swap_replica`](App::swap_replica), which runs between requests, always gets it.
+    replica: RefCell<Replica>,
     /// simd-json's reusable buffers for `/get_value` bodies (no allocation per lookup).
     kv_scratch: RefCell<LookupScratch>,
     pub counter: Rc<CounterCore>,
@@ -97,7 +122,7 @@ impl App {
         App {
             core,
             shared,
-            replica,
+            replica: RefCell::new(replica),
             kv_scratch: RefCell::new(LookupScratch::new()),
             counter,
         }
@@ -108,8 +133,87 @@ impl App {
         &self.shared.metrics[self.core]
     }
 
-    /// Answers a `/get_value` body from this core's replica; the value borrows the replica.
-    pub fn lookup<'a>(&'a self, body: &mut [u8]) -> Lookup<'a> {
-        kv::lookup(&self.replica, &mut self.kv_scratch.borrow_mut(), body)
+    /// Answers a `/get_value` body from this core's replica and gives the outcome to `answer`
+    /// (the value borrows the replica, which stays borrowed only for that call).
+    pub fn lookup<R>(&self, body: &mut [u8], answer: impl FnOnce(Lookup<'_>) -> R) -> R {
+        let replica = self.replica.borrow();
+        answer(kv::lookup(
+            &replica,
+            &mut self.kv_scratch.borrow_mut(),
+            body,
+        ))
+    }
+
+    /// Puts `new` in place of this core's replica and returns the old one. Called between
+    /// requests: no lookup holds the replica then (they borrow it synchronously).
+    pub fn swap_replica(&self, new: Replica) -> Replica {
+        let metrics = self.metrics();
+        metrics.kv_replica_bytes.set(new.memory_bytes() as u64);
+        metrics.kv_replica_pairs.set(new.len() as u64);
+        std::mem::replace(&mut *self.replica.borrow_mut(), new)
+    }
+}
+
+/// The secret an admin request must present as `Authorization: Bearer <token>`. Its `Debug`
+/// does not print it (configurations are logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Box<[u8]>);
+
+impl AdminToken {
+    /// `None` for an empty token: an empty secret would open the door to anyone.
+    pub fn new(token: &str) -> Option<AdminToken> {
+        let token = token.trim();
+        (!token.is_empty()).then(|| AdminToken(token.as_bytes().into()))
+    }
+
+    /// Whether an `Authorization` value is `Bearer <this token>` (the scheme is
+    /// case-insensitive, RFC 9110 §11.1). The token is compared in constant time, so response
+    /// times do not reveal how much of a guess was right; only its length can show.
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(value) = authorization else {
+            return false;
+        };
+        let Some((scheme, credentials)) = value.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ")
+            && bool::from(credentials.trim_ascii().ct_eq(&self.0))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod admin_token_tests {
+    use super::AdminToken;
+
+    #[test]
+    fn only_the_bearer_token_itself_is_accepted() {
+        let token = AdminToken::new("s3cret").expect("not empty");
+        assert!(token.accepts(Some(b"Bearer s3cret")));
+        assert!(token.accepts(Some(b"bearer  s3cret ")));
+        for wrong in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cret2",
+            b"Bearer S3CRET",
+            b"Basic s3cret",
+            b"s3cret",
+            b"Bearer ",
+            b"",
+        ] {
+            assert!(
+                !token.accepts(Some(wrong)),
+                "{:?}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
+        assert!(!token.accepts(None));
+        assert!(AdminToken::new("  ").is_none());
+        assert_eq!(format!("{token:?}"), "AdminToken(<redacted>)");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::app::AdminToken;
 use crate::http::Limits;
 use crate::http::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_URI_BYTES,
@@ -78,6 +79,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_KV_DATA")]
     pub kv_data: Option<PathBuf>,
 
+    /// Refuse a key/value reload whose peak memory could pass this many bytes: the old
+    /// replicas + the new file's size x (1 + cores). Default: no limit.
+    #[arg(long, env = "TALLY_KV_RELOAD_MAX_BYTES")]
+    pub kv_reload_max_bytes: Option<u64>,
+
+    /// Reload the --kv-data file when it is replaced (renamed over) or rewritten, once no write
+    /// came for 200 ms (inotify on its directory).
+    #[arg(long, env = "TALLY_KV_WATCH", requires = "kv_data")]
+    pub kv_watch: bool,
+
+    /// Enables `POST /admin/kv/reload` for requests with `Authorization: Bearer <token>`
+    /// (404 without this setting). Prefer the environment: a flag shows in `ps`.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Open connections per core; a connection beyond it gets 503 and is closed.
     #[arg(long, env = "TALLY_MAX_CONNECTIONS_PER_CORE", default_value_t = 16_384)]
     pub max_connections_per_core: usize,
@@ -143,6 +159,7 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout(),
             shutdown_grace: self.shutdown_grace(),
             ring_taskrun_flags: self.io_ring_taskrun_flags,
+            admin_token: self.admin_token.as_deref().and_then(AdminToken::new),
         }
     }
 

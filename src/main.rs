@@ -58,6 +58,13 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &cfg.database_url {
         config::check_database_url(url)?;
     }
+    if cfg
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        bail!("--admin-token / TALLY_ADMIN_TOKEN is empty: an empty token would let anyone in");
+    }
     raise_open_file_limit();
     server::uring::check()?;
     let cpus = choose_cpus(cfg.cores)?;
@@ -66,7 +73,21 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     // must stop what was started and exit, not kill tally half-way. The signal thread sleeps
     // on the last CPU.
     let shutdown = server::Shutdown::install(cpus.last().copied())?;
+    // SIGHUP reloads the dataset; handled from here on, so one during start-up does not kill
+    // tally (it is served once the cores run).
+    let (reload_trigger, reload_requests) = kv::reload_channel(cfg.kv_data.as_deref());
+    server::reload_on_hangup(reload_trigger.clone(), cpus.last().copied())?;
+    let load_started = Instant::now();
     let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
+    let kv_status = Arc::new(kv::ReloadStatus::initial(
+        dataset.len(),
+        load_started.elapsed(),
+    ));
+    // After the load, so a bad --kv-data is reported as such; a change in between is missed
+    // only if it lands in the microseconds before the watch is added.
+    if let (true, Some(path)) = (cfg.kv_watch, &cfg.kv_data) {
+        kv::watch(path, reload_trigger.clone())?;
+    }
     if shutdown.requested() {
         log::info!("stopped during start-up");
         return Ok(());
@@ -101,6 +122,13 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         dataset,
         counter,
         wiring: counter::wire(cpus.len()),
+        kv_reload: server::KvReload {
+            path: cfg.kv_data.clone(),
+            max_bytes: cfg.kv_reload_max_bytes,
+            trigger: reload_trigger,
+            requests: reload_requests,
+            status: kv_status,
+        },
     };
     // A signal that came meanwhile stops the cores as soon as they start.
     let served = server::run(&cfg.server_config(cpus), services, &shutdown);

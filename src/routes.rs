@@ -68,6 +68,7 @@ route_table! {
     Health => "/api/v1/system/health", [GET, HEAD];
     Ready => "/api/v1/system/ready", [GET, HEAD];
     Metrics => "/metrics", [GET, HEAD];
+    AdminKvReload => "/admin/kv/reload", [POST];
 }
 
 impl Route {
@@ -141,6 +142,8 @@ pub fn dispatch(
             }
         }
         Route::GetValue => get_value(app, body, out),
+        // Without the request's credentials: see `dispatch_with_credentials`.
+        Route::AdminKvReload => admin_kv_reload(app, method, None, out),
         Route::Counter if method == Method::Post => match counter::parse_by(body) {
             Ok(by) => Reply::Increment(app.counter.increment(by)),
             Err(msg) => message(out, Status::BadRequest, msg),
@@ -194,7 +197,7 @@ fn ready(app: &App, out: &mut Vec<u8>) -> Reply {
 }
 
 fn get_value(app: &App, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
-    match app.lookup(body) {
+    app.lookup(body, |lookup| match lookup {
         Lookup::Found(value) => {
             out.extend_from_slice(b"{\"value\":");
             kv::write_json_string(out, value);
@@ -204,6 +207,69 @@ fn get_value(app: &App, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
         Lookup::NotFound => message(out, Status::NotFound, "key not found"),
         Lookup::NotUuidV4 => message(out, Status::UnprocessableContent, "key is not a UUID v4"),
         Lookup::BadRequest(why) => message(out, Status::BadRequest, why),
+    })
+}
+
+/// As [`dispatch`], with the request's `Authorization` value, which only the admin routes read.
+pub fn dispatch_with_credentials(
+    app: &App,
+    method: Method,
+    route: Option<Route>,
+    authorization: Option<&[u8]>,
+    body: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Reply {
+    match route {
+        Some(Route::AdminKvReload) => admin_kv_reload(app, method, authorization, out),
+        _ => dispatch(app, method, route, body, out),
+    }
+}
+
+/// `POST /admin/kv/reload`: 404 unless `--admin-token` is set (the route does not exist then,
+/// whatever the method), 401 without the token, else 202 once the reload is queued: the
+/// answer does not wait for a parse that takes seconds at 10M pairs. The body gives the
+/// generation and failure count before it, so a client can poll `/metrics` for the outcome.
+fn admin_kv_reload(
+    app: &App,
+    method: Method,
+    authorization: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Reply {
+    let Some(token) = &app.shared.admin_token else {
+        return message(out, Status::NotFound, "not found");
+    };
+    if !token.accepts(authorization) {
+        return message(out, Status::Unauthorized, "a valid admin token is required");
+    }
+    if method != Method::Post {
+        write_message_body(out, "method not allowed");
+        return Reply::Now {
+            status: Status::MethodNotAllowed,
+            content_type: CONTENT_TYPE_JSON,
+            allow: Some(Route::AdminKvReload.allow()),
+        };
+    }
+    let status = &app.shared.kv_status;
+    let (generation, failures) = (status.generation(), status.failures());
+    let requested = match &app.shared.kv_reload {
+        Some(trigger) => trigger.request(kv::ReloadReason::Admin),
+        None => kv::Requested::Stopped,
+    };
+    match requested {
+        kv::Requested::Queued => {
+            out.extend_from_slice(b"{\"reload\":\"started\",\"generation\":");
+            out.extend_from_slice(itoa::Buffer::new().format(generation).as_bytes());
+            out.extend_from_slice(b",\"failures\":");
+            out.extend_from_slice(itoa::Buffer::new().format(failures).as_bytes());
+            out.push(b'}');
+            json(Status::Accepted)
+        }
+        kv::Requested::NothingToReload => message(
+            out,
+            Status::Conflict,
+            "nothing to reload: tally serves the built-in sample (no --kv-data)",
+        ),
+        kv::Requested::Stopped => message(out, Status::ServiceUnavailable, "tally is stopping"),
     }
 }
 

@@ -423,7 +423,9 @@ fn metrics_give_request_durations_by_route_and_the_standard_process_metrics() {
         &format!("tally_http_request_duration_seconds_bucket{{{health}"),
         "le=\"+Inf\"}",
     );
-    assert!(count >= 2, "{text}");
+    // At least this test's request; the start-up check's may still be unrecorded on another
+    // core (a request is recorded just after its response is written).
+    assert!(count >= 1, "{text}");
     assert_eq!(inf, count, "{text}");
     for name in [
         "process_cpu_seconds_total",

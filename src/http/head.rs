@@ -43,6 +43,9 @@ pub struct Head {
     pub framing: BodyFraming,
     /// Length of the request line and header section, including the final CRLF.
     pub head_len: usize,
+    /// The `Authorization` field's value, as a range of the input (an empty range if the
+    /// field came more than once: credentials are one field, RFC 9110 §11.6.2).
+    pub authorization: Option<Range<usize>>,
 }
 
 /// Parses the request line and header section; `None` if they are not complete yet.
@@ -65,6 +68,7 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Ht
         expect_continue: fields.expect_continue,
         framing,
         head_len,
+        authorization: authorization(req.headers, buf),
     }))
 }
 
@@ -205,6 +209,23 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])
+}
+
+/// The range of `buf` the `Authorization` field's value takes (`httparse` gives slices of
+/// `buf`, so it is a pointer difference); an empty range if there are several.
+fn authorization(fields: &[httparse::Header<'_>], buf: &[u8]) -> Option<Range<usize>> {
+    let mut found = None;
+    for field in fields {
+        if field.name.eq_ignore_ascii_case("authorization") {
+            let value = trim_ows(field.value);
+            let start = value.as_ptr() as usize - buf.as_ptr() as usize;
+            found = match found {
+                None => Some(start..start + value.len()),
+                Some(_) => Some(start..start),
+            };
+        }
+    }
+    found
 }
 
 /// What the header fields say about framing, persistence, expectations and Host, gathered in

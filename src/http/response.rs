@@ -58,6 +58,10 @@ pub fn write_response(out: &mut Vec<u8>, head: &ResponseHead<'_>, date: &HttpDat
         out.extend_from_slice(b"\r\nAllow: ");
         out.extend_from_slice(allow.as_bytes());
     }
+    if head.status == Status::Unauthorized {
+        // RFC 9110 §15.5.2: a 401 carries a challenge; tally's one scheme is Bearer (RFC 6750).
+        out.extend_from_slice(b"\r\nWWW-Authenticate: Bearer");
+    }
     out.extend_from_slice(b"\r\n\r\n");
     if !head.head_only {
         out.extend_from_slice(body);

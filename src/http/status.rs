@@ -65,6 +65,12 @@ status_table! {
     InternalServerError = 500 "Internal Server Error",
     NotImplemented = 501 "Not Implemented",
     ServiceUnavailable = 503 "Service Unavailable",
+    /// A reload was started (`POST /admin/kv/reload`); its outcome comes later.
+    Accepted = 202 "Accepted",
+    /// No or wrong credentials; the response challenges with `WWW-Authenticate`.
+    Unauthorized = 401 "Unauthorized",
+    /// The request cannot be done in the server's current state (nothing to reload).
+    Conflict = 409 "Conflict",
 }
 
 /// Prints the numeric code (as a metric label wants it), not the reason phrase.

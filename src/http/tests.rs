@@ -600,3 +600,16 @@ proptest! {
         prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
     }
 }
+
+#[test]
+fn the_authorization_value_is_given_as_a_range_and_a_repeated_one_as_empty() {
+    let input = b"POST /a HTTP/1.1\r\nHost: t\r\nAuthorization:  Bearer x y \r\n\r\n";
+    let (head, ..) = complete(input);
+    let range = head.authorization.expect("present");
+    assert_eq!(&input[range], b"Bearer x y");
+    let (head, ..) = complete(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(head.authorization, None);
+    let (head, ..) =
+        complete(b"GET / HTTP/1.1\r\nHost: t\r\nAuthorization: a\r\nauthorization: a\r\n\r\n");
+    assert!(head.authorization.expect("present").is_empty());
+}

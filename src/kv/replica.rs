@@ -63,6 +63,15 @@ impl Replica {
         self.keys.is_empty()
     }
 
+    /// Heap bytes a replica of `dataset` will own, without building it.
+    pub fn bytes_for(dataset: &Dataset) -> usize {
+        let dir = (1_usize << bucket_bits(dataset.len())) + 1;
+        std::mem::size_of_val(&*dataset.keys)
+            + dir * std::mem::size_of::<u32>()
+            + std::mem::size_of_val(&*dataset.bounds)
+            + dataset.arena.len()
+    }
+
     /// Heap bytes owned by this replica.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of_val(&*self.keys)
@@ -124,6 +133,17 @@ mod tests {
         for k in 0..500_u128 {
             assert_eq!(replica.get(k * 3), Some(k.to_string().as_str()));
             assert_eq!(replica.get(k * 3 + 1), None);
+        }
+    }
+
+    #[test]
+    fn bytes_for_a_dataset_is_what_its_replica_owns() {
+        for n in [0, 1, 1_000] {
+            let dataset = sample(n, 5);
+            assert_eq!(
+                Replica::bytes_for(&dataset),
+                Replica::build(&dataset).memory_bytes()
+            );
         }
     }
 

@@ -307,14 +307,27 @@ impl Conn {
     ) -> Persistence {
         let ctx = &self.ctx;
         let route = Route::from_path(&self.rbuf[start + head.path.start..start + head.path.end]);
+        // The head and an in-buffer body are disjoint (the body starts at `head_len`): the
+        // credentials are read from one while the body is parsed in place in the other.
+        let (head_bytes, after_head) = self.rbuf[start..].split_at_mut(head.head_len);
+        let authorization = head.authorization.clone().map(|r| &head_bytes[r]);
         let body: &mut [u8] = match body {
-            BodyLocation::Input(r) => &mut self.rbuf[start + r.start..start + r.end],
+            BodyLocation::Input(r) => {
+                &mut after_head[r.start - head.head_len..r.end - head.head_len]
+            }
             BodyLocation::Scratch => &mut self.decoded_body,
         };
         let persistence = persistence(head, ctx.shutting_down.get());
         let head_only = head.method == Method::Head;
         self.response_body.clear();
-        match routes::dispatch(&ctx.app, head.method, route, body, &mut self.response_body) {
+        match routes::dispatch_with_credentials(
+            &ctx.app,
+            head.method,
+            route,
+            authorization,
+            body,
+            &mut self.response_body,
+        ) {
             Reply::Now {
                 status,
                 content_type,

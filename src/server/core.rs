@@ -15,7 +15,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::app::{App, Shared};
 use crate::counter::{self, CorePort, CounterCore, OwnerPort, Wiring};
 use crate::http::HttpDate;
-use crate::kv::{Dataset, Replica};
+use crate::kv::{Dataset, Replica, Swap, Swapped};
 
 use super::context::ConnContext;
 use super::registry::Registry;
@@ -36,6 +36,8 @@ struct CoreStart {
     owner: Option<OwnerPort>,
     stop: flume::Receiver<()>,
     listener: OwnedFd,
+    /// New replicas from the key/value reload thread.
+    swaps: flume::Receiver<Swap>,
 }
 
 type Started = flume::Sender<Result<usize, ServerError>>;
@@ -82,12 +84,17 @@ pub fn spawn_all(
     wiring: Wiring,
     listeners: Vec<OwnedFd>,
     stops: Vec<flume::Receiver<()>>,
+    swaps: Vec<flume::Receiver<Swap>>,
 ) -> Result<Cores, ServerError> {
     let (started_tx, started) = flume::unbounded();
     let mut owner = Some(wiring.owner);
     let mut threads = Vec::with_capacity(config.cpus.len());
-    let per_core = listeners.into_iter().zip(wiring.cores).zip(stops);
-    for (id, ((listener, port), stop)) in per_core.enumerate() {
+    let per_core = listeners
+        .into_iter()
+        .zip(wiring.cores)
+        .zip(stops)
+        .zip(swaps);
+    for (id, (((listener, port), stop), swaps)) in per_core.enumerate() {
         let start = CoreStart {
             id,
             config: config.clone(),
@@ -97,6 +104,7 @@ pub fn spawn_all(
             owner: if id == 0 { owner.take() } else { None },
             stop,
             listener,
+            swaps,
         };
         let thread = spawn_core(start, config.cpus[id], started_tx.clone())?;
         threads.push((id, thread));
@@ -150,12 +158,14 @@ async fn core_main(start: CoreStart, started: Started) {
         owner,
         stop,
         listener,
+        swaps,
     } = start;
     let owner =
         owner.map(|port| glommio::spawn_local(counter::run_owner(port, shared.counter.clone())));
     let app = build_app(id, shared, dataset, port);
     let ctx = Rc::new(connection_context(app, &config));
     start_background_tasks(&ctx);
+    glommio::spawn_local(swap_replicas(ctx.clone(), swaps)).detach();
 
     // SAFETY: the fd is a listening TCP socket we own; ownership moves to the listener.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -210,6 +220,26 @@ fn start_background_tasks(ctx: &Rc<ConnContext>) {
     glommio::spawn_local(counter.clone().run_batcher()).detach();
     glommio::spawn_local(counter.clone().run_replies()).detach();
     glommio::spawn_local(ctx.clone().run_sweeper()).detach();
+}
+
+/// Swaps in each replica the reload thread sends, between two requests (this task runs only
+/// when no handler does), and hands the old one back to be freed off this core. Ends with the
+/// core: a replica sent during the drain is dropped with the channel, and shutdown does not
+/// wait for it.
+async fn swap_replicas(ctx: Rc<ConnContext>, swaps: flume::Receiver<Swap>) {
+    while let Ok(Swap { replica, done }) = swaps.recv_async().await {
+        let (pairs, bytes) = (replica.len(), replica.memory_bytes());
+        let old = ctx.app.swap_replica(replica);
+        log::info!(
+            "core {}: key/value replica of {pairs} pairs, {bytes} bytes swapped in",
+            ctx.app.core
+        );
+        // If the reload thread gave up waiting, the old replica comes back and is freed here.
+        let _ = done.send(Swapped {
+            core: ctx.app.core,
+            old,
+        });
+    }
 }
 
 /// Closes idle connections now and lets busy ones finish their requests within the grace

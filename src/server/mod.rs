@@ -25,17 +25,18 @@ pub mod ring_flags;
 mod signals;
 pub mod uring;
 
-pub use signals::Shutdown;
+pub use signals::{reload_on_hangup, Shutdown};
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::Shared;
+use crate::app::{AdminToken, Shared};
 use crate::counter::{CounterShared, Wiring};
 use crate::http::Limits;
-use crate::kv::Dataset;
+use crate::kv::{self, Dataset, ReloadRequests, ReloadStatus, ReloadTrigger, Reloader, Replica};
 use crate::metrics::CoreMetrics;
 use crate::routes::Route;
 
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `ring_flags`).
     pub ring_taskrun_flags: bool,
+    /// Opens the admin routes to requests that present it.
+    pub admin_token: Option<AdminToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,18 @@ pub struct Services {
     pub dataset: Arc<Dataset>,
     pub counter: Arc<CounterShared>,
     pub wiring: Wiring,
+    pub kv_reload: KvReload,
+}
+
+/// How the key/value dataset is reloaded while serving (`kv::reload`).
+pub struct KvReload {
+    /// The `--kv-data` file; `None` for the built-in sample (nothing to reload).
+    pub path: Option<PathBuf>,
+    /// `--kv-reload-max-bytes`.
+    pub max_bytes: Option<u64>,
+    pub trigger: ReloadTrigger,
+    pub requests: ReloadRequests,
+    pub status: Arc<ReloadStatus>,
 }
 
 /// The CPUs this process may run on (respects `taskset` and container cpusets), ascending.
@@ -116,23 +131,44 @@ pub fn run(
         dataset,
         counter,
         wiring,
+        kv_reload,
     } = services;
     let listeners = bind_listeners(config)?;
-    let shared = Arc::new(Shared::new(
-        config
-            .cpus
-            .iter()
-            .map(|_| CoreMetrics::new(Route::METRIC_LABELS))
-            .collect(),
-        counter,
-    ));
+    let shared = Arc::new(
+        Shared::new(
+            config
+                .cpus
+                .iter()
+                .map(|_| CoreMetrics::new(Route::METRIC_LABELS))
+                .collect(),
+            counter,
+        )
+        .with_kv_reload(kv_reload.status.clone(), kv_reload.trigger.clone())
+        .with_admin_token(config.admin_token.clone()),
+    );
     let (stop_senders, stop_receivers): (Vec<_>, Vec<_>) =
         config.cpus.iter().map(|_| flume::bounded::<()>(1)).unzip();
     shutdown.attach(&stop_senders);
 
     let pairs = dataset.len();
+    let (swap_senders, swap_receivers): (Vec<_>, Vec<_>) =
+        config.cpus.iter().map(|_| flume::bounded(1)).unzip();
+    start_reloader(
+        config,
+        kv_reload,
+        Replica::bytes_for(&dataset),
+        swap_senders,
+    )?;
     ring_flags::set_enabled(config.ring_taskrun_flags);
-    let cores = core::spawn_all(config, &shared, dataset, wiring, listeners, stop_receivers)?;
+    let cores = core::spawn_all(
+        config,
+        &shared,
+        dataset,
+        wiring,
+        listeners,
+        stop_receivers,
+        swap_receivers,
+    )?;
     // The cores hold the only references to the parsed dataset now; it is freed once the last
     // replica is built (at 10M pairs that is ~0.4 GB).
     let mut failure = cores.wait_started();
@@ -152,6 +188,32 @@ pub fn run(
         failure.get_or_insert(err);
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Starts the key/value reload thread, if there is a file to reload. Requests made before it
+/// runs (a SIGHUP during start-up) wait in the channel and are served first.
+fn start_reloader(
+    config: &ServerConfig,
+    kv_reload: KvReload,
+    replica_bytes: usize,
+    swaps: Vec<flume::Sender<kv::Swap>>,
+) -> Result<(), ServerError> {
+    let Some(path) = kv_reload.path else {
+        return Ok(());
+    };
+    Reloader {
+        path,
+        max_bytes: kv_reload.max_bytes,
+        cpus: config.cpus.clone(),
+        cores: swaps,
+        status: kv_reload.status,
+        replica_bytes: replica_bytes as u64,
+    }
+    .spawn(kv_reload.requests)
+    .map_err(|source| ServerError::Thread {
+        name: "tally-kv-reload".into(),
+        source,
+    })
 }
 
 /// Says which setup flags glommio's rings got, and why not when the kernel refused them.

@@ -2,11 +2,15 @@
 //! it before any start-up work, so a stop during start-up (`docker stop` while initdb runs) is
 //! seen too: the first signal sets a flag that start-up polls, and tells every core attached so
 //! far to stop (cores attached later are told at once); a second signal exits at once.
+//!
+//! SIGHUP asks for a key/value reload ([`reload_on_hangup`]), on its own thread so a reload
+//! request never waits behind a stop and the reverse.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::ServerError;
+use crate::kv::{ReloadReason, ReloadTrigger};
 
 /// The installed handlers; dropping it ends the signal thread.
 pub struct Shutdown {
@@ -104,4 +108,30 @@ pub fn stop_all(stops: &[flume::Sender<()>]) {
     for tx in stops {
         let _ = tx.try_send(());
     }
+}
+
+/// Installs the SIGHUP handler (from now on SIGHUP no longer ends tally) and a thread, pinned to
+/// `cpu` if given, that turns each SIGHUP into a reload request. The request only queues (see
+/// [`ReloadTrigger::request`]), so a SIGHUP during start-up or drain blocks nothing.
+pub fn reload_on_hangup(trigger: ReloadTrigger, cpu: Option<usize>) -> Result<(), ServerError> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(ServerError::Signals)?;
+    let name = "tally-sighup";
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(id) = cpu {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                    log::debug!("{name}: could not pin to CPU {id}");
+                }
+            }
+            for _ in signals.forever() {
+                trigger.request(ReloadReason::Signal);
+            }
+        })
+        .map(drop)
+        .map_err(|source| ServerError::Thread {
+            name: name.into(),
+            source,
+        })
 }
