@@ -3,6 +3,8 @@
 #
 #   bench/run.sh                 # every workload (about 3 minutes)
 #   DURATION=5 ROUNDS=1 bench/run.sh health kv   # selected workloads: health kv counter nginx
+#   bench/run.sh reload           # lookups on a RELOAD_PAIRS (10M) dataset, steady and across
+#                                 # a SIGHUP reload (not in the default set: ~1 GB of files)
 #   BASELINE_BIN=/path/to/old/tally bench/run.sh  # also runs an older build in every round
 #                                                 # (rows prefixed base-), for before/after
 #   BASELINE_ARGS="--io-ring-taskrun-flags false" bench/run.sh  # the baseline is this build
@@ -32,6 +34,7 @@ PORT=${PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 OUT=bench/out
 WORKLOADS=${*:-health nginx kv counter}
+RELOAD_PAIRS=${RELOAD_PAIRS:-10000000}
 
 mapfile -t CPUS < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
 if [ "${#CPUS[@]}" -lt 2 ]; then
@@ -106,7 +109,7 @@ start_tally() { # name, extra args...
     local name=$1
     shift
     taskset -c "$SERVER_CPU" "$RUN_BIN" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/data" \
-        --log warn "$@" >"$OUT/tally-$name.log" 2>&1 &
+        --log "${LOG_LEVEL:-warn}" "$@" >"$OUT/tally-$name.log" 2>&1 &
     TALLY_PID=$!
     PIDS+=("$TALLY_PID")
     wait_http "http://127.0.0.1:$PORT/api/v1/system/health"
@@ -154,7 +157,28 @@ tally_workloads() {
     fi
 }
 
+# reload_workload: lookups on a large dataset, steady, then with a SIGHUP reload of the same
+# file one second into the load (README.md, Reloading the dataset). The reload row's p99 against
+# the steady row's is the cost of a reload to clients; the log says when each core swapped.
+reload_workload() {
+    local data=$OUT/reload-$RELOAD_PAIRS.jsonl
+    if [ ! -s "$data" ]; then
+        "$BIN" sample --pairs "$RELOAD_PAIRS" "$data"
+        head -n 10000 "$data" | python3 -c 'import sys, json; [print(json.loads(l)["key"]) for l in sys.stdin]' >"$OUT/reload-keys.txt"
+    fi
+    RUN_BIN=$BIN LOG_LEVEL=info start_tally reload --kv-data "$data"
+    load tally-kv-${RELOAD_PAIRS}-steady "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/reload-keys.txt" 1
+    (sleep 1 && kill -HUP "$TALLY_PID") &
+    load tally-kv-${RELOAD_PAIRS}-during-reload "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/reload-keys.txt" 1
+    wait
+    grep -E "reload|swapped" "$OUT/tally-reload.log" | tail -n 4 || true
+    stop_tally
+}
+
 one_round() {
+    if [[ " $WORKLOADS " == *" reload "* ]]; then
+        reload_workload
+    fi
     RUN_BIN=$BIN RUN_ARGS="" TAG="" tally_workloads
     if [ -n "$BASELINE_BIN" ]; then
         RUN_BIN=$BASELINE_BIN RUN_ARGS=$BASELINE_ARGS TAG=base- tally_workloads
