@@ -6,10 +6,20 @@
 //! oneshot per reply), so [`StoreHandle::add`] can be awaited from any executor.
 //!
 //! Guarantee (README.md, "Architecture", the Counter paragraph): `add` returns `Ok(count)` only
-//! when PostgreSQL answered the row of a committed `UPDATE`. A lost connection or a missed
-//! deadline while the statement is in flight is an unknown outcome, never an `Ok`. Requests run
-//! one at a time, in the order they were sent, on one connection; a refresh `SELECT` between
-//! them keeps [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//! when PostgreSQL answered the row of a committed `UPDATE`. Requests run one at a time, in the
+//! order they were sent, on one connection; a refresh `SELECT` between them keeps
+//! [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//!
+//! No unknown outcomes: every batch carries a fresh id, written to `tally_batches` by the same
+//! statement (one transaction, one round trip) as its `UPDATE`. When the connection is lost or
+//! the statement times out, the batch is *in doubt*: the store reconnects and settles it before
+//! anything else, within the caller's deadline. It first locks the counter row (`FOR UPDATE`),
+//! which waits until the old session's transaction, which held that lock, has ended; only then
+//! can the id's presence be trusted: found means committed (answer its stored count), absent
+//! means it never will (run the batch again, same id, in that locked transaction). The id is the
+//! primary key, so a copy of the old statement reaching the server even later fails instead of
+//! counting twice. Only when PostgreSQL stays unreachable past the deadline is the outcome
+//! reported unknown.
 //!
 //! Second guarantee: no value is returned twice. The row only grows while every writer is a
 //! tally (other instances' increments raise it), so a commit whose first value is at or below
@@ -18,6 +28,7 @@
 //! and so is every later `add`, without touching the row, until a read finds the row back at or
 //! above that count (README.md, "Operations", "When the counter row goes backwards").
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,13 +58,33 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const SCHEMA_LOCK_KEY: i64 = 0x74_61_6c_6c_79;
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS tally_counter \
      (id int PRIMARY KEY CHECK (id = 1), count bigint NOT NULL)";
+/// One row per committed batch, kept [`BATCH_ID_RETENTION`]: how an in-doubt batch is settled.
+const CREATE_BATCHES: &str = "CREATE TABLE IF NOT EXISTS tally_batches \
+     (id bigint PRIMARY KEY, count bigint NOT NULL, committed_at timestamptz NOT NULL DEFAULT now())";
 /// `$1` is the highest count this instance has seen (0 at first), so a row deleted behind our
 /// back does not restart below values already handed out.
 const INSERT_ROW: &str =
     "INSERT INTO tally_counter (id, count) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
 /// One statement, its own transaction: the row lock serialises all writers, instances included.
-const ADD: &str = "UPDATE tally_counter SET count = count + $1 WHERE id = 1 RETURNING count";
+/// `$2` is the batch id, recorded in the same transaction (a data-modifying CTE always runs).
+const ADD: &str = "WITH counted AS \
+     (UPDATE tally_counter SET count = count + $1 WHERE id = 1 RETURNING count), \
+     recorded AS (INSERT INTO tally_batches (id, count) SELECT $2, count FROM counted) \
+     SELECT count FROM counted";
 const READ: &str = "SELECT count FROM tally_counter WHERE id = 1";
+/// Run inside a transaction: returns once every transaction that held the row lock has ended.
+const LOCK_ROW: &str = "SELECT count FROM tally_counter WHERE id = 1 FOR UPDATE";
+/// A separate statement after [`LOCK_ROW`]: under READ COMMITTED it takes a new snapshot, so it
+/// sees what the old session committed while we waited (one statement would not).
+const FIND_BATCH: &str = "SELECT count FROM tally_batches WHERE id = $1";
+/// Small batches of the oldest rows, so no DELETE holds the store's connection for long.
+const PRUNE_BATCHES: &str = "DELETE FROM tally_batches WHERE id IN (SELECT id FROM tally_batches \
+     WHERE committed_at < now() - make_interval(secs => $1) LIMIT 1000)";
+/// How long a batch id is kept. It only has to outlive the settling of its batch, which ends
+/// within one commit timeout; the margin covers clocks and long timeouts.
+const BATCH_ID_RETENTION: Duration = Duration::from_secs(300);
+/// How often old batch ids are pruned (at most 1000 rows each time).
+const PRUNE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// `highest_seen` before any value is known (a real count is always greater).
 const NOT_SEEN: i64 = i64::MIN;
@@ -92,10 +123,12 @@ pub enum CommitError {
     /// Not connected, or PostgreSQL rejected the statement: nothing was applied.
     #[error("PostgreSQL unavailable: {0}")]
     Unavailable(String),
-    /// No answer within the commit timeout: the increment may or may not have committed.
+    /// No answer within the commit timeout, and no way to settle it before the deadline: the
+    /// increment may or may not have committed.
     #[error("no answer from PostgreSQL within the commit timeout (outcome unknown)")]
     Timeout,
-    /// The connection broke while the statement was in flight: it may have committed.
+    /// The connection broke while the statement was in flight, and PostgreSQL stayed
+    /// unreachable until the deadline: it may have committed.
     #[error("connection to PostgreSQL lost during the commit (outcome unknown): {0}")]
     Unknown(String),
     /// A caller bug: deltas are sums of positive increments.
@@ -357,8 +390,45 @@ fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, shared: &Sha
         queue,
         shared,
         last_error: "not connected yet".into(),
+        next_batch_id: Cell::new(first_batch_id()),
+        in_doubt: Cell::new(None),
     };
     runtime.block_on(store.run());
+}
+
+/// A random start for this process's batch ids (then +1 per batch): ids of different instances
+/// and restarts do not meet within the retention, and consecutive ids keep the index compact.
+/// `RandomState` is seeded from the OS's randomness; no dependency needed for 64 bits.
+fn first_batch_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    // Non-negative and far from i64::MAX: easier to read in psql, never overflows.
+    (hasher.finish() >> 2) as i64
+}
+
+/// A batch whose commit outcome was lost: settled on the next connection, or answered `why`
+/// at its deadline.
+struct InDoubt {
+    id: i64,
+    delta: i64,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<i64, CommitError>>,
+    /// `Timeout` or `Unknown`: what the caller is told if it cannot be settled in time.
+    why: CommitError,
+}
+
+/// What settling an in-doubt batch came to.
+enum Settled {
+    /// Its result: committed before (found) or now (run again).
+    Answer(Result<i64, CommitError>),
+    /// The settling itself failed; the connection is of no further use, try another.
+    Retry(String),
+    /// The deadline passed: the caller was answered with the outcome unknown.
+    Expired,
 }
 
 fn refuse_until_shutdown(queue: &flume::Receiver<Request>, reason: &str, stats: &Counters) {
@@ -375,6 +445,9 @@ struct Connection {
     client: Client,
     add: Statement,
     read: Statement,
+    lock_row: Statement,
+    find_batch: Statement,
+    prune: Statement,
     /// Drives the socket; ends when the connection does.
     io: tokio::task::JoinHandle<()>,
     /// Fires (or errors) when `io` ends.
@@ -410,10 +483,21 @@ struct Store<'a> {
     shared: &'a Shared,
     /// Told to callers while disconnected.
     last_error: String,
+    /// The id of the next batch sent.
+    next_batch_id: Cell<i64>,
+    /// At most one: nothing else is sent until it is settled (or its deadline passed).
+    in_doubt: Cell<Option<InDoubt>>,
 }
 
 impl Store<'_> {
     async fn run(mut self) {
+        self.connect_and_serve().await;
+        if let Some(batch) = self.in_doubt.take() {
+            self.answer_in_doubt(batch);
+        }
+    }
+
+    async fn connect_and_serve(&mut self) {
         let mut backoff = BACKOFF_FIRST;
         loop {
             let attempt = connect(
@@ -429,6 +513,16 @@ impl Store<'_> {
                     // Connected (and so ready) promises a known count: read it first, or a
                     // GET right after /ready turned 200 could still get 503.
                     if !self.refresh(&connection).await {
+                        connection.abandon();
+                        let pause = tokio::time::sleep(backoff);
+                        if self.refusing_requests_during(pause).await.is_none() {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                    if let Err(error) = self.settle_in_doubt(&connection).await {
+                        log::warn!("settling an in-doubt batch: {error}; reconnecting");
                         connection.abandon();
                         let pause = tokio::time::sleep(backoff);
                         if self.refusing_requests_during(pause).await.is_none() {
@@ -472,12 +566,19 @@ impl Store<'_> {
         }
     }
 
-    /// Runs `work` while answering every `add` with `Unavailable`; `None` on shutdown.
+    /// Runs `work` while answering every `add` with `Unavailable`, and an in-doubt batch with
+    /// its unknown outcome once its deadline passes; `None` on shutdown.
     async fn refusing_requests_during<F: Future>(&self, work: F) -> Option<F::Output> {
         tokio::pin!(work);
         loop {
+            let in_doubt_deadline = self.in_doubt_deadline();
             tokio::select! {
                 output = &mut work => return Some(output),
+                _ = sleep_until_some(in_doubt_deadline) => {
+                    if let Some(batch) = self.in_doubt.take() {
+                        self.answer_in_doubt(batch);
+                    }
+                }
                 request = self.queue.recv_async() => match request {
                     Ok(Request::Add { reply, .. }) => {
                         self.shared
@@ -496,6 +597,8 @@ impl Store<'_> {
     async fn serve(&mut self, mut connection: Connection) -> Served {
         let mut refresh = tokio::time::interval(self.config.refresh_interval);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Biased: a dead connection is noticed first, and a waiting commit goes before a
             // refresh (commits return the row's count anyway).
@@ -508,22 +611,20 @@ impl Store<'_> {
                 }
                 request = self.queue.recv_async() => match request {
                     Ok(Request::Add { delta, deadline, reply }) => {
-                        let result = self.commit(&connection, delta, deadline).await;
-                        let keep = !matches!(result, Err(CommitError::Timeout | CommitError::Unknown(_)));
-                        match &result {
-                            // Logged as an error once, when found; not again for every batch.
-                            Err(error @ CommitError::RowLowered { .. }) => self.count_error(error),
-                            Err(error) => {
-                                self.count_error(error);
-                                log::warn!("increment by {delta} not confirmed: {error}");
+                        let id = self.next_batch_id.get();
+                        self.next_batch_id.set(id.wrapping_add(1));
+                        match self.commit(&connection, id, delta, deadline).await {
+                            Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => {
+                                log::warn!(
+                                    "increment by {delta} (batch {id}) in doubt: {why}; \
+                                     reconnecting to settle it"
+                                );
+                                self.in_doubt.set(Some(InDoubt { id, delta, deadline, reply, why }));
+                                // Its state is unknown (a statement may still be running).
+                                connection.abandon();
+                                return Served::Lost;
                             }
-                            Ok(_) => {}
-                        }
-                        let _ = reply.send(result);
-                        if !keep {
-                            // Its state is unknown (a statement may still be running): start over.
-                            connection.abandon();
-                            return Served::Lost;
+                            result => self.answer(delta, reply, result),
                         }
                     }
                     Ok(Request::Shutdown) | Err(_) => {
@@ -537,6 +638,131 @@ impl Store<'_> {
                         return Served::Lost;
                     }
                 }
+                _ = prune.tick() => {
+                    if !self.prune(&connection).await {
+                        connection.abandon();
+                        return Served::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        delta: i64,
+        reply: oneshot::Sender<Result<i64, CommitError>>,
+        result: Result<i64, CommitError>,
+    ) {
+        match &result {
+            // Logged as an error once, when found; not again for every batch.
+            Err(error @ CommitError::RowLowered { .. }) => self.count_error(error),
+            Err(error) => {
+                self.count_error(error);
+                log::warn!("increment by {delta} not confirmed: {error}");
+            }
+            Ok(_) => {}
+        }
+        let _ = reply.send(result);
+    }
+
+    /// Its deadline passed (or the store is shutting down) before it could be settled.
+    fn answer_in_doubt(&self, batch: InDoubt) {
+        self.answer(batch.delta, batch.reply, Err(batch.why));
+    }
+
+    fn in_doubt_deadline(&self) -> Option<Instant> {
+        let batch = self.in_doubt.take();
+        let deadline = batch.as_ref().map(|batch| batch.deadline);
+        self.in_doubt.set(batch);
+        deadline
+    }
+
+    /// Settles the in-doubt batch, if any, on a fresh connection (see the module comment).
+    /// `Err` when this connection could not: the batch stays in doubt, the connection is spent.
+    async fn settle_in_doubt(&self, connection: &Connection) -> Result<(), String> {
+        let Some(batch) = self.in_doubt.take() else {
+            return Ok(());
+        };
+        match self.settle(connection, &batch).await {
+            Settled::Answer(result) => {
+                self.answer(batch.delta, batch.reply, result);
+                Ok(())
+            }
+            Settled::Retry(error) => {
+                self.in_doubt.set(Some(batch));
+                Err(error)
+            }
+            Settled::Expired => {
+                self.answer_in_doubt(batch);
+                Err("the batch's deadline passed while settling it".into())
+            }
+        }
+    }
+
+    async fn settle(&self, connection: &Connection, batch: &InDoubt) -> Settled {
+        let client = &connection.client;
+        let text = |error: tokio_postgres::Error| error.to_string();
+        let settling = async {
+            client.batch_execute("BEGIN").await.map_err(text)?;
+            // Waits for the old session's transaction, which held this lock, to end.
+            client
+                .query_opt(&connection.lock_row, &[])
+                .await
+                .map_err(text)?;
+            let found = client
+                .query_opt(&connection.find_batch, &[&batch.id])
+                .await
+                .map_err(text)?;
+            let (row, committed_before) = match found {
+                Some(row) => (Some(row), true),
+                None => (
+                    client
+                        .query_opt(&connection.add, &[&batch.delta, &batch.id])
+                        .await
+                        .map_err(text)?,
+                    false,
+                ),
+            };
+            let row = row.ok_or("tally_counter has no row with id = 1")?;
+            let count: i64 = row.try_get(0).map_err(text)?;
+            client.batch_execute("COMMIT").await.map_err(text)?;
+            Ok::<_, String>((count, committed_before))
+        };
+        match tokio::time::timeout_at(batch.deadline.into(), settling).await {
+            Err(_elapsed) => Settled::Expired,
+            Ok(Err(error)) => Settled::Retry(error),
+            Ok(Ok((count, committed_before))) => {
+                let how = if committed_before {
+                    "had committed"
+                } else {
+                    "had not committed; ran it again"
+                };
+                log::info!("in-doubt batch {} settled: it {how}", batch.id);
+                Settled::Answer(self.confirm(count, batch.delta))
+            }
+        }
+    }
+
+    /// Deletes a small batch of expired batch ids; false when the connection should be dropped.
+    async fn prune(&self, connection: &Connection) -> bool {
+        let retention = BATCH_ID_RETENTION
+            .max(self.config.commit_timeout * 2)
+            .as_secs_f64();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&retention];
+        let delete = connection.client.execute(&connection.prune, &params);
+        match tokio::time::timeout(self.config.commit_timeout, delete).await {
+            Ok(Ok(_deleted)) => true,
+            Ok(Err(error)) => {
+                log::warn!("pruning old batch ids: {error}");
+                statement_was_rejected(&error)
+            }
+            Err(_elapsed) => {
+                log::warn!(
+                    "pruning old batch ids took over {:?}",
+                    self.config.commit_timeout
+                );
+                false
             }
         }
     }
@@ -544,6 +770,7 @@ impl Store<'_> {
     async fn commit(
         &self,
         connection: &Connection,
+        id: i64,
         delta: i64,
         deadline: Instant,
     ) -> Result<i64, CommitError> {
@@ -565,9 +792,11 @@ impl Store<'_> {
                 return Err(lowered.into());
             }
         }
+        // A quarter of the timeout is kept to settle the batch if its outcome is lost.
+        let statement_deadline = deadline - self.config.commit_timeout / 4;
         let answer = tokio::time::timeout_at(
-            deadline.into(),
-            connection.client.query_opt(&connection.add, &[&delta]),
+            statement_deadline.into(),
+            connection.client.query_opt(&connection.add, &[&delta, &id]),
         )
         .await;
         let row = match answer {
@@ -584,6 +813,12 @@ impl Store<'_> {
         let count: i64 = row
             .try_get(0)
             .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))?;
+        self.confirm(count, delta)
+    }
+
+    /// Records the count a committed batch of `delta` returned, unless it would hand out a
+    /// value twice (see the module comment).
+    fn confirm(&self, count: i64, delta: i64) -> Result<i64, CommitError> {
         // The values this commit hands out are count - delta + 1 ..= count. Every one of them
         // is above highest_returned unless the row went down since our last commit.
         let highest_returned = self.shared.highest_returned.load(Ordering::Acquire);
@@ -702,6 +937,14 @@ fn statement_was_rejected(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|db| db.parsed_severity() == Some(Severity::Error))
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn classify(error: &tokio_postgres::Error) -> CommitError {
     if statement_was_rejected(error) {
         CommitError::Unavailable(format!("PostgreSQL rejected the increment: {error}"))
@@ -810,7 +1053,7 @@ async fn prepare(
     // `SET LOCAL`: no "already exists, skipping" notice in the log at every connect.
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
-         SET LOCAL client_min_messages = warning; {CREATE_TABLE}; COMMIT"
+         SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_BATCHES}; COMMIT"
     );
     client
         .batch_execute(&create_schema)
@@ -822,17 +1065,32 @@ async fn prepare(
         .await
         .map_err(fail("inserting the counter row"))?;
     let add = client
-        .prepare_typed(ADD, &[Type::INT8])
+        .prepare_typed(ADD, &[Type::INT8, Type::INT8])
         .await
         .map_err(fail("preparing the increment"))?;
     let read = client
         .prepare(READ)
         .await
         .map_err(fail("preparing the read"))?;
+    let lock_row = client
+        .prepare(LOCK_ROW)
+        .await
+        .map_err(fail("preparing the row lock"))?;
+    let find_batch = client
+        .prepare_typed(FIND_BATCH, &[Type::INT8])
+        .await
+        .map_err(fail("preparing the batch lookup"))?;
+    let prune = client
+        .prepare_typed(PRUNE_BATCHES, &[Type::FLOAT8])
+        .await
+        .map_err(fail("preparing the batch pruning"))?;
     Ok(Connection {
         client,
         add,
         read,
+        lock_row,
+        find_batch,
+        prune,
         io,
         closed,
     })
