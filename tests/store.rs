@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::cut_proxy::{Cut, CutProxy};
 use common::pg::{TestPg, TlsPg};
-use tally::counter::store::{self, CommitError, StoreConfig, StoreHandle};
+use tally::counter::store::{
+    self, CommitError, Committed, KeyOutcome, KeyedIncrement, StoreConfig, StoreHandle,
+};
 
 fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
     StoreConfig {
@@ -18,6 +20,7 @@ fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
         refresh_interval: Duration::from_millis(50),
         connect_timeout: Duration::from_secs(2),
         cpu: None,
+        idempotency_retention: store::DEFAULT_IDEMPOTENCY_RETENTION,
     }
 }
 
@@ -491,6 +494,139 @@ async fn an_in_doubt_batch_is_looked_up_only_after_the_old_transaction_ended() {
     let count = adding.await.expect("add task");
     assert_eq!(count, Ok(before + MARKED_DELTA));
     assert_eq!(row_count(&pg).await, before + MARKED_DELTA, "counted once");
+    store.shutdown();
+}
+
+fn keyed(key: &str, by: i64) -> KeyedIncrement {
+    KeyedIncrement {
+        key: key.into(),
+        by,
+    }
+}
+
+#[tokio::test]
+async fn a_key_counts_once_then_replays_its_count_and_a_changed_by_is_a_mismatch() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+
+    // Unkeyed values first (1..=2), then the keys in order.
+    let first = store.add_batch(2, vec![keyed("a", 3), keyed("b", 1)]).await;
+    assert_eq!(
+        first,
+        Ok(Committed {
+            unkeyed_end: 2,
+            keyed: vec![KeyOutcome::Counted(5), KeyOutcome::Counted(6)],
+        })
+    );
+    let again = store.add_batch(0, vec![keyed("a", 3)]).await;
+    assert_eq!(again.map(|c| c.keyed), Ok(vec![KeyOutcome::Replayed(5)]));
+    let changed = store.add_batch(1, vec![keyed("b", 4), keyed("c", 2)]).await;
+    assert_eq!(
+        changed,
+        Ok(Committed {
+            unkeyed_end: 7,
+            keyed: vec![KeyOutcome::Mismatch, KeyOutcome::Counted(9)],
+        })
+    );
+    assert_eq!(
+        row_count(&pg).await,
+        9,
+        "replays and mismatches count nothing"
+    );
+    assert_eq!(store.add(1).await, Ok(10));
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn two_stores_given_the_same_key_at_once_count_it_once_and_answer_the_same_count() {
+    let pg = TestPg::start();
+    let (one, two) = (
+        spawn(pg.url(), Duration::from_secs(5)),
+        spawn(pg.url(), Duration::from_secs(5)),
+    );
+    assert!(connected(&one).await && connected(&two).await);
+    for round in 0..20 {
+        let key = format!("shared-{round}");
+        let (a, b) = tokio::join!(
+            one.add_batch(0, vec![keyed(&key, 1)]),
+            two.add_batch(0, vec![keyed(&key, 1)])
+        );
+        let (a, b) = (a.expect("one").keyed[0], b.expect("two").keyed[0]);
+        let value = |outcome| match outcome {
+            KeyOutcome::Counted(n) | KeyOutcome::Replayed(n) => n,
+            KeyOutcome::Mismatch => panic!("same by, yet a mismatch"),
+        };
+        assert_eq!(value(a), value(b), "round {round}: {a:?} vs {b:?}");
+        assert!(
+            matches!(a, KeyOutcome::Counted(_)) != matches!(b, KeyOutcome::Counted(_)),
+            "round {round}: counted by exactly one: {a:?} {b:?}"
+        );
+        assert_eq!(row_count(&pg).await, round + 1);
+    }
+    one.shutdown();
+    two.shutdown();
+}
+
+#[tokio::test]
+async fn an_expired_key_counts_again() {
+    let pg = TestPg::start();
+    let mut config = config(pg.url(), Duration::from_secs(5));
+    config.idempotency_retention = Duration::from_secs(1);
+    let store = store::spawn(config).expect("store thread");
+    assert!(connected(&store).await);
+    let first = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(first.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(1)]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(later.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(2)]));
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn a_keyed_batch_whose_reply_or_statement_is_lost_is_settled_key_by_key() {
+    let pg = TestPg::start();
+    let (proxy, store, before) = through_proxy(&pg).await;
+    let replayed = store.add_batch(0, vec![keyed("old", 2)]).await;
+    assert_eq!(
+        replayed.map(|c| c.keyed),
+        Ok(vec![KeyOutcome::Counted(before + 2)])
+    );
+
+    proxy.arm(Cut::DropReply, MARKED_DELTA);
+    let lost_reply = store
+        .add_batch(MARKED_DELTA, vec![keyed("old", 2), keyed("new", 3)])
+        .await;
+    let end = before + 2 + MARKED_DELTA;
+    assert_eq!(
+        lost_reply,
+        Ok(Committed {
+            unkeyed_end: end,
+            keyed: vec![
+                KeyOutcome::Replayed(before + 2),
+                KeyOutcome::Counted(end + 3)
+            ],
+        })
+    );
+    assert_eq!(row_count(&pg).await, end + 3);
+
+    proxy.arm(Cut::DropStatement, MARKED_DELTA);
+    let lost_statement = store
+        .add_batch(MARKED_DELTA, vec![keyed("new", 3), keyed("newer", 1)])
+        .await;
+    let end = end + 3 + MARKED_DELTA;
+    assert_eq!(
+        lost_statement,
+        Ok(Committed {
+            unkeyed_end: end,
+            keyed: vec![
+                KeyOutcome::Replayed(end - MARKED_DELTA),
+                KeyOutcome::Counted(end + 1)
+            ],
+        })
+    );
+    assert_eq!(row_count(&pg).await, end + 1);
+    assert_eq!(store.stats().disconnects, 2);
     store.shutdown();
 }
 

@@ -59,8 +59,10 @@ const SCHEMA_LOCK_KEY: i64 = 0x74_61_6c_6c_79;
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS tally_counter \
      (id int PRIMARY KEY CHECK (id = 1), count bigint NOT NULL)";
 /// One row per committed batch, kept [`BATCH_ID_RETENTION`]: how an in-doubt batch is settled.
+/// `count` is the row right after the batch; `keyed_delta` the part its keyed increments added.
 const CREATE_BATCHES: &str = "CREATE TABLE IF NOT EXISTS tally_batches \
-     (id bigint PRIMARY KEY, count bigint NOT NULL, committed_at timestamptz NOT NULL DEFAULT now())";
+     (id bigint PRIMARY KEY, count bigint NOT NULL, keyed_delta bigint NOT NULL DEFAULT 0, \
+     committed_at timestamptz NOT NULL DEFAULT now())";
 /// `$1` is the highest count this instance has seen (0 at first), so a row deleted behind our
 /// back does not restart below values already handed out.
 const INSERT_ROW: &str =
@@ -76,15 +78,52 @@ const READ: &str = "SELECT count FROM tally_counter WHERE id = 1";
 const LOCK_ROW: &str = "SELECT count FROM tally_counter WHERE id = 1 FOR UPDATE";
 /// A separate statement after [`LOCK_ROW`]: under READ COMMITTED it takes a new snapshot, so it
 /// sees what the old session committed while we waited (one statement would not).
-const FIND_BATCH: &str = "SELECT count FROM tally_batches WHERE id = $1";
+const FIND_BATCH: &str = "SELECT count, keyed_delta FROM tally_batches WHERE id = $1";
 /// Small batches of the oldest rows, so no DELETE holds the store's connection for long.
 const PRUNE_BATCHES: &str = "DELETE FROM tally_batches WHERE id IN (SELECT id FROM tally_batches \
      WHERE committed_at < now() - make_interval(secs => $1) LIMIT 1000)";
 /// How long a batch id is kept. It only has to outlive the settling of its batch, which ends
 /// within one commit timeout; the margin covers clocks and long timeouts.
 const BATCH_ID_RETENTION: Duration = Duration::from_secs(300);
-/// How often old batch ids are pruned (at most 1000 rows each time).
+/// How often old batch ids and expired idempotency keys are pruned (at most 1000 rows each).
 const PRUNE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Idempotency keys and what their first request got (README.md, "API", Idempotency-Key).
+/// `batch_id` tells a settling store whether its in-doubt batch is the one that counted a key.
+const CREATE_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_idempotency \
+     (key text PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, batch_id bigint NOT NULL, \
+     created_at timestamptz NOT NULL DEFAULT now())";
+/// A batch with keyed increments, run after [`LOCK_ROW`] in the same transaction. Every writer
+/// takes the row lock first, so this statement's snapshot (taken after it) holds every key
+/// committed before: no key can be counted twice, by this instance or another. Keys seen
+/// within the retention are not counted; the fresh ones count after the unkeyed delta `$1`, in
+/// the order given. An expired key still present is overwritten. Keys are unique in `$2`.
+/// Returns, per key in order: whether it counted, its `by` and count, and `unkeyed_end`.
+const ADD_KEYED: &str = "WITH input AS (SELECT key, by, pos \
+       FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS t(key, by, pos)), \
+     known AS (SELECT i.pos, k.by, k.count FROM input i JOIN tally_idempotency k ON k.key = i.key \
+       WHERE k.created_at > now() - make_interval(secs => $5)), \
+     fresh AS (SELECT i.key, i.by, i.pos, (sum(i.by) OVER (ORDER BY i.pos))::bigint AS running \
+       FROM input i WHERE i.pos NOT IN (SELECT pos FROM known)), \
+     total AS (SELECT COALESCE(sum(by), 0)::bigint AS keyed FROM fresh), \
+     counted AS (UPDATE tally_counter SET count = count + $1 + total.keyed FROM total \
+       WHERE id = 1 RETURNING tally_counter.count - total.keyed AS unkeyed_end, total.keyed), \
+     recorded AS (INSERT INTO tally_idempotency (key, by, count, batch_id) \
+       SELECT f.key, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
+       ON CONFLICT (key) DO UPDATE SET by = excluded.by, count = excluded.count, \
+       batch_id = excluded.batch_id, created_at = now()), \
+     batch AS (INSERT INTO tally_batches (id, count, keyed_delta) \
+       SELECT $4, unkeyed_end + keyed, keyed FROM counted) \
+     SELECT c.unkeyed_end, f.pos IS NOT NULL, COALESCE(f.by, k.by), \
+       COALESCE(c.unkeyed_end + f.running, k.count) \
+     FROM counted c CROSS JOIN input i LEFT JOIN fresh f ON f.pos = i.pos \
+       LEFT JOIN known k ON k.pos = i.pos ORDER BY i.pos";
+/// Settling a keyed batch found committed: what each of its keys got.
+const FIND_KEYS: &str =
+    "SELECT key, by, count, batch_id FROM tally_idempotency WHERE key = ANY($1::text[])";
+const PRUNE_KEYS: &str = "DELETE FROM tally_idempotency WHERE key IN (SELECT key \
+     FROM tally_idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 1000)";
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// `highest_seen` before any value is known (a real count is always greater).
 const NOT_SEEN: i64 = i64::MIN;
@@ -101,6 +140,8 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// The CPU the `tally-store` thread is pinned to; `None` leaves it to the scheduler.
     pub cpu: Option<usize>,
+    /// How long an idempotency key is remembered (and replayed) after its first request.
+    pub idempotency_retention: Duration,
 }
 
 impl StoreConfig {
@@ -112,6 +153,7 @@ impl StoreConfig {
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             cpu: None,
+            idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
@@ -141,6 +183,33 @@ pub enum CommitError {
          a count this instance already returned; raise it to at least {highest_returned}"
     )]
     RowLowered { row: i64, highest_returned: i64 },
+}
+
+/// An increment sent with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedIncrement {
+    pub key: Box<str>,
+    pub by: i64,
+}
+
+/// What became of a keyed increment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// Counted by this batch: the count right after its own increment.
+    Counted(i64),
+    /// Counted before, within the retention, with the same `by`: the count it got then.
+    Replayed(i64),
+    /// Seen before with another `by`: not counted.
+    Mismatch,
+}
+
+/// A committed batch: unkeyed increments take the values up to `unkeyed_end`, counted keyed
+/// ones the values after it, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub unkeyed_end: i64,
+    /// One per keyed increment, in the order given.
+    pub keyed: Vec<KeyOutcome>,
 }
 
 /// The row found below a count this store returned (see [`CommitError::RowLowered`]).
@@ -228,12 +297,17 @@ struct Counters {
     disconnects: AtomicU64,
 }
 
+type Reply = oneshot::Sender<Result<Committed, CommitError>>;
+
 enum Request {
     Add {
+        /// The unkeyed increments' sum.
         delta: i64,
+        /// Unique keys; empty for most batches, which then run the plain [`ADD`].
+        keyed: Vec<KeyedIncrement>,
         /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
         deadline: Instant,
-        reply: oneshot::Sender<Result<i64, CommitError>>,
+        reply: Reply,
     },
     Shutdown,
 }
@@ -278,9 +352,29 @@ impl StoreHandle {
         if delta <= 0 {
             return Err(CommitError::InvalidDelta(delta));
         }
+        self.add_batch(delta, Vec::new())
+            .await
+            .map(|committed| committed.unkeyed_end)
+    }
+
+    /// Adds `delta` (>= 0) and every keyed increment whose key was not seen within the
+    /// retention, in one transaction. `keyed` must not repeat a key; at least one of the two
+    /// must add something.
+    pub async fn add_batch(
+        &self,
+        delta: i64,
+        keyed: Vec<KeyedIncrement>,
+    ) -> Result<Committed, CommitError> {
+        if delta < 0 || (delta == 0 && keyed.is_empty()) {
+            return Err(CommitError::InvalidDelta(delta));
+        }
+        if let Some(bad) = keyed.iter().find(|k| k.by <= 0) {
+            return Err(CommitError::InvalidDelta(bad.by));
+        }
         let (reply, answer) = oneshot::channel();
         let request = Request::Add {
             delta,
+            keyed,
             deadline: Instant::now() + self.shared.commit_timeout,
             reply,
         };
@@ -415,8 +509,9 @@ fn first_batch_id() -> i64 {
 struct InDoubt {
     id: i64,
     delta: i64,
+    keyed: Vec<KeyedIncrement>,
     deadline: Instant,
-    reply: oneshot::Sender<Result<i64, CommitError>>,
+    reply: Reply,
     /// `Timeout` or `Unknown`: what the caller is told if it cannot be settled in time.
     why: CommitError,
 }
@@ -424,7 +519,7 @@ struct InDoubt {
 /// What settling an in-doubt batch came to.
 enum Settled {
     /// Its result: committed before (found) or now (run again).
-    Answer(Result<i64, CommitError>),
+    Answer(Result<Committed, CommitError>),
     /// The settling itself failed; the connection is of no further use, try another.
     Retry(String),
     /// The deadline passed: the caller was answered with the outcome unknown.
@@ -448,6 +543,9 @@ struct Connection {
     lock_row: Statement,
     find_batch: Statement,
     prune: Statement,
+    add_keyed: Statement,
+    find_keys: Statement,
+    prune_keys: Statement,
     /// Drives the socket; ends when the connection does.
     io: tokio::task::JoinHandle<()>,
     /// Fires (or errors) when `io` ends.
@@ -610,16 +708,18 @@ impl Store<'_> {
                     return Served::Lost;
                 }
                 request = self.queue.recv_async() => match request {
-                    Ok(Request::Add { delta, deadline, reply }) => {
+                    Ok(Request::Add { delta, keyed, deadline, reply }) => {
                         let id = self.next_batch_id.get();
                         self.next_batch_id.set(id.wrapping_add(1));
-                        match self.commit(&connection, id, delta, deadline).await {
+                        match self.commit(&connection, id, delta, &keyed, deadline).await {
                             Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => {
                                 log::warn!(
                                     "increment by {delta} (batch {id}) in doubt: {why}; \
                                      reconnecting to settle it"
                                 );
-                                self.in_doubt.set(Some(InDoubt { id, delta, deadline, reply, why }));
+                                self.in_doubt.set(Some(InDoubt {
+                                    id, delta, keyed, deadline, reply, why,
+                                }));
                                 // Its state is unknown (a statement may still be running).
                                 connection.abandon();
                                 return Served::Lost;
@@ -648,12 +748,7 @@ impl Store<'_> {
         }
     }
 
-    fn answer(
-        &self,
-        delta: i64,
-        reply: oneshot::Sender<Result<i64, CommitError>>,
-        result: Result<i64, CommitError>,
-    ) {
+    fn answer(&self, delta: i64, reply: Reply, result: Result<Committed, CommitError>) {
         match &result {
             // Logged as an error once, when found; not again for every batch.
             Err(error @ CommitError::RowLowered { .. }) => self.count_error(error),
@@ -714,34 +809,99 @@ impl Store<'_> {
                 .query_opt(&connection.find_batch, &[&batch.id])
                 .await
                 .map_err(text)?;
-            let (row, committed_before) = match found {
-                Some(row) => (Some(row), true),
-                None => (
-                    client
+            let outcome = match found {
+                Some(row) => {
+                    let count: i64 = row.try_get(0).map_err(text)?;
+                    let keyed_delta: i64 = row.try_get(1).map_err(text)?;
+                    let unkeyed_end = count - keyed_delta;
+                    let keyed = self.find_keys(connection, batch).await?;
+                    let committed = Committed { unkeyed_end, keyed };
+                    (count, batch.delta + keyed_delta, committed, true)
+                }
+                None if batch.keyed.is_empty() => {
+                    let count = client
                         .query_opt(&connection.add, &[&batch.delta, &batch.id])
                         .await
-                        .map_err(text)?,
-                    false,
-                ),
+                        .map_err(text)?
+                        .ok_or("tally_counter has no row with id = 1")?
+                        .try_get(0)
+                        .map_err(text)?;
+                    (
+                        count,
+                        batch.delta,
+                        Committed {
+                            unkeyed_end: count,
+                            keyed: Vec::new(),
+                        },
+                        false,
+                    )
+                }
+                None => {
+                    let (count, added, committed) = self
+                        .run_keyed(connection, batch.id, batch.delta, &batch.keyed)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    (count, added, committed, false)
+                }
             };
-            let row = row.ok_or("tally_counter has no row with id = 1")?;
-            let count: i64 = row.try_get(0).map_err(text)?;
             client.batch_execute("COMMIT").await.map_err(text)?;
-            Ok::<_, String>((count, committed_before))
+            Ok::<_, String>(outcome)
         };
         match tokio::time::timeout_at(batch.deadline.into(), settling).await {
             Err(_elapsed) => Settled::Expired,
             Ok(Err(error)) => Settled::Retry(error),
-            Ok(Ok((count, committed_before))) => {
+            Ok(Ok((count, added, committed, committed_before))) => {
                 let how = if committed_before {
                     "had committed"
                 } else {
                     "had not committed; ran it again"
                 };
                 log::info!("in-doubt batch {} settled: it {how}", batch.id);
-                Settled::Answer(self.confirm(count, batch.delta))
+                Settled::Answer(self.confirm(count, added).map(|_| committed))
             }
         }
+    }
+
+    /// What each key of a batch found committed got: counted by it, or by an earlier batch.
+    async fn find_keys(
+        &self,
+        connection: &Connection,
+        batch: &InDoubt,
+    ) -> Result<Vec<KeyOutcome>, String> {
+        let text = |error: tokio_postgres::Error| error.to_string();
+        if batch.keyed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = batch.keyed.iter().map(|k| &*k.key).collect();
+        let rows = connection
+            .client
+            .query(&connection.find_keys, &[&keys])
+            .await
+            .map_err(text)?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get(0).map_err(text)?;
+            let by: i64 = row.try_get(1).map_err(text)?;
+            let count: i64 = row.try_get(2).map_err(text)?;
+            let batch_id: i64 = row.try_get(3).map_err(text)?;
+            found.insert(key, (by, count, batch_id));
+        }
+        batch
+            .keyed
+            .iter()
+            .map(|increment| {
+                let &(by, count, batch_id) = found.get(&*increment.key).ok_or_else(|| {
+                    format!("key {:?} of a committed batch is gone", increment.key)
+                })?;
+                Ok(if batch_id == batch.id {
+                    KeyOutcome::Counted(count)
+                } else if by == increment.by {
+                    KeyOutcome::Replayed(count)
+                } else {
+                    KeyOutcome::Mismatch
+                })
+            })
+            .collect()
     }
 
     /// Deletes a small batch of expired batch ids; false when the connection should be dropped.
@@ -749,8 +909,19 @@ impl Store<'_> {
         let retention = BATCH_ID_RETENTION
             .max(self.config.commit_timeout * 2)
             .as_secs_f64();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&retention];
-        let delete = connection.client.execute(&connection.prune, &params);
+        let keys_retention = self.config.idempotency_retention.as_secs_f64();
+        let batch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&retention];
+        let key_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys_retention];
+        let delete = async {
+            connection
+                .client
+                .execute(&connection.prune, &batch_params)
+                .await?;
+            connection
+                .client
+                .execute(&connection.prune_keys, &key_params)
+                .await
+        };
         match tokio::time::timeout(self.config.commit_timeout, delete).await {
             Ok(Ok(_deleted)) => true,
             Ok(Err(error)) => {
@@ -772,8 +943,9 @@ impl Store<'_> {
         connection: &Connection,
         id: i64,
         delta: i64,
+        keyed: &[KeyedIncrement],
         deadline: Instant,
-    ) -> Result<i64, CommitError> {
+    ) -> Result<Committed, CommitError> {
         if Instant::now() >= deadline {
             return Err(CommitError::Unavailable(
                 "waited past the commit timeout before it could be sent".into(),
@@ -794,6 +966,29 @@ impl Store<'_> {
         }
         // A quarter of the timeout is kept to settle the batch if its outcome is lost.
         let statement_deadline = deadline - self.config.commit_timeout / 4;
+        if !keyed.is_empty() {
+            let client = &connection.client;
+            // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
+            let transaction = async {
+                let (begin, lock, run, commit) = tokio::join!(
+                    client.batch_execute("BEGIN"),
+                    client.query_opt(&connection.lock_row, &[]),
+                    self.run_keyed(connection, id, delta, keyed),
+                    client.batch_execute("COMMIT"),
+                );
+                begin.map_err(|error| classify(&error))?;
+                lock.map_err(|error| classify(&error))?;
+                let (count, added, committed) = run?;
+                commit.map_err(|error| classify(&error))?;
+                Ok::<_, CommitError>((count, added, committed))
+            };
+            let (count, added, committed) =
+                match tokio::time::timeout_at(statement_deadline.into(), transaction).await {
+                    Err(_elapsed) => return Err(CommitError::Timeout),
+                    Ok(result) => result?,
+                };
+            return self.confirm(count, added).map(|_| committed);
+        }
         let answer = tokio::time::timeout_at(
             statement_deadline.into(),
             connection.client.query_opt(&connection.add, &[&delta, &id]),
@@ -813,7 +1008,66 @@ impl Store<'_> {
         let count: i64 = row
             .try_get(0)
             .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))?;
-        self.confirm(count, delta)
+        self.confirm(count, delta).map(|count| Committed {
+            unkeyed_end: count,
+            keyed: Vec::new(),
+        })
+    }
+
+    /// Runs [`ADD_KEYED`] (the row lock must be held): the count after the batch, what it
+    /// added, and each key's outcome.
+    async fn run_keyed(
+        &self,
+        connection: &Connection,
+        id: i64,
+        delta: i64,
+        keyed: &[KeyedIncrement],
+    ) -> Result<(i64, i64, Committed), CommitError> {
+        let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+        let bys: Vec<i64> = keyed.iter().map(|k| k.by).collect();
+        let retention = self.config.idempotency_retention.as_secs_f64();
+        let rows = connection
+            .client
+            .query(
+                &connection.add_keyed,
+                &[&delta, &keys, &bys, &id, &retention],
+            )
+            .await
+            .map_err(|error| classify(&error))?;
+        let unreadable = |error: tokio_postgres::Error| {
+            CommitError::Unknown(format!("unreadable keyed result: {error}"))
+        };
+        if rows.len() != keyed.len() {
+            // No row at all: tally_counter has no row (the UPDATE touched nothing).
+            return Err(CommitError::Unknown(format!(
+                "keyed batch answered {} rows for {} keys",
+                rows.len(),
+                keyed.len()
+            )));
+        }
+        let mut unkeyed_end = delta;
+        let mut added = delta;
+        let mut outcomes = Vec::with_capacity(keyed.len());
+        for (row, increment) in rows.iter().zip(keyed) {
+            unkeyed_end = row.try_get(0).map_err(unreadable)?;
+            let counted: bool = row.try_get(1).map_err(unreadable)?;
+            let by: i64 = row.try_get(2).map_err(unreadable)?;
+            let count: i64 = row.try_get(3).map_err(unreadable)?;
+            outcomes.push(if counted {
+                added += by;
+                KeyOutcome::Counted(count)
+            } else if by == increment.by {
+                KeyOutcome::Replayed(count)
+            } else {
+                KeyOutcome::Mismatch
+            });
+        }
+        let count = unkeyed_end + (added - delta);
+        let committed = Committed {
+            unkeyed_end,
+            keyed: outcomes,
+        };
+        Ok((count, added, committed))
     }
 
     /// Records the count a committed batch of `delta` returned, unless it would hand out a
@@ -1053,7 +1307,8 @@ async fn prepare(
     // `SET LOCAL`: no "already exists, skipping" notice in the log at every connect.
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
-         SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_BATCHES}; COMMIT"
+         SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_BATCHES}; \
+         {CREATE_KEYS}; COMMIT"
     );
     client
         .batch_execute(&create_schema)
@@ -1084,6 +1339,27 @@ async fn prepare(
         .prepare_typed(PRUNE_BATCHES, &[Type::FLOAT8])
         .await
         .map_err(fail("preparing the batch pruning"))?;
+    let add_keyed = client
+        .prepare_typed(
+            ADD_KEYED,
+            &[
+                Type::INT8,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::FLOAT8,
+            ],
+        )
+        .await
+        .map_err(fail("preparing the keyed increment"))?;
+    let find_keys = client
+        .prepare_typed(FIND_KEYS, &[Type::TEXT_ARRAY])
+        .await
+        .map_err(fail("preparing the key lookup"))?;
+    let prune_keys = client
+        .prepare_typed(PRUNE_KEYS, &[Type::FLOAT8])
+        .await
+        .map_err(fail("preparing the key pruning"))?;
     Ok(Connection {
         client,
         add,
@@ -1091,6 +1367,9 @@ async fn prepare(
         lock_row,
         find_batch,
         prune,
+        add_keyed,
+        find_keys,
+        prune_keys,
         io,
         closed,
     })
