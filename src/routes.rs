@@ -6,7 +6,7 @@
 //! increment cannot be answered yet: it returns a [`Ticket`] the connection awaits.
 
 use crate::app::App;
-use crate::counter::{self, Ticket};
+use crate::counter::{self, KeyOutcome, KeyedTicket, Ticket};
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTENT_TYPE_METRICS};
 use crate::http::{Method, Status};
 use crate::kv::{self, Lookup};
@@ -90,7 +90,42 @@ pub enum Reply {
     },
     /// A counter increment: the response waits for its commit.
     Increment(Ticket),
+    /// An increment with an Idempotency-Key: the response waits for its batch's commit.
+    KeyedIncrement(KeyedTicket),
 }
+
+/// The request's `Idempotency-Key` field, as the head found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyField<'a> {
+    Absent,
+    One(&'a [u8]),
+    Repeated,
+}
+
+/// Longest Idempotency-Key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// A key is 1..=255 visible ASCII characters (0x21..=0x7E), compared byte for byte: the
+/// draft's quoted sf-string form `"abc"` is accepted as is, quotes included.
+fn idempotency_key(key: KeyField<'_>) -> Result<Option<&str>, &'static str> {
+    match key {
+        KeyField::Absent => Ok(None),
+        KeyField::Repeated => Err("send one Idempotency-Key field, not several"),
+        KeyField::One(bytes) => {
+            let visible = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+            if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES || !visible {
+                return Err("Idempotency-Key must be 1 to 255 visible ASCII characters");
+            }
+            // Visible ASCII is UTF-8.
+            std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| "Idempotency-Key must be visible ASCII")
+        }
+    }
+}
+
+/// The response header marking a replayed answer.
+pub const REPLAYED_HEADER: &str = "Idempotency-Replayed: true";
 
 fn json(status: Status) -> Reply {
     Reply::Now {
@@ -111,6 +146,7 @@ pub fn dispatch(
     method: Method,
     route: Option<Route>,
     body: &mut [u8],
+    key: KeyField<'_>,
     out: &mut Vec<u8>,
 ) -> Reply {
     let Some(route) = route else {
@@ -141,10 +177,15 @@ pub fn dispatch(
             }
         }
         Route::GetValue => get_value(app, body, out),
-        Route::Counter if method == Method::Post => match counter::parse_by(body) {
-            Ok(by) => Reply::Increment(app.counter.increment(by)),
-            Err(msg) => message(out, Status::BadRequest, msg),
-        },
+        Route::Counter if method == Method::Post => {
+            match (counter::parse_by(body), idempotency_key(key)) {
+                (Err(msg), _) | (_, Err(msg)) => message(out, Status::BadRequest, msg),
+                (Ok(by), Ok(None)) => Reply::Increment(app.counter.increment(by)),
+                (Ok(by), Ok(Some(key))) => {
+                    Reply::KeyedIncrement(app.counter.increment_keyed(by, key))
+                }
+            }
+        }
         Route::Counter => match app.shared.counter.current() {
             Some(count) => counter_body(out, count),
             None => message(
@@ -168,6 +209,26 @@ pub fn increment_reply(result: Result<i64, counter::CommitError>, out: &mut Vec<
                 "the increment was not confirmed by the store",
             )
         }
+    }
+}
+
+/// The response to a keyed increment, and the extra header a replay carries.
+pub fn keyed_increment_reply(
+    result: Result<KeyOutcome, counter::CommitError>,
+    out: &mut Vec<u8>,
+) -> (Reply, Option<&'static str>) {
+    match result {
+        Ok(KeyOutcome::Counted(count)) => (counter_body(out, count), None),
+        Ok(KeyOutcome::Replayed(count)) => (counter_body(out, count), Some(REPLAYED_HEADER)),
+        Ok(KeyOutcome::Mismatch) => (
+            message(
+                out,
+                Status::UnprocessableContent,
+                "this Idempotency-Key was used with another body (by)",
+            ),
+            None,
+        ),
+        Err(err) => (increment_reply(Err(err), out), None),
     }
 }
 

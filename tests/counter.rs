@@ -406,3 +406,188 @@ fn the_embedded_postgres_default_keeps_the_count_across_restarts() {
     wait_ready(&second);
     assert_eq!(count(&second), value);
 }
+
+/// A POST /api/v1/counter with `Idempotency-Key: key` (sent as given) and `{"by": by}`.
+fn keyed_post(key: &str, by: i64) -> Vec<u8> {
+    let body = format!(r#"{{"by":{by}}}"#);
+    format!(
+        "POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nIdempotency-Key: {key}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The count of a 200, and whether it was marked replayed.
+fn counted(r: &common::server::Response) -> (i64, bool) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let replayed = r.header("Idempotency-Replayed") == Some("true");
+    (r.json()["count"].as_i64().expect("count"), replayed)
+}
+
+#[test]
+fn an_idempotency_key_counts_once_and_is_replayed_across_a_tally_restart() {
+    let cluster = TestCluster::start();
+    let mut server = tally(&cluster, &[]);
+    assert_eq!(server.request(POST).status, 200);
+
+    let first = counted(&server.request(&keyed_post("order-1", 2)));
+    assert_eq!(first, (3, false));
+    assert_eq!(
+        counted(&server.request(&keyed_post("order-1", 2))),
+        (3, true)
+    );
+    assert_eq!(count(&server), 3, "a replay counts nothing");
+
+    // Same key, another body: 422 and nothing counted.
+    let mismatch = server.request(&keyed_post("order-1", 5));
+    assert_eq!(mismatch.status, 422, "{}", mismatch.text());
+    assert!(mismatch.json()["message"].is_string());
+    assert_eq!(row(&cluster), 3);
+
+    server.terminate(Duration::from_secs(10));
+    let server = tally(&cluster, &[]);
+    assert_eq!(
+        counted(&server.request(&keyed_post("order-1", 2))),
+        (3, true)
+    );
+    assert_eq!(
+        counted(&server.request(&keyed_post("order-2", 1))),
+        (4, false)
+    );
+    assert_eq!(row(&cluster), 4);
+}
+
+#[test]
+fn a_malformed_or_repeated_idempotency_key_is_400_and_counts_nothing() {
+    let cluster = TestCluster::start();
+    let server = tally(&cluster, &[]);
+    let too_long = "k".repeat(256);
+    let longest = "k".repeat(255);
+    for key in ["a b", "caf\u{e9}", too_long.as_str()] {
+        let r = server.request(&keyed_post(key, 1));
+        assert_eq!(r.status, 400, "{key:?}: {}", r.text());
+        assert!(r.json()["message"].is_string());
+    }
+    let empty = server.request(
+        b"POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nIdempotency-Key:\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(empty.status, 400, "{}", empty.text());
+    let twice = server.request(
+        b"POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nIdempotency-Key: a\r\n\
+          Idempotency-Key: a\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(twice.status, 400, "{}", twice.text());
+    assert_eq!(row(&cluster), 0);
+    assert_eq!(
+        counted(&server.request(&keyed_post(&longest, 1))),
+        (1, false)
+    );
+    assert_eq!(
+        counted(&server.request(&keyed_post("\"quoted\"", 1))),
+        (2, false)
+    );
+}
+
+#[test]
+fn two_instances_given_one_key_at_once_count_it_once_and_answer_the_same_count() {
+    let cluster = TestCluster::start();
+    let one = tally(&cluster, &[]);
+    let two = tally(&cluster, &[]);
+    for round in 0..10 {
+        let key = format!("both-{round}");
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| counted(&one.request(&keyed_post(&key, 1))));
+            let b = s.spawn(|| counted(&two.request(&keyed_post(&key, 1))));
+            (a.join().expect("one"), b.join().expect("two"))
+        });
+        assert_eq!(a.0, b.0, "round {round}: both answer the same count");
+        assert!(
+            a.1 != b.1,
+            "round {round}: exactly one is a replay: {a:?} {b:?}"
+        );
+        assert_eq!(row(&cluster), round + 1);
+    }
+}
+
+#[test]
+fn a_postgres_restart_under_keyed_load_with_retries_counts_each_key_exactly_once() {
+    let mut cluster = TestCluster::start();
+    let server = tally(&cluster, &["--commit-timeout-ms", "2000"]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Each client sends its own keys one after another, repeating a key until it gets a 200.
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut got: Vec<(String, i64)> = Vec::new();
+                let mut non_200 = 0;
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("c{client}-{n}");
+                    loop {
+                        let answer = TcpStream::connect(addr).ok().and_then(|mut c| {
+                            c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+                            c.write_all(&keyed_post(&key, 1)).ok()?;
+                            read_response(&mut c).ok()
+                        });
+                        match answer {
+                            Some(r) if r.status == 200 => {
+                                got.push((key, counted(&r).0));
+                                sent.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Some(r) => {
+                                assert_eq!(r.status, 503, "{}", r.text());
+                                non_200 += 1;
+                            }
+                            None => non_200 += 1,
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                (got, non_200)
+            })
+        })
+        .collect();
+    wait_for("load", Duration::from_secs(10), || {
+        sent.load(Ordering::Relaxed) > 200
+    });
+    // A quick restart (settled: no 503 expected), then an outage longer than the commit
+    // timeout (503s, retried with the same keys).
+    cluster.restart();
+    let before = sent.load(Ordering::Relaxed);
+    wait_for("recovery", Duration::from_secs(30), || {
+        sent.load(Ordering::Relaxed) > before + 300
+    });
+    cluster.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.start_again();
+    let before = sent.load(Ordering::Relaxed);
+    wait_for("recovery after the outage", Duration::from_secs(30), || {
+        sent.load(Ordering::Relaxed) > before + 300
+    });
+    stop.store(true, Ordering::Relaxed);
+    let mut values = BTreeSet::new();
+    let (mut keys, mut retries) = (0, 0);
+    for client in clients {
+        let (got, non_200) = client.join().expect("client");
+        retries += non_200;
+        for (key, value) in got {
+            keys += 1;
+            assert!(
+                values.insert(value),
+                "{key} got {value}, a value given before"
+            );
+        }
+    }
+    let final_row = row(&cluster);
+    eprintln!("{keys} keys, {retries} retried answers, row {final_row}");
+    assert!(retries > 0, "the outage went unnoticed");
+    assert_eq!(final_row, keys as i64, "every key counted exactly once");
+    assert_eq!(values, (1..=final_row).collect::<BTreeSet<i64>>());
+}

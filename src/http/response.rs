@@ -35,6 +35,8 @@ pub struct ResponseHead<'a> {
     pub head_only: bool,
     /// Value of an `Allow` header (405 responses).
     pub allow: Option<&'a str>,
+    /// One more header line, `Name: value` (e.g. a replay mark); no CRLF.
+    pub extra_header: Option<&'a str>,
 }
 
 /// Appends a complete response to `out`.
@@ -57,6 +59,10 @@ pub fn write_response(out: &mut Vec<u8>, head: &ResponseHead<'_>, date: &HttpDat
     if let Some(allow) = head.allow {
         out.extend_from_slice(b"\r\nAllow: ");
         out.extend_from_slice(allow.as_bytes());
+    }
+    if let Some(line) = head.extra_header {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(line.as_bytes());
     }
     out.extend_from_slice(b"\r\n\r\n");
     if !head.head_only {
@@ -147,6 +153,7 @@ mod tests {
             persistence,
             head_only,
             allow,
+            extra_header: None,
         }
     }
 

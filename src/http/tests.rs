@@ -600,3 +600,18 @@ proptest! {
         prop_assert_eq!(framed_in_pieces(&input, &splits), framed_in_pieces(&input, &[]));
     }
 }
+
+#[test]
+fn the_idempotency_key_field_is_exposed_trimmed_and_a_repeat_is_flagged() {
+    let req = b"POST /api/v1/counter HTTP/1.1\r\nHost: x\r\nidempotency-key:  abc-1 \r\n\r\n";
+    let (head, ..) = complete(req);
+    let key = head.idempotency_key.clone().expect("the key");
+    assert_eq!(&req[key], b"abc-1");
+    assert!(!head.idempotency_key_repeated);
+
+    let (head, ..) = complete(GET);
+    assert_eq!(head.idempotency_key, None);
+
+    let twice = b"POST / HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n";
+    assert!(complete(twice).0.idempotency_key_repeated);
+}

@@ -19,7 +19,7 @@ use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
 use crate::http::{
     self, BodyLocation, HttpError, Method, Parsed, Persistence, ResponseHead, Status,
 };
-use crate::routes::{self, Reply, Route};
+use crate::routes::{self, KeyField, Reply, Route};
 
 use super::context::ConnContext;
 use super::registry::{Phase, Slot};
@@ -75,9 +75,15 @@ struct Conn {
 
 struct Deferred {
     at: usize,
-    ticket: crate::counter::Ticket,
+    ticket: Pending,
     persistence: Persistence,
     head_only: bool,
+}
+
+/// An increment waiting for its commit.
+enum Pending {
+    Plain(crate::counter::Ticket),
+    Keyed(crate::counter::KeyedTicket),
 }
 
 /// What to do after a batch of responses is written.
@@ -283,8 +289,12 @@ impl Conn {
             self.continue_sent = false;
             let path = &self.rbuf[start + head.path.start..start + head.path.end];
             let route = Route::from_path(path);
+            // The head (where the Idempotency-Key is) ends before the body starts.
+            let (head_bytes, after_head) = self.rbuf[start..].split_at_mut(head.head_len);
             let body: &mut [u8] = match body {
-                BodyLocation::Input(r) => &mut self.rbuf[start + r.start..start + r.end],
+                BodyLocation::Input(r) => {
+                    &mut after_head[r.start - head.head_len..r.end - head.head_len]
+                }
                 BodyLocation::Scratch => &mut self.decoded_body,
             };
             let persistence = if !head.keep_alive || ctx.shutting_down.get() {
@@ -296,7 +306,20 @@ impl Conn {
             };
             let head_only = head.method == Method::Head;
             self.response_body.clear();
-            match routes::dispatch(&ctx.app, head.method, route, body, &mut self.response_body) {
+            let key = match &head.idempotency_key {
+                _ if head.idempotency_key_repeated => KeyField::Repeated,
+                Some(r) => KeyField::One(&head_bytes[r.clone()]),
+                None => KeyField::Absent,
+            };
+            let reply = routes::dispatch(
+                &ctx.app,
+                head.method,
+                route,
+                body,
+                key,
+                &mut self.response_body,
+            );
+            match reply {
                 Reply::Now {
                     status,
                     content_type,
@@ -308,13 +331,20 @@ impl Conn {
                         persistence,
                         head_only,
                         allow,
+                        extra_header: None,
                     };
                     http::write_response(&mut self.wbuf, &response, &date, &self.response_body);
                     self.answered.push((Route::metric_index(route), status));
                 }
                 Reply::Increment(ticket) => self.deferred.push(Deferred {
                     at: self.wbuf.len(),
-                    ticket,
+                    ticket: Pending::Plain(ticket),
+                    persistence,
+                    head_only,
+                }),
+                Reply::KeyedIncrement(ticket) => self.deferred.push(Deferred {
+                    at: self.wbuf.len(),
+                    ticket: Pending::Keyed(ticket),
                     persistence,
                     head_only,
                 }),
@@ -347,13 +377,21 @@ impl Conn {
         for deferred in std::mem::take(&mut self.deferred) {
             out.extend_from_slice(&self.wbuf[copied..deferred.at]);
             copied = deferred.at;
-            let result = deferred.ticket.await;
             self.response_body.clear();
+            let (reply, extra_header) = match deferred.ticket {
+                Pending::Plain(ticket) => (
+                    routes::increment_reply(ticket.await, &mut self.response_body),
+                    None,
+                ),
+                Pending::Keyed(ticket) => {
+                    routes::keyed_increment_reply(ticket.await, &mut self.response_body)
+                }
+            };
             if let Reply::Now {
                 status,
                 content_type,
                 allow,
-            } = routes::increment_reply(result, &mut self.response_body)
+            } = reply
             {
                 let response = ResponseHead {
                     status,
@@ -361,6 +399,7 @@ impl Conn {
                     persistence: deferred.persistence,
                     head_only: deferred.head_only,
                     allow,
+                    extra_header,
                 };
                 let date = self.ctx.date.borrow();
                 http::write_response(&mut out, &response, &date, &self.response_body);
@@ -529,6 +568,7 @@ fn write_error(
     body.clear();
     write_message_body(body, msg);
     let head = ResponseHead {
+        extra_header: None,
         status,
         content_type: CONTENT_TYPE_JSON,
         persistence: Persistence::Close,
