@@ -569,7 +569,7 @@ async fn two_stores_given_the_same_key_at_once_count_it_once_and_answer_the_same
 }
 
 #[tokio::test]
-async fn an_expired_key_counts_again() {
+async fn an_expired_key_counts_again_and_is_pruned() {
     let pg = TestPg::start();
     let mut config = config(pg.url(), Duration::from_secs(5));
     config.idempotency_retention = Duration::from_secs(1);
@@ -580,6 +580,21 @@ async fn an_expired_key_counts_again() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let later = store.add_batch(0, vec![keyed("k", 1)]).await;
     assert_eq!(later.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(2)]));
+
+    // Once expired, the background prune deletes it.
+    let sql = pg.client().await;
+    let keys = || async {
+        sql.query_one("SELECT count(*) FROM tally_idempotency", &[])
+            .await
+            .expect("count keys")
+            .get::<_, i64>(0)
+    };
+    assert_eq!(keys().await, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keys().await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(keys().await, 0, "the expired key was not pruned");
     store.shutdown();
 }
 

@@ -391,10 +391,11 @@ pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
 /// delta. A batch repeating a key already taken starts the next transaction.
 fn next_transaction(queue: &VecDeque<CoreBatch>, max_batch: usize) -> (usize, u32, i64) {
     let (mut take, mut requests, mut delta) = (0, 0u32, 0i64);
-    let mut keys: Vec<&str> = Vec::new();
+    // Allocates only when a batch has keys.
+    let mut keys: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for batch in queue {
         let over = max_batch > 0 && (requests + batch.requests) as usize > max_batch;
-        let repeats_a_key = batch.keyed.iter().any(|k| keys.contains(&&*k.key));
+        let repeats_a_key = batch.keyed.iter().any(|k| keys.contains(&*k.key));
         if take > 0 && (over || repeats_a_key) {
             break;
         }
@@ -543,7 +544,8 @@ impl CounterCore {
                 core: self.port.id,
                 requests: batch.requests.get(),
                 delta: batch.delta.get(),
-                keyed: batch.keyed.borrow().clone(),
+                // The tickets keep only their index: the keys themselves move on.
+                keyed: std::mem::take(&mut *batch.keyed.borrow_mut()),
             };
             match to_owner.as_ref().map(|tx| tx.send(msg)) {
                 Some(Ok(())) => self.in_flight.borrow_mut().push_back(batch),

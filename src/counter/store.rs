@@ -79,13 +79,20 @@ const LOCK_ROW: &str = "SELECT count FROM tally_counter WHERE id = 1 FOR UPDATE"
 /// A separate statement after [`LOCK_ROW`]: under READ COMMITTED it takes a new snapshot, so it
 /// sees what the old session committed while we waited (one statement would not).
 const FIND_BATCH: &str = "SELECT count, keyed_delta FROM tally_batches WHERE id = $1";
-/// Small batches of the oldest rows, so no DELETE holds the store's connection for long.
+/// Small batches of the oldest rows, so no DELETE holds the store's connection for long. The
+/// time index makes a prune with nothing to delete a short index probe, not a table scan.
 const PRUNE_BATCHES: &str = "DELETE FROM tally_batches WHERE id IN (SELECT id FROM tally_batches \
      WHERE committed_at < now() - make_interval(secs => $1) LIMIT 1000)";
+const INDEX_BATCHES: &str =
+    "CREATE INDEX IF NOT EXISTS tally_batches_committed_at ON tally_batches (committed_at)";
+/// Rows each prune statement deletes at most (the `LIMIT` above and below).
+const PRUNE_LIMIT: u64 = 1000;
 /// How long a batch id is kept. It only has to outlive the settling of its batch, which ends
-/// within one commit timeout; the margin covers clocks and long timeouts.
-const BATCH_ID_RETENTION: Duration = Duration::from_secs(300);
-/// How often old batch ids and expired idempotency keys are pruned (at most 1000 rows each).
+/// within one commit timeout (twice that is kept if it is longer); the margin covers long
+/// pauses of the store thread.
+const BATCH_ID_RETENTION: Duration = Duration::from_secs(60);
+/// How often old batch ids and expired idempotency keys are pruned; again at once, between
+/// commits, while a prune finds a full [`PRUNE_LIMIT`] to delete.
 const PRUNE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Idempotency keys and what their first request got (README.md, "API", Idempotency-Key).
@@ -123,6 +130,8 @@ const FIND_KEYS: &str =
     "SELECT key, by, count, batch_id FROM tally_idempotency WHERE key = ANY($1::text[])";
 const PRUNE_KEYS: &str = "DELETE FROM tally_idempotency WHERE key IN (SELECT key \
      FROM tally_idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 1000)";
+const INDEX_KEYS: &str =
+    "CREATE INDEX IF NOT EXISTS tally_idempotency_created_at ON tally_idempotency (created_at)";
 pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// `highest_seen` before any value is known (a real count is always greater).
@@ -738,12 +747,15 @@ impl Store<'_> {
                         return Served::Lost;
                     }
                 }
-                _ = prune.tick() => {
-                    if !self.prune(&connection).await {
+                _ = prune.tick() => match self.prune(&connection).await {
+                    None => {
                         connection.abandon();
                         return Served::Lost;
                     }
-                }
+                    // More expired rows are waiting: prune again after the next commit.
+                    Some(true) => prune.reset_immediately(),
+                    Some(false) => {}
+                },
             }
         }
     }
@@ -904,8 +916,9 @@ impl Store<'_> {
             .collect()
     }
 
-    /// Deletes a small batch of expired batch ids; false when the connection should be dropped.
-    async fn prune(&self, connection: &Connection) -> bool {
+    /// Deletes a small batch of expired batch ids and keys: whether more may be waiting, or
+    /// `None` when the connection should be dropped.
+    async fn prune(&self, connection: &Connection) -> Option<bool> {
         let retention = BATCH_ID_RETENTION
             .max(self.config.commit_timeout * 2)
             .as_secs_f64();
@@ -913,27 +926,28 @@ impl Store<'_> {
         let batch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&retention];
         let key_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys_retention];
         let delete = async {
-            connection
+            let batches = connection
                 .client
                 .execute(&connection.prune, &batch_params)
                 .await?;
-            connection
+            let keys = connection
                 .client
                 .execute(&connection.prune_keys, &key_params)
-                .await
+                .await?;
+            Ok::<_, tokio_postgres::Error>(batches.max(keys) >= PRUNE_LIMIT)
         };
         match tokio::time::timeout(self.config.commit_timeout, delete).await {
-            Ok(Ok(_deleted)) => true,
+            Ok(Ok(more)) => Some(more),
             Ok(Err(error)) => {
-                log::warn!("pruning old batch ids: {error}");
-                statement_was_rejected(&error)
+                log::warn!("pruning old batch ids and keys: {error}");
+                statement_was_rejected(&error).then_some(false)
             }
             Err(_elapsed) => {
                 log::warn!(
-                    "pruning old batch ids took over {:?}",
+                    "pruning old batch ids and keys took over {:?}",
                     self.config.commit_timeout
                 );
-                false
+                None
             }
         }
     }
@@ -1308,7 +1322,7 @@ async fn prepare(
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
          SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_BATCHES}; \
-         {CREATE_KEYS}; COMMIT"
+         {CREATE_KEYS}; {INDEX_BATCHES}; {INDEX_KEYS}; COMMIT"
     );
     client
         .batch_execute(&create_schema)
