@@ -510,84 +510,130 @@ fn two_instances_given_one_key_at_once_count_it_once_and_answer_the_same_count()
     }
 }
 
+/// Clients sending their own keys one after another, each key repeated until it gets a 200,
+/// to whatever address `addr` holds (it changes when tally is restarted).
+struct KeyedLoad {
+    stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    clients: Vec<std::thread::JoinHandle<ClientResult>>,
+}
+
+/// Each key a client got a 200 for, with its count, and how many answers it retried.
+type ClientResult = (Vec<(String, i64)>, usize);
+
+impl KeyedLoad {
+    fn start(addr: Arc<Mutex<std::net::SocketAddr>>, clients: usize) -> KeyedLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients = (0..clients)
+            .map(|client| {
+                let (stop, answered, addr) = (stop.clone(), answered.clone(), addr.clone());
+                std::thread::spawn(move || {
+                    let mut got: Vec<(String, i64)> = Vec::new();
+                    let mut non_200 = 0;
+                    for n in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let key = format!("c{client}-{n}");
+                        loop {
+                            let to = *addr.lock().expect("address");
+                            let answer = TcpStream::connect(to).ok().and_then(|mut c| {
+                                c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+                                c.write_all(&keyed_post(&key, 1)).ok()?;
+                                read_response(&mut c).ok()
+                            });
+                            match answer {
+                                Some(r) if r.status == 200 => {
+                                    got.push((key, counted(&r).0));
+                                    answered.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                                Some(r) => {
+                                    assert_eq!(r.status, 503, "{}", r.text());
+                                    non_200 += 1;
+                                }
+                                None => non_200 += 1,
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    (got, non_200)
+                })
+            })
+            .collect();
+        KeyedLoad {
+            stop,
+            answered,
+            clients,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    fn wait_for_more(&self, what: &str, more: usize) {
+        let before = self.answered();
+        wait_for(what, Duration::from_secs(30), || {
+            self.answered() > before + more
+        });
+    }
+
+    /// Stops the clients (each finishes its current key) and checks exactly-once against the
+    /// row: every key got one value, the values are exactly 1..=row. Returns the retries.
+    fn finish_and_check(self, cluster: &TestCluster) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut values = BTreeSet::new();
+        let (mut keys, mut retries) = (0, 0);
+        for client in self.clients {
+            let (got, non_200) = client.join().expect("client");
+            retries += non_200;
+            for (key, value) in got {
+                keys += 1;
+                assert!(
+                    values.insert(value),
+                    "{key} got {value}, a value given before"
+                );
+            }
+        }
+        let final_row = row(cluster);
+        eprintln!("{keys} keys, {retries} retried answers, row {final_row}");
+        assert_eq!(final_row, keys as i64, "every key counted exactly once");
+        assert_eq!(values, (1..=final_row).collect::<BTreeSet<i64>>());
+        retries
+    }
+}
+
 #[test]
 fn a_postgres_restart_under_keyed_load_with_retries_counts_each_key_exactly_once() {
     let mut cluster = TestCluster::start();
     let server = tally(&cluster, &["--commit-timeout-ms", "2000"]);
-    let addr = server.addr;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // Each client sends its own keys one after another, repeating a key until it gets a 200.
-    let clients: Vec<_> = (0..8)
-        .map(|client| {
-            let (stop, sent) = (stop.clone(), sent.clone());
-            std::thread::spawn(move || {
-                let mut got: Vec<(String, i64)> = Vec::new();
-                let mut non_200 = 0;
-                for n in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let key = format!("c{client}-{n}");
-                    loop {
-                        let answer = TcpStream::connect(addr).ok().and_then(|mut c| {
-                            c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-                            c.write_all(&keyed_post(&key, 1)).ok()?;
-                            read_response(&mut c).ok()
-                        });
-                        match answer {
-                            Some(r) if r.status == 200 => {
-                                got.push((key, counted(&r).0));
-                                sent.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            Some(r) => {
-                                assert_eq!(r.status, 503, "{}", r.text());
-                                non_200 += 1;
-                            }
-                            None => non_200 += 1,
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-                (got, non_200)
-            })
-        })
-        .collect();
-    wait_for("load", Duration::from_secs(10), || {
-        sent.load(Ordering::Relaxed) > 200
-    });
+    let load = KeyedLoad::start(Arc::new(Mutex::new(server.addr)), 8);
+    load.wait_for_more("load", 200);
     // A quick restart (settled: no 503 expected), then an outage longer than the commit
     // timeout (503s, retried with the same keys).
     cluster.restart();
-    let before = sent.load(Ordering::Relaxed);
-    wait_for("recovery", Duration::from_secs(30), || {
-        sent.load(Ordering::Relaxed) > before + 300
-    });
+    load.wait_for_more("recovery", 300);
     cluster.stop();
     std::thread::sleep(Duration::from_secs(3));
     cluster.start_again();
-    let before = sent.load(Ordering::Relaxed);
-    wait_for("recovery after the outage", Duration::from_secs(30), || {
-        sent.load(Ordering::Relaxed) > before + 300
-    });
-    stop.store(true, Ordering::Relaxed);
-    let mut values = BTreeSet::new();
-    let (mut keys, mut retries) = (0, 0);
-    for client in clients {
-        let (got, non_200) = client.join().expect("client");
-        retries += non_200;
-        for (key, value) in got {
-            keys += 1;
-            assert!(
-                values.insert(value),
-                "{key} got {value}, a value given before"
-            );
-        }
-    }
-    let final_row = row(&cluster);
-    eprintln!("{keys} keys, {retries} retried answers, row {final_row}");
+    load.wait_for_more("recovery after the outage", 300);
+    let retries = load.finish_and_check(&cluster);
     assert!(retries > 0, "the outage went unnoticed");
-    assert_eq!(final_row, keys as i64, "every key counted exactly once");
-    assert_eq!(values, (1..=final_row).collect::<BTreeSet<i64>>());
+}
+
+#[test]
+fn tally_killed_under_keyed_load_and_restarted_counts_each_retried_key_exactly_once() {
+    let cluster = TestCluster::start();
+    let mut server = tally(&cluster, &[]);
+    let addr = Arc::new(Mutex::new(server.addr));
+    let load = KeyedLoad::start(addr.clone(), 8);
+    load.wait_for_more("load", 300);
+    server.kill();
+    let restarted = tally(&cluster, &[]);
+    *addr.lock().expect("address") = restarted.addr;
+    load.wait_for_more("load on the restarted tally", 300);
+    let retries = load.finish_and_check(&cluster);
+    assert!(retries > 0, "the kill went unnoticed");
 }

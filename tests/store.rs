@@ -444,6 +444,7 @@ async fn a_commit_whose_reply_is_lost_is_settled_as_committed_and_answered() {
     let stats = store.stats();
     assert_eq!(stats.disconnects, 1, "{stats:?}");
     assert_eq!(stats.commit_errors_unknown + stats.commit_errors_timeout, 0);
+    assert_eq!(stats.settled, 1);
     assert_eq!(store.add(1).await, Ok(before + MARKED_DELTA + 1));
     store.shutdown();
 }
@@ -534,6 +535,8 @@ async fn a_key_counts_once_then_replays_its_count_and_a_changed_by_is_a_mismatch
         9,
         "replays and mismatches count nothing"
     );
+    let stats = store.stats();
+    assert_eq!((stats.key_replays, stats.key_mismatches), (1, 1));
     assert_eq!(store.add(1).await, Ok(10));
     store.shutdown();
 }

@@ -138,7 +138,7 @@ impl CounterShared {
         );
         let stats = self.store.stats();
         type Line = (&'static str, &'static str, &'static str, u64);
-        let lines: [Line; 11] = [
+        let lines: [Line; 14] = [
             (
                 "tally_counter_commits_total",
                 "counter",
@@ -172,7 +172,7 @@ impl CounterShared {
             (
                 "tally_counter_store_lost_total",
                 "counter",
-                "Commits whose connection was lost in flight (outcome unknown).",
+                "Commits whose outcome stayed unknown past the commit timeout (connection lost).",
                 stats.commit_errors_unknown,
             ),
             (
@@ -180,6 +180,24 @@ impl CounterShared {
                 "counter",
                 "Increments refused because the row was below a count already returned.",
                 stats.commit_errors_row_lowered,
+            ),
+            (
+                "tally_counter_store_settled_total",
+                "counter",
+                "Commits whose outcome was lost, then settled after reconnecting (answered 200).",
+                stats.settled,
+            ),
+            (
+                "tally_counter_idempotent_replays_total",
+                "counter",
+                "Keyed increments answered with an earlier request's count (not counted).",
+                stats.key_replays,
+            ),
+            (
+                "tally_counter_idempotent_mismatches_total",
+                "counter",
+                "Keyed increments refused with 422: the key was used with another by.",
+                stats.key_mismatches,
             ),
             (
                 "tally_counter_store_connects_total",

@@ -247,6 +247,12 @@ pub struct StoreStats {
     pub connect_failures: u64,
     /// Connections lost or dropped after a timeout or unknown outcome.
     pub disconnects: u64,
+    /// Batches whose outcome was lost and then settled (found committed, or run again).
+    pub settled: u64,
+    /// Keyed increments answered from an earlier request with the same key.
+    pub key_replays: u64,
+    /// Keyed increments refused: the key was used with another `by`.
+    pub key_mismatches: u64,
 }
 
 impl From<RowLowered> for CommitError {
@@ -304,6 +310,9 @@ struct Counters {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
+    settled: AtomicU64,
+    key_replays: AtomicU64,
+    key_mismatches: AtomicU64,
 }
 
 type Reply = oneshot::Sender<Result<Committed, CommitError>>;
@@ -427,6 +436,9 @@ impl StoreHandle {
             connects: get(&c.connects),
             connect_failures: get(&c.connect_failures),
             disconnects: get(&c.disconnects),
+            settled: get(&c.settled),
+            key_replays: get(&c.key_replays),
+            key_mismatches: get(&c.key_mismatches),
         }
     }
 
@@ -761,6 +773,17 @@ impl Store<'_> {
     }
 
     fn answer(&self, delta: i64, reply: Reply, result: Result<Committed, CommitError>) {
+        if let Ok(committed) = &result {
+            let stats = &self.shared.stats;
+            for outcome in &committed.keyed {
+                let counter = match outcome {
+                    KeyOutcome::Counted(_) => continue,
+                    KeyOutcome::Replayed(_) => &stats.key_replays,
+                    KeyOutcome::Mismatch => &stats.key_mismatches,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         match &result {
             // Logged as an error once, when found; not again for every batch.
             Err(error @ CommitError::RowLowered { .. }) => self.count_error(error),
@@ -869,6 +892,7 @@ impl Store<'_> {
                     "had not committed; ran it again"
                 };
                 log::info!("in-doubt batch {} settled: it {how}", batch.id);
+                self.shared.stats.settled.fetch_add(1, Ordering::Relaxed);
                 Settled::Answer(self.confirm(count, added).map(|_| committed))
             }
         }
