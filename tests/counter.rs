@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cut_proxy::{Cut, CutProxy};
 use common::pg::TestPg as TestCluster;
 use common::server::{read_response, TestServer};
 
@@ -636,4 +637,48 @@ fn tally_killed_under_keyed_load_and_restarted_counts_each_retried_key_exactly_o
     load.wait_for_more("load on the restarted tally", 300);
     let retries = load.finish_and_check(&cluster);
     assert!(retries > 0, "the kill went unnoticed");
+}
+
+#[test]
+fn a_keyed_commit_cut_mid_flight_is_settled_and_answered_once() {
+    let cluster = TestCluster::start();
+    let proxy = CutProxy::start(&cluster);
+    let server = tally(&cluster, &[]);
+    // A second tally reaching PostgreSQL through the proxy that loses the commit's reply.
+    let cut = {
+        let server = TestServer::start(&["--database-url", &proxy.url]);
+        wait_ready(&server);
+        server
+    };
+    assert_eq!(
+        counted(&server.request(&keyed_post("before00", 1))),
+        (1, false)
+    );
+
+    for (n, how) in [Cut::DropReply, Cut::CloseAfterStatement, Cut::DropStatement]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("cutkey0{n}");
+        let marker: [u8; 8] = key.as_bytes().try_into().expect("8 bytes");
+        proxy.arm_at(how, marker);
+        let first = counted(&cut.request(&keyed_post(&key, 1)));
+        let expected = n as i64 + 2;
+        assert_eq!(
+            first,
+            (expected, false),
+            "{how:?}: settled and answered 200"
+        );
+        assert_eq!(row(&cluster), expected, "{how:?}: counted once");
+        // The other instance replays it: the key was recorded with the commit.
+        assert_eq!(
+            counted(&server.request(&keyed_post(&key, 1))),
+            (expected, true)
+        );
+    }
+    let metrics = cut.get("/metrics").text();
+    assert!(
+        metrics.contains("tally_counter_store_settled_total 3"),
+        "every cut commit was settled:\n{metrics}"
+    );
 }

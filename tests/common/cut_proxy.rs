@@ -68,7 +68,13 @@ impl CutProxy {
 
     /// Cuts the connection carrying the next statement whose parameters include `delta`.
     pub fn arm(&self, cut: Cut, delta: i64) {
-        *self.armed.lock().expect("proxy state") = Some((cut, delta.to_be_bytes()));
+        self.arm_at(cut, delta.to_be_bytes());
+    }
+
+    /// Cuts the connection carrying the next message that contains `marker` (e.g. an
+    /// 8-character Idempotency-Key).
+    pub fn arm_at(&self, cut: Cut, marker: [u8; 8]) {
+        *self.armed.lock().expect("proxy state") = Some((cut, marker));
     }
 }
 
