@@ -131,6 +131,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_COMMIT_TIMEOUT_MS", default_value_t = 5000)]
     pub commit_timeout_ms: u64,
 
+    /// Seconds an Idempotency-Key is remembered: a request repeating it within this window is
+    /// answered with the first one's count and not counted again.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_retention_secs: u64,
+
     /// Most increments in one transaction (0 = no limit). 1 gives one transaction per
     /// request: the design tally replaces, kept for the benchmark's comparison.
     #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 0)]
@@ -186,6 +191,10 @@ impl ServeArgs {
 
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_millis(self.commit_timeout_ms.max(1))
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_secs.max(1))
     }
 }
 

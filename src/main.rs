@@ -115,6 +115,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         refresh_interval: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(5),
         cpu: Some(owner_cpu),
+        idempotency_retention: cfg.idempotency_retention(),
     })
     .context("starting the store thread")?;
     let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));

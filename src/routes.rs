@@ -6,7 +6,7 @@
 //! increment cannot be answered yet: it returns a [`Ticket`] the connection awaits.
 
 use crate::app::App;
-use crate::counter::{self, Ticket};
+use crate::counter::{self, KeyOutcome, KeyedTicket, Ticket};
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTENT_TYPE_METRICS};
 use crate::http::{Method, Status};
 use crate::kv::{self, Lookup};
@@ -91,7 +91,42 @@ pub enum Reply {
     },
     /// A counter increment: the response waits for its commit.
     Increment(Ticket),
+    /// An increment with an Idempotency-Key: the response waits for its batch's commit.
+    KeyedIncrement(KeyedTicket),
 }
+
+/// The request's `Idempotency-Key` field, as the head found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyField<'a> {
+    Absent,
+    One(&'a [u8]),
+    Repeated,
+}
+
+/// Longest Idempotency-Key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// A key is 1..=255 visible ASCII characters (0x21..=0x7E), compared byte for byte: the
+/// draft's quoted sf-string form `"abc"` is accepted as is, quotes included.
+fn idempotency_key(key: KeyField<'_>) -> Result<Option<&str>, &'static str> {
+    match key {
+        KeyField::Absent => Ok(None),
+        KeyField::Repeated => Err("send one Idempotency-Key field, not several"),
+        KeyField::One(bytes) => {
+            let visible = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+            if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES || !visible {
+                return Err("Idempotency-Key must be 1 to 255 visible ASCII characters");
+            }
+            // Visible ASCII is UTF-8.
+            std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| "Idempotency-Key must be visible ASCII")
+        }
+    }
+}
+
+/// The response header marking a replayed answer.
+pub const REPLAYED_HEADER: &str = "Idempotency-Replayed: true";
 
 fn json(status: Status) -> Reply {
     Reply::Now {
@@ -106,14 +141,39 @@ fn message(out: &mut Vec<u8>, status: Status, msg: &str) -> Reply {
     json(status)
 }
 
+/// One request as handlers see it: what the head said that they use, and the body.
+pub struct Request<'a> {
+    pub method: Method,
+    pub route: Option<Route>,
+    /// The decoded body; handlers may parse it in place (simd-json does).
+    pub body: &'a mut [u8],
+    /// The `Authorization` value, read by the admin route only.
+    pub authorization: Option<&'a [u8]>,
+    pub idempotency_key: KeyField<'a>,
+}
+
+impl<'a> Request<'a> {
+    /// A request without credentials or Idempotency-Key.
+    pub fn new(method: Method, route: Option<Route>, body: &'a mut [u8]) -> Self {
+        Request {
+            method,
+            route,
+            body,
+            authorization: None,
+            idempotency_key: KeyField::Absent,
+        }
+    }
+}
+
 /// Serves one request. HEAD is answered as GET (the connection drops the body).
-pub fn dispatch(
-    app: &App,
-    method: Method,
-    route: Option<Route>,
-    body: &mut [u8],
-    out: &mut Vec<u8>,
-) -> Reply {
+pub fn dispatch(app: &App, request: Request<'_>, out: &mut Vec<u8>) -> Reply {
+    let Request {
+        method,
+        route,
+        body,
+        authorization,
+        idempotency_key: key,
+    } = request;
     let Some(route) = route else {
         return message(out, Status::NotFound, "not found");
     };
@@ -142,12 +202,16 @@ pub fn dispatch(
             }
         }
         Route::GetValue => get_value(app, body, out),
-        // Without the request's credentials: see `dispatch_with_credentials`.
-        Route::AdminKvReload => admin_kv_reload(app, method, None, out),
-        Route::Counter if method == Method::Post => match counter::parse_by(body) {
-            Ok(by) => Reply::Increment(app.counter.increment(by)),
-            Err(msg) => message(out, Status::BadRequest, msg),
-        },
+        Route::AdminKvReload => admin_kv_reload(app, method, authorization, out),
+        Route::Counter if method == Method::Post => {
+            match (counter::parse_by(body), idempotency_key(key)) {
+                (Err(msg), _) | (_, Err(msg)) => message(out, Status::BadRequest, msg),
+                (Ok(by), Ok(None)) => Reply::Increment(app.counter.increment(by)),
+                (Ok(by), Ok(Some(key))) => {
+                    Reply::KeyedIncrement(app.counter.increment_keyed(by, key))
+                }
+            }
+        }
         Route::Counter => match app.shared.counter.current() {
             Some(count) => counter_body(out, count),
             None => message(
@@ -171,6 +235,26 @@ pub fn increment_reply(result: Result<i64, counter::CommitError>, out: &mut Vec<
                 "the increment was not confirmed by the store",
             )
         }
+    }
+}
+
+/// The response to a keyed increment, and the extra header a replay carries.
+pub fn keyed_increment_reply(
+    result: Result<KeyOutcome, counter::CommitError>,
+    out: &mut Vec<u8>,
+) -> (Reply, Option<&'static str>) {
+    match result {
+        Ok(KeyOutcome::Counted(count)) => (counter_body(out, count), None),
+        Ok(KeyOutcome::Replayed(count)) => (counter_body(out, count), Some(REPLAYED_HEADER)),
+        Ok(KeyOutcome::Mismatch) => (
+            message(
+                out,
+                Status::UnprocessableContent,
+                "this Idempotency-Key was used with another body (by)",
+            ),
+            None,
+        ),
+        Err(err) => (increment_reply(Err(err), out), None),
     }
 }
 
@@ -208,21 +292,6 @@ fn get_value(app: &App, body: &mut [u8], out: &mut Vec<u8>) -> Reply {
         Lookup::NotUuidV4 => message(out, Status::UnprocessableContent, "key is not a UUID v4"),
         Lookup::BadRequest(why) => message(out, Status::BadRequest, why),
     })
-}
-
-/// As [`dispatch`], with the request's `Authorization` value, which only the admin routes read.
-pub fn dispatch_with_credentials(
-    app: &App,
-    method: Method,
-    route: Option<Route>,
-    authorization: Option<&[u8]>,
-    body: &mut [u8],
-    out: &mut Vec<u8>,
-) -> Reply {
-    match route {
-        Some(Route::AdminKvReload) => admin_kv_reload(app, method, authorization, out),
-        _ => dispatch(app, method, route, body, out),
-    }
 }
 
 /// `POST /admin/kv/reload`: 404 unless `--admin-token` is set (the route does not exist then,

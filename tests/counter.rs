@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cut_proxy::{Cut, CutProxy};
 use common::pg::TestPg as TestCluster;
 use common::server::{read_response, TestServer};
 
@@ -405,4 +406,279 @@ fn the_embedded_postgres_default_keeps_the_count_across_restarts() {
     let second = TestServer::start_in(data_dir, &[], &[]);
     wait_ready(&second);
     assert_eq!(count(&second), value);
+}
+
+/// A POST /api/v1/counter with `Idempotency-Key: key` (sent as given) and `{"by": by}`.
+fn keyed_post(key: &str, by: i64) -> Vec<u8> {
+    let body = format!(r#"{{"by":{by}}}"#);
+    format!(
+        "POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nIdempotency-Key: {key}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The count of a 200, and whether it was marked replayed.
+fn counted(r: &common::server::Response) -> (i64, bool) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let replayed = r.header("Idempotency-Replayed") == Some("true");
+    (r.json()["count"].as_i64().expect("count"), replayed)
+}
+
+#[test]
+fn an_idempotency_key_counts_once_and_is_replayed_across_a_tally_restart() {
+    let cluster = TestCluster::start();
+    let mut server = tally(&cluster, &[]);
+    assert_eq!(server.request(POST).status, 200);
+
+    let first = counted(&server.request(&keyed_post("order-1", 2)));
+    assert_eq!(first, (3, false));
+    assert_eq!(
+        counted(&server.request(&keyed_post("order-1", 2))),
+        (3, true)
+    );
+    assert_eq!(count(&server), 3, "a replay counts nothing");
+
+    // Same key, another body: 422 and nothing counted.
+    let mismatch = server.request(&keyed_post("order-1", 5));
+    assert_eq!(mismatch.status, 422, "{}", mismatch.text());
+    assert!(mismatch.json()["message"].is_string());
+    assert_eq!(row(&cluster), 3);
+
+    server.terminate(Duration::from_secs(10));
+    let server = tally(&cluster, &[]);
+    assert_eq!(
+        counted(&server.request(&keyed_post("order-1", 2))),
+        (3, true)
+    );
+    assert_eq!(
+        counted(&server.request(&keyed_post("order-2", 1))),
+        (4, false)
+    );
+    assert_eq!(row(&cluster), 4);
+}
+
+#[test]
+fn a_malformed_or_repeated_idempotency_key_is_400_and_counts_nothing() {
+    let cluster = TestCluster::start();
+    let server = tally(&cluster, &[]);
+    let too_long = "k".repeat(256);
+    let longest = "k".repeat(255);
+    for key in ["a b", "caf\u{e9}", too_long.as_str()] {
+        let r = server.request(&keyed_post(key, 1));
+        assert_eq!(r.status, 400, "{key:?}: {}", r.text());
+        assert!(r.json()["message"].is_string());
+    }
+    let empty = server.request(
+        b"POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nIdempotency-Key:\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(empty.status, 400, "{}", empty.text());
+    let twice = server.request(
+        b"POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nIdempotency-Key: a\r\n\
+          Idempotency-Key: a\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(twice.status, 400, "{}", twice.text());
+    assert_eq!(row(&cluster), 0);
+    assert_eq!(
+        counted(&server.request(&keyed_post(&longest, 1))),
+        (1, false)
+    );
+    assert_eq!(
+        counted(&server.request(&keyed_post("\"quoted\"", 1))),
+        (2, false)
+    );
+}
+
+#[test]
+fn two_instances_given_one_key_at_once_count_it_once_and_answer_the_same_count() {
+    let cluster = TestCluster::start();
+    let one = tally(&cluster, &[]);
+    let two = tally(&cluster, &[]);
+    for round in 0..10 {
+        let key = format!("both-{round}");
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| counted(&one.request(&keyed_post(&key, 1))));
+            let b = s.spawn(|| counted(&two.request(&keyed_post(&key, 1))));
+            (a.join().expect("one"), b.join().expect("two"))
+        });
+        assert_eq!(a.0, b.0, "round {round}: both answer the same count");
+        assert!(
+            a.1 != b.1,
+            "round {round}: exactly one is a replay: {a:?} {b:?}"
+        );
+        assert_eq!(row(&cluster), round + 1);
+    }
+}
+
+/// Clients sending their own keys one after another, each key repeated until it gets a 200,
+/// to whatever address `addr` holds (it changes when tally is restarted).
+struct KeyedLoad {
+    stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    clients: Vec<std::thread::JoinHandle<ClientResult>>,
+}
+
+/// Each key a client got a 200 for, with its count, and how many answers it retried.
+type ClientResult = (Vec<(String, i64)>, usize);
+
+impl KeyedLoad {
+    fn start(addr: Arc<Mutex<std::net::SocketAddr>>, clients: usize) -> KeyedLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients = (0..clients)
+            .map(|client| {
+                let (stop, answered, addr) = (stop.clone(), answered.clone(), addr.clone());
+                std::thread::spawn(move || {
+                    let mut got: Vec<(String, i64)> = Vec::new();
+                    let mut non_200 = 0;
+                    for n in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let key = format!("c{client}-{n}");
+                        loop {
+                            let to = *addr.lock().expect("address");
+                            let answer = TcpStream::connect(to).ok().and_then(|mut c| {
+                                c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+                                c.write_all(&keyed_post(&key, 1)).ok()?;
+                                read_response(&mut c).ok()
+                            });
+                            match answer {
+                                Some(r) if r.status == 200 => {
+                                    got.push((key, counted(&r).0));
+                                    answered.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                                Some(r) => {
+                                    assert_eq!(r.status, 503, "{}", r.text());
+                                    non_200 += 1;
+                                }
+                                None => non_200 += 1,
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    (got, non_200)
+                })
+            })
+            .collect();
+        KeyedLoad {
+            stop,
+            answered,
+            clients,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    fn wait_for_more(&self, what: &str, more: usize) {
+        let before = self.answered();
+        wait_for(what, Duration::from_secs(30), || {
+            self.answered() > before + more
+        });
+    }
+
+    /// Stops the clients (each finishes its current key) and checks exactly-once against the
+    /// row: every key got one value, the values are exactly 1..=row. Returns the retries.
+    fn finish_and_check(self, cluster: &TestCluster) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut values = BTreeSet::new();
+        let (mut keys, mut retries) = (0, 0);
+        for client in self.clients {
+            let (got, non_200) = client.join().expect("client");
+            retries += non_200;
+            for (key, value) in got {
+                keys += 1;
+                assert!(
+                    values.insert(value),
+                    "{key} got {value}, a value given before"
+                );
+            }
+        }
+        let final_row = row(cluster);
+        eprintln!("{keys} keys, {retries} retried answers, row {final_row}");
+        assert_eq!(final_row, keys as i64, "every key counted exactly once");
+        assert_eq!(values, (1..=final_row).collect::<BTreeSet<i64>>());
+        retries
+    }
+}
+
+#[test]
+fn a_postgres_restart_under_keyed_load_with_retries_counts_each_key_exactly_once() {
+    let mut cluster = TestCluster::start();
+    let server = tally(&cluster, &["--commit-timeout-ms", "2000"]);
+    let load = KeyedLoad::start(Arc::new(Mutex::new(server.addr)), 8);
+    load.wait_for_more("load", 200);
+    // A quick restart (settled: no 503 expected), then an outage longer than the commit
+    // timeout (503s, retried with the same keys).
+    cluster.restart();
+    load.wait_for_more("recovery", 300);
+    cluster.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.start_again();
+    load.wait_for_more("recovery after the outage", 300);
+    let retries = load.finish_and_check(&cluster);
+    assert!(retries > 0, "the outage went unnoticed");
+}
+
+#[test]
+fn tally_killed_under_keyed_load_and_restarted_counts_each_retried_key_exactly_once() {
+    let cluster = TestCluster::start();
+    let mut server = tally(&cluster, &[]);
+    let addr = Arc::new(Mutex::new(server.addr));
+    let load = KeyedLoad::start(addr.clone(), 8);
+    load.wait_for_more("load", 300);
+    server.kill();
+    let restarted = tally(&cluster, &[]);
+    *addr.lock().expect("address") = restarted.addr;
+    load.wait_for_more("load on the restarted tally", 300);
+    let retries = load.finish_and_check(&cluster);
+    assert!(retries > 0, "the kill went unnoticed");
+}
+
+#[test]
+fn a_keyed_commit_cut_mid_flight_is_settled_and_answered_once() {
+    let cluster = TestCluster::start();
+    let proxy = CutProxy::start(&cluster);
+    let server = tally(&cluster, &[]);
+    // A second tally reaching PostgreSQL through the proxy that loses the commit's reply.
+    let cut = {
+        let server = TestServer::start(&["--database-url", &proxy.url]);
+        wait_ready(&server);
+        server
+    };
+    assert_eq!(
+        counted(&server.request(&keyed_post("before00", 1))),
+        (1, false)
+    );
+
+    for (n, how) in [Cut::DropReply, Cut::CloseAfterStatement, Cut::DropStatement]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("cutkey0{n}");
+        let marker: [u8; 8] = key.as_bytes().try_into().expect("8 bytes");
+        proxy.arm_at(how, marker);
+        let first = counted(&cut.request(&keyed_post(&key, 1)));
+        let expected = n as i64 + 2;
+        assert_eq!(
+            first,
+            (expected, false),
+            "{how:?}: settled and answered 200"
+        );
+        assert_eq!(row(&cluster), expected, "{how:?}: counted once");
+        // The other instance replays it: the key was recorded with the commit.
+        assert_eq!(
+            counted(&server.request(&keyed_post(&key, 1))),
+            (expected, true)
+        );
+    }
+    let metrics = cut.get("/metrics").text();
+    assert!(
+        metrics.contains("tally_counter_store_settled_total 3"),
+        "every cut commit was settled:\n{metrics}"
+    );
 }

@@ -7,8 +7,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use common::cut_proxy::{Cut, CutProxy};
 use common::pg::{TestPg, TlsPg};
-use tally::counter::store::{self, CommitError, StoreConfig, StoreHandle};
+use tally::counter::store::{
+    self, CommitError, Committed, KeyOutcome, KeyedIncrement, StoreConfig, StoreHandle,
+};
 
 fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
     StoreConfig {
@@ -17,6 +20,7 @@ fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
         refresh_interval: Duration::from_millis(50),
         connect_timeout: Duration::from_secs(2),
         cpu: None,
+        idempotency_retention: store::DEFAULT_IDEMPOTENCY_RETENTION,
     }
 }
 
@@ -357,24 +361,28 @@ fn a_restart_under_load_never_confirms_an_uncommitted_increment() {
             runtime.block_on(async {
                 assert!(connected(&store).await);
                 let mut confirmed = Vec::new();
-                let mut failed = 0;
+                let (mut refused, mut unknown) = (0, 0);
                 let deadline = Instant::now() + Duration::from_secs(4);
                 while Instant::now() < deadline {
                     match store.add(1).await {
                         Ok(value) => confirmed.push(value),
-                        Err(_) => {
-                            failed += 1;
+                        Err(error) => {
+                            match error {
+                                CommitError::Timeout | CommitError::Unknown(_) => unknown += 1,
+                                _ => refused += 1,
+                            }
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
                 }
-                (confirmed, failed)
+                (confirmed, refused, unknown)
             })
         })
     };
     std::thread::sleep(Duration::from_millis(800));
     pg.restart();
-    let (confirmed, failed) = load.join().expect("load thread");
+    let (confirmed, refused, unknown) = load.join().expect("load thread");
+    let stats = store.stats();
     store.shutdown();
 
     let distinct: BTreeSet<i64> = confirmed.iter().copied().collect();
@@ -383,21 +391,261 @@ fn a_restart_under_load_never_confirms_an_uncommitted_increment() {
         confirmed.len(),
         "a value was confirmed twice"
     );
-    assert!(failed > 0, "the restart went unnoticed");
+    assert!(stats.disconnects >= 1, "the restart went unnoticed");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let row = runtime.block_on(row_count(&pg));
     let highest = confirmed.last().copied().unwrap_or(0);
-    // Every confirmed value is durable; failed ones may or may not have committed.
+    // Every confirmed value is durable; only an outcome left unknown may have committed
+    // unseen (refusals are known not applied).
     assert!(row >= highest, "row {row} is behind confirmed {highest}");
-    assert!(row <= highest + failed, "row {row} beyond every attempt");
+    assert!(row <= highest + unknown, "row {row} beyond every attempt");
     assert!(confirmed.windows(2).all(|pair| pair[0] < pair[1]));
+    if unknown == 0 {
+        // The commit cut by the restart was settled: no value was lost either.
+        assert_eq!(confirmed, (1..=row).collect::<Vec<i64>>());
+    }
     eprintln!(
-        "restart under load: {} confirmed, {failed} refused, row {row}",
+        "restart under load: {} confirmed, {refused} refused, {unknown} unknown, row {row}",
         confirmed.len()
     );
+}
+
+/// A delta no other `add` in these tests uses, so the proxy finds its statement.
+const MARKED_DELTA: i64 = 0x5eed_0001;
+
+async fn through_proxy(pg: &TestPg) -> (CutProxy, StoreHandle, i64) {
+    let proxy = CutProxy::start(pg);
+    let store = spawn(&proxy.url, Duration::from_secs(5));
+    assert!(
+        connected(&store).await,
+        "store never connected through the proxy"
+    );
+    let before = store.add(1).await.expect("add through the proxy");
+    (proxy, store, before)
+}
+
+#[tokio::test]
+async fn a_commit_whose_reply_is_lost_is_settled_as_committed_and_answered() {
+    let pg = TestPg::start();
+    let (proxy, store, before) = through_proxy(&pg).await;
+
+    proxy.arm(Cut::DropReply, MARKED_DELTA);
+    let count = store.add(MARKED_DELTA).await;
+
+    assert_eq!(
+        count,
+        Ok(before + MARKED_DELTA),
+        "the lost reply was not settled"
+    );
+    assert_eq!(row_count(&pg).await, before + MARKED_DELTA, "counted once");
+    let stats = store.stats();
+    assert_eq!(stats.disconnects, 1, "{stats:?}");
+    assert_eq!(stats.commit_errors_unknown + stats.commit_errors_timeout, 0);
+    assert_eq!(stats.settled, 1);
+    assert_eq!(store.add(1).await, Ok(before + MARKED_DELTA + 1));
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn a_statement_lost_before_postgres_saw_it_is_run_again_once() {
+    let pg = TestPg::start();
+    let (proxy, store, before) = through_proxy(&pg).await;
+
+    proxy.arm(Cut::DropStatement, MARKED_DELTA);
+    let count = store.add(MARKED_DELTA).await;
+
+    assert_eq!(count, Ok(before + MARKED_DELTA));
+    assert_eq!(row_count(&pg).await, before + MARKED_DELTA, "counted once");
+    assert_eq!(store.stats().disconnects, 1);
+    store.shutdown();
+}
+
+/// The old session's statement is still waiting for the row lock when the store reconnects: the
+/// store must not conclude "not committed" while that transaction can still commit.
+#[tokio::test]
+async fn an_in_doubt_batch_is_looked_up_only_after_the_old_transaction_ended() {
+    let pg = TestPg::start();
+    let (proxy, store, before) = through_proxy(&pg).await;
+    let locker = pg.client().await;
+    locker
+        .batch_execute("BEGIN; SELECT count FROM tally_counter WHERE id = 1 FOR UPDATE")
+        .await
+        .expect("lock the row");
+
+    proxy.arm(Cut::CloseAfterStatement, MARKED_DELTA);
+    let adding = {
+        let store = store.clone();
+        tokio::spawn(async move { store.add(MARKED_DELTA).await })
+    };
+    // The old statement now waits for the lock, and so does the store's settling.
+    assert!(
+        wait_for(Duration::from_secs(3), || store.stats().disconnects == 1).await,
+        "the cut went unnoticed"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !adding.is_finished(),
+        "answered while the old transaction could still commit"
+    );
+    locker.batch_execute("COMMIT").await.expect("unlock");
+
+    let count = adding.await.expect("add task");
+    assert_eq!(count, Ok(before + MARKED_DELTA));
+    assert_eq!(row_count(&pg).await, before + MARKED_DELTA, "counted once");
+    store.shutdown();
+}
+
+fn keyed(key: &str, by: i64) -> KeyedIncrement {
+    KeyedIncrement {
+        key: key.into(),
+        by,
+    }
+}
+
+#[tokio::test]
+async fn a_key_counts_once_then_replays_its_count_and_a_changed_by_is_a_mismatch() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+
+    // Unkeyed values first (1..=2), then the keys in order.
+    let first = store.add_batch(2, vec![keyed("a", 3), keyed("b", 1)]).await;
+    assert_eq!(
+        first,
+        Ok(Committed {
+            unkeyed_end: 2,
+            keyed: vec![KeyOutcome::Counted(5), KeyOutcome::Counted(6)],
+        })
+    );
+    let again = store.add_batch(0, vec![keyed("a", 3)]).await;
+    assert_eq!(again.map(|c| c.keyed), Ok(vec![KeyOutcome::Replayed(5)]));
+    let changed = store.add_batch(1, vec![keyed("b", 4), keyed("c", 2)]).await;
+    assert_eq!(
+        changed,
+        Ok(Committed {
+            unkeyed_end: 7,
+            keyed: vec![KeyOutcome::Mismatch, KeyOutcome::Counted(9)],
+        })
+    );
+    assert_eq!(
+        row_count(&pg).await,
+        9,
+        "replays and mismatches count nothing"
+    );
+    let stats = store.stats();
+    assert_eq!((stats.key_replays, stats.key_mismatches), (1, 1));
+    assert_eq!(store.add(1).await, Ok(10));
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn two_stores_given_the_same_key_at_once_count_it_once_and_answer_the_same_count() {
+    let pg = TestPg::start();
+    let (one, two) = (
+        spawn(pg.url(), Duration::from_secs(5)),
+        spawn(pg.url(), Duration::from_secs(5)),
+    );
+    assert!(connected(&one).await && connected(&two).await);
+    for round in 0..20 {
+        let key = format!("shared-{round}");
+        let (a, b) = tokio::join!(
+            one.add_batch(0, vec![keyed(&key, 1)]),
+            two.add_batch(0, vec![keyed(&key, 1)])
+        );
+        let (a, b) = (a.expect("one").keyed[0], b.expect("two").keyed[0]);
+        let value = |outcome| match outcome {
+            KeyOutcome::Counted(n) | KeyOutcome::Replayed(n) => n,
+            KeyOutcome::Mismatch => panic!("same by, yet a mismatch"),
+        };
+        assert_eq!(value(a), value(b), "round {round}: {a:?} vs {b:?}");
+        assert!(
+            matches!(a, KeyOutcome::Counted(_)) != matches!(b, KeyOutcome::Counted(_)),
+            "round {round}: counted by exactly one: {a:?} {b:?}"
+        );
+        assert_eq!(row_count(&pg).await, round + 1);
+    }
+    one.shutdown();
+    two.shutdown();
+}
+
+#[tokio::test]
+async fn an_expired_key_counts_again_and_is_pruned() {
+    let pg = TestPg::start();
+    let mut config = config(pg.url(), Duration::from_secs(5));
+    config.idempotency_retention = Duration::from_secs(1);
+    let store = store::spawn(config).expect("store thread");
+    assert!(connected(&store).await);
+    let first = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(first.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(1)]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(later.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(2)]));
+
+    // Once expired, the background prune deletes it.
+    let sql = pg.client().await;
+    let keys = || async {
+        sql.query_one("SELECT count(*) FROM tally_idempotency", &[])
+            .await
+            .expect("count keys")
+            .get::<_, i64>(0)
+    };
+    assert_eq!(keys().await, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keys().await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(keys().await, 0, "the expired key was not pruned");
+    store.shutdown();
+}
+
+#[tokio::test]
+async fn a_keyed_batch_whose_reply_or_statement_is_lost_is_settled_key_by_key() {
+    let pg = TestPg::start();
+    let (proxy, store, before) = through_proxy(&pg).await;
+    let replayed = store.add_batch(0, vec![keyed("old", 2)]).await;
+    assert_eq!(
+        replayed.map(|c| c.keyed),
+        Ok(vec![KeyOutcome::Counted(before + 2)])
+    );
+
+    proxy.arm(Cut::DropReply, MARKED_DELTA);
+    let lost_reply = store
+        .add_batch(MARKED_DELTA, vec![keyed("old", 2), keyed("new", 3)])
+        .await;
+    let end = before + 2 + MARKED_DELTA;
+    assert_eq!(
+        lost_reply,
+        Ok(Committed {
+            unkeyed_end: end,
+            keyed: vec![
+                KeyOutcome::Replayed(before + 2),
+                KeyOutcome::Counted(end + 3)
+            ],
+        })
+    );
+    assert_eq!(row_count(&pg).await, end + 3);
+
+    proxy.arm(Cut::DropStatement, MARKED_DELTA);
+    let lost_statement = store
+        .add_batch(MARKED_DELTA, vec![keyed("new", 3), keyed("newer", 1)])
+        .await;
+    let end = end + 3 + MARKED_DELTA;
+    assert_eq!(
+        lost_statement,
+        Ok(Committed {
+            unkeyed_end: end,
+            keyed: vec![
+                KeyOutcome::Replayed(end - MARKED_DELTA),
+                KeyOutcome::Counted(end + 1)
+            ],
+        })
+    );
+    assert_eq!(row_count(&pg).await, end + 1);
+    assert_eq!(store.stats().disconnects, 2);
+    store.shutdown();
 }
 
 /// Sessions of application `tally` using TLS, as the server sees them.

@@ -63,9 +63,19 @@ impl FakeOwner {
         self.receive().await.expect("a batch, not a closed queue")
     }
 
+    /// Counts the unkeyed increments, then every key (the fake remembers none).
     fn commit(&mut self, batch: &CoreBatch) {
-        self.reply(batch, Ok(self.count));
+        let base = self.count;
         self.count += batch.delta;
+        let keyed = batch
+            .keyed
+            .iter()
+            .map(|k| {
+                self.count += k.by;
+                KeyOutcome::Counted(self.count)
+            })
+            .collect();
+        self.reply(batch, Ok(BatchAnswer { base, keyed }));
     }
 
     fn fail(&self, batch: &CoreBatch, error: CommitError) {
@@ -318,5 +328,33 @@ fn when_the_owner_core_dies_its_lease_fails_increments_and_readiness_turns_false
             "nothing is sent to a dead owner"
         );
         store.shutdown();
+    });
+}
+
+#[test]
+fn keyed_increments_ride_the_core_batch_and_a_repeated_key_goes_in_the_next() {
+    on_executor(async {
+        let wiring = wire(1);
+        let mut owner = FakeOwner::new(wiring.owner, 10);
+        let core = start_core(wiring.cores.into_iter().next().unwrap(), 0);
+
+        let plain = core.increment(2);
+        let a = core.increment_keyed(3, "a");
+        let b = core.increment_keyed(1, "b");
+        let a_again = core.increment_keyed(3, "a");
+        let first = owner.receive_batch().await;
+        let second = owner.receive_batch().await;
+        assert_eq!(shape(&first), (0, 3, 2));
+        assert_eq!(first.keyed.len(), 2);
+        assert_eq!(shape(&second), (0, 1, 0));
+        assert_eq!(&*second.keyed[0].key, "a");
+
+        owner.commit(&first);
+        owner.commit(&second);
+        assert_eq!(plain.await, Ok(12));
+        assert_eq!(a.await, Ok(KeyOutcome::Counted(15)));
+        assert_eq!(b.await, Ok(KeyOutcome::Counted(16)));
+        // The fake owner remembers no key; the store would answer Replayed(15).
+        assert_eq!(a_again.await, Ok(KeyOutcome::Counted(19)));
     });
 }

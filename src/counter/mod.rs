@@ -40,7 +40,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use crate::metrics::Histogram;
-pub use store::{CommitError, StoreHandle};
+pub use store::{CommitError, KeyOutcome, KeyedIncrement, StoreHandle};
 
 /// Largest `by` a request may ask for (README.md, "API": 1 <= n <= 2^31-1).
 pub const MAX_BY: i64 = i32::MAX as i64;
@@ -138,7 +138,7 @@ impl CounterShared {
         );
         let stats = self.store.stats();
         type Line = (&'static str, &'static str, &'static str, u64);
-        let lines: [Line; 11] = [
+        let lines: [Line; 14] = [
             (
                 "tally_counter_commits_total",
                 "counter",
@@ -172,7 +172,7 @@ impl CounterShared {
             (
                 "tally_counter_store_lost_total",
                 "counter",
-                "Commits whose connection was lost in flight (outcome unknown).",
+                "Commits whose outcome stayed unknown past the commit timeout (connection lost).",
                 stats.commit_errors_unknown,
             ),
             (
@@ -180,6 +180,24 @@ impl CounterShared {
                 "counter",
                 "Increments refused because the row was below a count already returned.",
                 stats.commit_errors_row_lowered,
+            ),
+            (
+                "tally_counter_store_settled_total",
+                "counter",
+                "Commits whose outcome was lost, then settled after reconnecting (answered 200).",
+                stats.settled,
+            ),
+            (
+                "tally_counter_idempotent_replays_total",
+                "counter",
+                "Keyed increments answered with an earlier request's count (not counted).",
+                stats.key_replays,
+            ),
+            (
+                "tally_counter_idempotent_mismatches_total",
+                "counter",
+                "Keyed increments refused with 422: the key was used with another by.",
+                stats.key_mismatches,
             ),
             (
                 "tally_counter_store_connects_total",
@@ -231,11 +249,22 @@ impl CounterShared {
 struct CoreBatch {
     core: usize,
     requests: u32,
+    /// The unkeyed increments' sum.
     delta: i64,
+    /// Increments with an Idempotency-Key, no key twice (usually empty: no allocation).
+    keyed: Vec<KeyedIncrement>,
 }
 
-/// The owner's answer for one CoreBatch: the count just before the batch's first increment.
-type BatchReply = Result<i64, CommitError>;
+/// The owner's answer for one CoreBatch.
+type BatchReply = Result<BatchAnswer, CommitError>;
+
+#[derive(Debug, Clone)]
+struct BatchAnswer {
+    /// The count just before the batch's first unkeyed increment.
+    base: i64,
+    /// What became of each keyed increment, in order.
+    keyed: Vec<KeyOutcome>,
+}
 
 /// The channels between the cores and the owner, made once at start-up.
 pub struct Wiring {
@@ -322,6 +351,9 @@ impl Drop for OwnerLease {
 /// The owner loop: one transaction in flight, every batch that queued meanwhile in the next.
 /// Ends when every core has dropped its sender and the queue is empty, so every increment
 /// received before shutdown is committed and answered.
+///
+/// A key already in the transaction being formed ends it: the repeat goes in the next one and
+/// so waits for the first and replays its result (README.md, "API", Idempotency-Key).
 pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
     let _lease = port.alive.is_some().then(|| port.lease(&shared));
     let mut queue: VecDeque<CoreBatch> = VecDeque::new();
@@ -338,17 +370,25 @@ pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
             .store(queue.iter().map(|b| u64::from(b.requests)).sum(), Relaxed);
 
         let (take, requests, delta) = next_transaction(&queue, shared.max_batch);
+        let key_counts: Vec<usize> = queue.iter().take(take).map(|b| b.keyed.len()).collect();
+        let keyed: Vec<KeyedIncrement> = queue
+            .iter_mut()
+            .take(take)
+            .flat_map(|b| std::mem::take(&mut b.keyed))
+            .collect();
         let started = Instant::now();
-        let result = shared.store.add(delta).await;
+        let result = shared.store.add_batch(delta, keyed).await;
         shared
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(count) => {
+            Ok(committed) => {
                 shared.batch_size.observe(f64::from(requests));
-                let mut base = count - delta;
-                for batch in queue.drain(..take) {
-                    let _ = port.replies[batch.core].send(Ok(base));
+                let mut base = committed.unkeyed_end - delta;
+                let mut outcomes = committed.keyed.into_iter();
+                for (batch, keys) in queue.drain(..take).zip(key_counts) {
+                    let keyed = outcomes.by_ref().take(keys).collect();
+                    let _ = port.replies[batch.core].send(Ok(BatchAnswer { base, keyed }));
                     base += batch.delta;
                 }
             }
@@ -365,14 +405,19 @@ pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
     shared.owner.store(OWNER_FINISHED, Release);
 }
 
-/// How many queued batches form the next transaction, with their request count and delta.
+/// How many queued batches form the next transaction, with their request count and unkeyed
+/// delta. A batch repeating a key already taken starts the next transaction.
 fn next_transaction(queue: &VecDeque<CoreBatch>, max_batch: usize) -> (usize, u32, i64) {
     let (mut take, mut requests, mut delta) = (0, 0u32, 0i64);
+    // Allocates only when a batch has keys.
+    let mut keys: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for batch in queue {
         let over = max_batch > 0 && (requests + batch.requests) as usize > max_batch;
-        if take > 0 && over {
+        let repeats_a_key = batch.keyed.iter().any(|k| keys.contains(&*k.key));
+        if take > 0 && (over || repeats_a_key) {
             break;
         }
+        keys.extend(batch.keyed.iter().map(|k| &*k.key));
         take += 1;
         requests += batch.requests;
         delta += batch.delta;
@@ -385,6 +430,8 @@ fn next_transaction(queue: &VecDeque<CoreBatch>, max_batch: usize) -> (usize, u3
 struct Batch {
     requests: Cell<u32>,
     delta: Cell<i64>,
+    /// Keyed increments, no key twice; a [`KeyedTicket`] holds its index here.
+    keyed: RefCell<Vec<KeyedIncrement>>,
     result: RefCell<Option<BatchReply>>,
     waiters: RefCell<Vec<Waker>>,
 }
@@ -449,6 +496,38 @@ impl CounterCore {
         ticket
     }
 
+    /// Adds a keyed increment to this core's open batch (a new one if that batch already has
+    /// the key). The ticket resolves once the batch committed: counted, replayed or mismatch.
+    pub fn increment_keyed(&self, by: i64, key: &str) -> KeyedTicket {
+        let mut open = self.open.borrow_mut();
+        let has_room = open.last().is_some_and(|b| {
+            (self.max_batch == 0 || (b.requests.get() as usize) < self.max_batch)
+                && !b.keyed.borrow().iter().any(|k| &*k.key == key)
+        });
+        if !has_room {
+            open.push(Rc::new(Batch::default()));
+        }
+        let Some(batch) = open.last() else {
+            unreachable!("a batch was just pushed");
+        };
+        batch.requests.set(batch.requests.get() + 1);
+        let mut keyed = batch.keyed.borrow_mut();
+        let index = keyed.len();
+        keyed.push(KeyedIncrement {
+            key: key.into(),
+            by,
+        });
+        let ticket = KeyedTicket {
+            batch: batch.clone(),
+            index,
+            registered: false,
+        };
+        if let Some(waker) = self.batcher.take() {
+            waker.wake();
+        }
+        ticket
+    }
+
     /// Sends open batches to the owner as soon as this core's current round of work is done
     /// (the batcher is woken by `increment`, and runs after the tasks already queued).
     pub async fn run_batcher(self: Rc<Self>) {
@@ -483,6 +562,8 @@ impl CounterCore {
                 core: self.port.id,
                 requests: batch.requests.get(),
                 delta: batch.delta.get(),
+                // The tickets keep only their index: the keys themselves move on.
+                keyed: std::mem::take(&mut *batch.keyed.borrow_mut()),
             };
             match to_owner.as_ref().map(|tx| tx.send(msg)) {
                 Some(Ok(())) => self.in_flight.borrow_mut().push_back(batch),
@@ -551,7 +632,38 @@ impl Future for Ticket {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(reply) = self.batch.result.borrow().as_ref() {
-            return Poll::Ready(reply.clone().map(|base| base + self.offset));
+            return Poll::Ready(match reply {
+                Ok(answer) => Ok(answer.base + self.offset),
+                Err(error) => Err(error.clone()),
+            });
+        }
+        if !self.registered {
+            self.batch.waiters.borrow_mut().push(cx.waker().clone());
+            self.registered = true;
+        }
+        Poll::Pending
+    }
+}
+
+/// A keyed request's claim: resolves to what became of its key.
+pub struct KeyedTicket {
+    batch: Rc<Batch>,
+    /// Its place in the batch's keyed increments (and in the answer's outcomes).
+    index: usize,
+    registered: bool,
+}
+
+impl Future for KeyedTicket {
+    type Output = Result<KeyOutcome, CommitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(reply) = self.batch.result.borrow().as_ref() {
+            return Poll::Ready(match reply {
+                Ok(answer) => answer.keyed.get(self.index).copied().ok_or_else(|| {
+                    CommitError::Unknown("the store answered fewer keys than it was sent".into())
+                }),
+                Err(error) => Err(error.clone()),
+            });
         }
         if !self.registered {
             self.batch.waiters.borrow_mut().push(cx.waker().clone());
@@ -629,7 +741,34 @@ mod tests {
             core,
             requests,
             delta,
+            keyed: Vec::new(),
         }
+    }
+
+    fn keyed_batch(core: usize, keys: &[&str]) -> CoreBatch {
+        CoreBatch {
+            keyed: keys
+                .iter()
+                .map(|&key| KeyedIncrement {
+                    key: key.into(),
+                    by: 1,
+                })
+                .collect(),
+            ..batch(core, keys.len() as u32, 0)
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_waits_for_the_next_transaction() {
+        let q: VecDeque<_> = [
+            keyed_batch(0, &["a", "b"]),
+            batch(1, 2, 2),
+            keyed_batch(1, &["c"]),
+            keyed_batch(2, &["b"]),
+            keyed_batch(3, &["d"]),
+        ]
+        .into();
+        assert_eq!(next_transaction(&q, 0), (3, 5, 2));
     }
 
     #[test]

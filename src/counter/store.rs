@@ -6,10 +6,20 @@
 //! oneshot per reply), so [`StoreHandle::add`] can be awaited from any executor.
 //!
 //! Guarantee (README.md, "Architecture", the Counter paragraph): `add` returns `Ok(count)` only
-//! when PostgreSQL answered the row of a committed `UPDATE`. A lost connection or a missed
-//! deadline while the statement is in flight is an unknown outcome, never an `Ok`. Requests run
-//! one at a time, in the order they were sent, on one connection; a refresh `SELECT` between
-//! them keeps [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//! when PostgreSQL answered the row of a committed `UPDATE`. Requests run one at a time, in the
+//! order they were sent, on one connection; a refresh `SELECT` between them keeps
+//! [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//!
+//! No unknown outcomes: every batch carries a fresh id, written to `tally_batches` by the same
+//! statement (one transaction, one round trip) as its `UPDATE`. When the connection is lost or
+//! the statement times out, the batch is *in doubt*: the store reconnects and settles it before
+//! anything else, within the caller's deadline. It first locks the counter row (`FOR UPDATE`),
+//! which waits until the old session's transaction, which held that lock, has ended; only then
+//! can the id's presence be trusted: found means committed (answer its stored count), absent
+//! means it never will (run the batch again, same id, in that locked transaction). The id is the
+//! primary key, so a copy of the old statement reaching the server even later fails instead of
+//! counting twice. Only when PostgreSQL stays unreachable past the deadline is the outcome
+//! reported unknown.
 //!
 //! Second guarantee: no value is returned twice. The row only grows while every writer is a
 //! tally (other instances' increments raise it), so a commit whose first value is at or below
@@ -18,6 +28,7 @@
 //! and so is every later `add`, without touching the row, until a read finds the row back at or
 //! above that count (README.md, "Operations", "When the counter row goes backwards").
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,13 +58,81 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const SCHEMA_LOCK_KEY: i64 = 0x74_61_6c_6c_79;
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS tally_counter \
      (id int PRIMARY KEY CHECK (id = 1), count bigint NOT NULL)";
+/// One row per committed batch, kept [`BATCH_ID_RETENTION`]: how an in-doubt batch is settled.
+/// `count` is the row right after the batch; `keyed_delta` the part its keyed increments added.
+const CREATE_BATCHES: &str = "CREATE TABLE IF NOT EXISTS tally_batches \
+     (id bigint PRIMARY KEY, count bigint NOT NULL, keyed_delta bigint NOT NULL DEFAULT 0, \
+     committed_at timestamptz NOT NULL DEFAULT now())";
 /// `$1` is the highest count this instance has seen (0 at first), so a row deleted behind our
 /// back does not restart below values already handed out.
 const INSERT_ROW: &str =
     "INSERT INTO tally_counter (id, count) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
 /// One statement, its own transaction: the row lock serialises all writers, instances included.
-const ADD: &str = "UPDATE tally_counter SET count = count + $1 WHERE id = 1 RETURNING count";
+/// `$2` is the batch id, recorded in the same transaction (a data-modifying CTE always runs).
+const ADD: &str = "WITH counted AS \
+     (UPDATE tally_counter SET count = count + $1 WHERE id = 1 RETURNING count), \
+     recorded AS (INSERT INTO tally_batches (id, count) SELECT $2, count FROM counted) \
+     SELECT count FROM counted";
 const READ: &str = "SELECT count FROM tally_counter WHERE id = 1";
+/// Run inside a transaction: returns once every transaction that held the row lock has ended.
+const LOCK_ROW: &str = "SELECT count FROM tally_counter WHERE id = 1 FOR UPDATE";
+/// A separate statement after [`LOCK_ROW`]: under READ COMMITTED it takes a new snapshot, so it
+/// sees what the old session committed while we waited (one statement would not).
+const FIND_BATCH: &str = "SELECT count, keyed_delta FROM tally_batches WHERE id = $1";
+/// Small batches of the oldest rows, so no DELETE holds the store's connection for long. The
+/// time index makes a prune with nothing to delete a short index probe, not a table scan.
+const PRUNE_BATCHES: &str = "DELETE FROM tally_batches WHERE id IN (SELECT id FROM tally_batches \
+     WHERE committed_at < now() - make_interval(secs => $1) LIMIT 1000)";
+const INDEX_BATCHES: &str =
+    "CREATE INDEX IF NOT EXISTS tally_batches_committed_at ON tally_batches (committed_at)";
+/// Rows each prune statement deletes at most (the `LIMIT` above and below).
+const PRUNE_LIMIT: u64 = 1000;
+/// How long a batch id is kept. It only has to outlive the settling of its batch, which ends
+/// within one commit timeout (twice that is kept if it is longer); the margin covers long
+/// pauses of the store thread.
+const BATCH_ID_RETENTION: Duration = Duration::from_secs(60);
+/// How often old batch ids and expired idempotency keys are pruned; again at once, between
+/// commits, while a prune finds a full [`PRUNE_LIMIT`] to delete.
+const PRUNE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Idempotency keys and what their first request got (README.md, "API", Idempotency-Key).
+/// `batch_id` tells a settling store whether its in-doubt batch is the one that counted a key.
+const CREATE_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_idempotency \
+     (key text PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, batch_id bigint NOT NULL, \
+     created_at timestamptz NOT NULL DEFAULT now())";
+/// A batch with keyed increments, run after [`LOCK_ROW`] in the same transaction. Every writer
+/// takes the row lock first, so this statement's snapshot (taken after it) holds every key
+/// committed before: no key can be counted twice, by this instance or another. Keys seen
+/// within the retention are not counted; the fresh ones count after the unkeyed delta `$1`, in
+/// the order given. An expired key still present is overwritten. Keys are unique in `$2`.
+/// Returns, per key in order: whether it counted, its `by` and count, and `unkeyed_end`.
+const ADD_KEYED: &str = "WITH input AS (SELECT key, by, pos \
+       FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS t(key, by, pos)), \
+     known AS (SELECT i.pos, k.by, k.count FROM input i JOIN tally_idempotency k ON k.key = i.key \
+       WHERE k.created_at > now() - make_interval(secs => $5)), \
+     fresh AS (SELECT i.key, i.by, i.pos, (sum(i.by) OVER (ORDER BY i.pos))::bigint AS running \
+       FROM input i WHERE i.pos NOT IN (SELECT pos FROM known)), \
+     total AS (SELECT COALESCE(sum(by), 0)::bigint AS keyed FROM fresh), \
+     counted AS (UPDATE tally_counter SET count = count + $1 + total.keyed FROM total \
+       WHERE id = 1 RETURNING tally_counter.count - total.keyed AS unkeyed_end, total.keyed), \
+     recorded AS (INSERT INTO tally_idempotency (key, by, count, batch_id) \
+       SELECT f.key, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
+       ON CONFLICT (key) DO UPDATE SET by = excluded.by, count = excluded.count, \
+       batch_id = excluded.batch_id, created_at = now()), \
+     batch AS (INSERT INTO tally_batches (id, count, keyed_delta) \
+       SELECT $4, unkeyed_end + keyed, keyed FROM counted) \
+     SELECT c.unkeyed_end, f.pos IS NOT NULL, COALESCE(f.by, k.by), \
+       COALESCE(c.unkeyed_end + f.running, k.count) \
+     FROM counted c CROSS JOIN input i LEFT JOIN fresh f ON f.pos = i.pos \
+       LEFT JOIN known k ON k.pos = i.pos ORDER BY i.pos";
+/// Settling a keyed batch found committed: what each of its keys got.
+const FIND_KEYS: &str =
+    "SELECT key, by, count, batch_id FROM tally_idempotency WHERE key = ANY($1::text[])";
+const PRUNE_KEYS: &str = "DELETE FROM tally_idempotency WHERE key IN (SELECT key \
+     FROM tally_idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 1000)";
+const INDEX_KEYS: &str =
+    "CREATE INDEX IF NOT EXISTS tally_idempotency_created_at ON tally_idempotency (created_at)";
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// `highest_seen` before any value is known (a real count is always greater).
 const NOT_SEEN: i64 = i64::MIN;
@@ -70,6 +149,8 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// The CPU the `tally-store` thread is pinned to; `None` leaves it to the scheduler.
     pub cpu: Option<usize>,
+    /// How long an idempotency key is remembered (and replayed) after its first request.
+    pub idempotency_retention: Duration,
 }
 
 impl StoreConfig {
@@ -81,6 +162,7 @@ impl StoreConfig {
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             cpu: None,
+            idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
@@ -92,10 +174,12 @@ pub enum CommitError {
     /// Not connected, or PostgreSQL rejected the statement: nothing was applied.
     #[error("PostgreSQL unavailable: {0}")]
     Unavailable(String),
-    /// No answer within the commit timeout: the increment may or may not have committed.
+    /// No answer within the commit timeout, and no way to settle it before the deadline: the
+    /// increment may or may not have committed.
     #[error("no answer from PostgreSQL within the commit timeout (outcome unknown)")]
     Timeout,
-    /// The connection broke while the statement was in flight: it may have committed.
+    /// The connection broke while the statement was in flight, and PostgreSQL stayed
+    /// unreachable until the deadline: it may have committed.
     #[error("connection to PostgreSQL lost during the commit (outcome unknown): {0}")]
     Unknown(String),
     /// A caller bug: deltas are sums of positive increments.
@@ -108,6 +192,33 @@ pub enum CommitError {
          a count this instance already returned; raise it to at least {highest_returned}"
     )]
     RowLowered { row: i64, highest_returned: i64 },
+}
+
+/// An increment sent with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedIncrement {
+    pub key: Box<str>,
+    pub by: i64,
+}
+
+/// What became of a keyed increment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// Counted by this batch: the count right after its own increment.
+    Counted(i64),
+    /// Counted before, within the retention, with the same `by`: the count it got then.
+    Replayed(i64),
+    /// Seen before with another `by`: not counted.
+    Mismatch,
+}
+
+/// A committed batch: unkeyed increments take the values up to `unkeyed_end`, counted keyed
+/// ones the values after it, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub unkeyed_end: i64,
+    /// One per keyed increment, in the order given.
+    pub keyed: Vec<KeyOutcome>,
 }
 
 /// The row found below a count this store returned (see [`CommitError::RowLowered`]).
@@ -136,6 +247,12 @@ pub struct StoreStats {
     pub connect_failures: u64,
     /// Connections lost or dropped after a timeout or unknown outcome.
     pub disconnects: u64,
+    /// Batches whose outcome was lost and then settled (found committed, or run again).
+    pub settled: u64,
+    /// Keyed increments answered from an earlier request with the same key.
+    pub key_replays: u64,
+    /// Keyed increments refused: the key was used with another `by`.
+    pub key_mismatches: u64,
 }
 
 impl From<RowLowered> for CommitError {
@@ -193,14 +310,22 @@ struct Counters {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
+    settled: AtomicU64,
+    key_replays: AtomicU64,
+    key_mismatches: AtomicU64,
 }
+
+type Reply = oneshot::Sender<Result<Committed, CommitError>>;
 
 enum Request {
     Add {
+        /// The unkeyed increments' sum.
         delta: i64,
+        /// Unique keys; empty for most batches, which then run the plain [`ADD`].
+        keyed: Vec<KeyedIncrement>,
         /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
         deadline: Instant,
-        reply: oneshot::Sender<Result<i64, CommitError>>,
+        reply: Reply,
     },
     Shutdown,
 }
@@ -245,9 +370,29 @@ impl StoreHandle {
         if delta <= 0 {
             return Err(CommitError::InvalidDelta(delta));
         }
+        self.add_batch(delta, Vec::new())
+            .await
+            .map(|committed| committed.unkeyed_end)
+    }
+
+    /// Adds `delta` (>= 0) and every keyed increment whose key was not seen within the
+    /// retention, in one transaction. `keyed` must not repeat a key; at least one of the two
+    /// must add something.
+    pub async fn add_batch(
+        &self,
+        delta: i64,
+        keyed: Vec<KeyedIncrement>,
+    ) -> Result<Committed, CommitError> {
+        if delta < 0 || (delta == 0 && keyed.is_empty()) {
+            return Err(CommitError::InvalidDelta(delta));
+        }
+        if let Some(bad) = keyed.iter().find(|k| k.by <= 0) {
+            return Err(CommitError::InvalidDelta(bad.by));
+        }
         let (reply, answer) = oneshot::channel();
         let request = Request::Add {
             delta,
+            keyed,
             deadline: Instant::now() + self.shared.commit_timeout,
             reply,
         };
@@ -291,6 +436,9 @@ impl StoreHandle {
             connects: get(&c.connects),
             connect_failures: get(&c.connect_failures),
             disconnects: get(&c.disconnects),
+            settled: get(&c.settled),
+            key_replays: get(&c.key_replays),
+            key_mismatches: get(&c.key_mismatches),
         }
     }
 
@@ -357,8 +505,46 @@ fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, shared: &Sha
         queue,
         shared,
         last_error: "not connected yet".into(),
+        next_batch_id: Cell::new(first_batch_id()),
+        in_doubt: Cell::new(None),
     };
     runtime.block_on(store.run());
+}
+
+/// A random start for this process's batch ids (then +1 per batch): ids of different instances
+/// and restarts do not meet within the retention, and consecutive ids keep the index compact.
+/// `RandomState` is seeded from the OS's randomness; no dependency needed for 64 bits.
+fn first_batch_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    // Non-negative and far from i64::MAX: easier to read in psql, never overflows.
+    (hasher.finish() >> 2) as i64
+}
+
+/// A batch whose commit outcome was lost: settled on the next connection, or answered `why`
+/// at its deadline.
+struct InDoubt {
+    id: i64,
+    delta: i64,
+    keyed: Vec<KeyedIncrement>,
+    deadline: Instant,
+    reply: Reply,
+    /// `Timeout` or `Unknown`: what the caller is told if it cannot be settled in time.
+    why: CommitError,
+}
+
+/// What settling an in-doubt batch came to.
+enum Settled {
+    /// Its result: committed before (found) or now (run again).
+    Answer(Result<Committed, CommitError>),
+    /// The settling itself failed; the connection is of no further use, try another.
+    Retry(String),
+    /// The deadline passed: the caller was answered with the outcome unknown.
+    Expired,
 }
 
 fn refuse_until_shutdown(queue: &flume::Receiver<Request>, reason: &str, stats: &Counters) {
@@ -375,6 +561,12 @@ struct Connection {
     client: Client,
     add: Statement,
     read: Statement,
+    lock_row: Statement,
+    find_batch: Statement,
+    prune: Statement,
+    add_keyed: Statement,
+    find_keys: Statement,
+    prune_keys: Statement,
     /// Drives the socket; ends when the connection does.
     io: tokio::task::JoinHandle<()>,
     /// Fires (or errors) when `io` ends.
@@ -410,10 +602,21 @@ struct Store<'a> {
     shared: &'a Shared,
     /// Told to callers while disconnected.
     last_error: String,
+    /// The id of the next batch sent.
+    next_batch_id: Cell<i64>,
+    /// At most one: nothing else is sent until it is settled (or its deadline passed).
+    in_doubt: Cell<Option<InDoubt>>,
 }
 
 impl Store<'_> {
     async fn run(mut self) {
+        self.connect_and_serve().await;
+        if let Some(batch) = self.in_doubt.take() {
+            self.answer_in_doubt(batch);
+        }
+    }
+
+    async fn connect_and_serve(&mut self) {
         let mut backoff = BACKOFF_FIRST;
         loop {
             let attempt = connect(
@@ -429,6 +632,16 @@ impl Store<'_> {
                     // Connected (and so ready) promises a known count: read it first, or a
                     // GET right after /ready turned 200 could still get 503.
                     if !self.refresh(&connection).await {
+                        connection.abandon();
+                        let pause = tokio::time::sleep(backoff);
+                        if self.refusing_requests_during(pause).await.is_none() {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                    if let Err(error) = self.settle_in_doubt(&connection).await {
+                        log::warn!("settling an in-doubt batch: {error}; reconnecting");
                         connection.abandon();
                         let pause = tokio::time::sleep(backoff);
                         if self.refusing_requests_during(pause).await.is_none() {
@@ -472,12 +685,19 @@ impl Store<'_> {
         }
     }
 
-    /// Runs `work` while answering every `add` with `Unavailable`; `None` on shutdown.
+    /// Runs `work` while answering every `add` with `Unavailable`, and an in-doubt batch with
+    /// its unknown outcome once its deadline passes; `None` on shutdown.
     async fn refusing_requests_during<F: Future>(&self, work: F) -> Option<F::Output> {
         tokio::pin!(work);
         loop {
+            let in_doubt_deadline = self.in_doubt_deadline();
             tokio::select! {
                 output = &mut work => return Some(output),
+                _ = sleep_until_some(in_doubt_deadline) => {
+                    if let Some(batch) = self.in_doubt.take() {
+                        self.answer_in_doubt(batch);
+                    }
+                }
                 request = self.queue.recv_async() => match request {
                     Ok(Request::Add { reply, .. }) => {
                         self.shared
@@ -496,6 +716,8 @@ impl Store<'_> {
     async fn serve(&mut self, mut connection: Connection) -> Served {
         let mut refresh = tokio::time::interval(self.config.refresh_interval);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Biased: a dead connection is noticed first, and a waiting commit goes before a
             // refresh (commits return the row's count anyway).
@@ -507,23 +729,23 @@ impl Store<'_> {
                     return Served::Lost;
                 }
                 request = self.queue.recv_async() => match request {
-                    Ok(Request::Add { delta, deadline, reply }) => {
-                        let result = self.commit(&connection, delta, deadline).await;
-                        let keep = !matches!(result, Err(CommitError::Timeout | CommitError::Unknown(_)));
-                        match &result {
-                            // Logged as an error once, when found; not again for every batch.
-                            Err(error @ CommitError::RowLowered { .. }) => self.count_error(error),
-                            Err(error) => {
-                                self.count_error(error);
-                                log::warn!("increment by {delta} not confirmed: {error}");
+                    Ok(Request::Add { delta, keyed, deadline, reply }) => {
+                        let id = self.next_batch_id.get();
+                        self.next_batch_id.set(id.wrapping_add(1));
+                        match self.commit(&connection, id, delta, &keyed, deadline).await {
+                            Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => {
+                                log::warn!(
+                                    "increment by {delta} (batch {id}) in doubt: {why}; \
+                                     reconnecting to settle it"
+                                );
+                                self.in_doubt.set(Some(InDoubt {
+                                    id, delta, keyed, deadline, reply, why,
+                                }));
+                                // Its state is unknown (a statement may still be running).
+                                connection.abandon();
+                                return Served::Lost;
                             }
-                            Ok(_) => {}
-                        }
-                        let _ = reply.send(result);
-                        if !keep {
-                            // Its state is unknown (a statement may still be running): start over.
-                            connection.abandon();
-                            return Served::Lost;
+                            result => self.answer(delta, reply, result),
                         }
                     }
                     Ok(Request::Shutdown) | Err(_) => {
@@ -537,6 +759,219 @@ impl Store<'_> {
                         return Served::Lost;
                     }
                 }
+                _ = prune.tick() => match self.prune(&connection).await {
+                    None => {
+                        connection.abandon();
+                        return Served::Lost;
+                    }
+                    // More expired rows are waiting: prune again after the next commit.
+                    Some(true) => prune.reset_immediately(),
+                    Some(false) => {}
+                },
+            }
+        }
+    }
+
+    fn answer(&self, delta: i64, reply: Reply, result: Result<Committed, CommitError>) {
+        if let Ok(committed) = &result {
+            let stats = &self.shared.stats;
+            for outcome in &committed.keyed {
+                let counter = match outcome {
+                    KeyOutcome::Counted(_) => continue,
+                    KeyOutcome::Replayed(_) => &stats.key_replays,
+                    KeyOutcome::Mismatch => &stats.key_mismatches,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        match &result {
+            // Logged as an error once, when found; not again for every batch.
+            Err(error @ CommitError::RowLowered { .. }) => self.count_error(error),
+            Err(error) => {
+                self.count_error(error);
+                log::warn!("increment by {delta} not confirmed: {error}");
+            }
+            Ok(_) => {}
+        }
+        let _ = reply.send(result);
+    }
+
+    /// Its deadline passed (or the store is shutting down) before it could be settled.
+    fn answer_in_doubt(&self, batch: InDoubt) {
+        self.answer(batch.delta, batch.reply, Err(batch.why));
+    }
+
+    fn in_doubt_deadline(&self) -> Option<Instant> {
+        let batch = self.in_doubt.take();
+        let deadline = batch.as_ref().map(|batch| batch.deadline);
+        self.in_doubt.set(batch);
+        deadline
+    }
+
+    /// Settles the in-doubt batch, if any, on a fresh connection (see the module comment).
+    /// `Err` when this connection could not: the batch stays in doubt, the connection is spent.
+    async fn settle_in_doubt(&self, connection: &Connection) -> Result<(), String> {
+        let Some(batch) = self.in_doubt.take() else {
+            return Ok(());
+        };
+        match self.settle(connection, &batch).await {
+            Settled::Answer(result) => {
+                self.answer(batch.delta, batch.reply, result);
+                Ok(())
+            }
+            Settled::Retry(error) => {
+                self.in_doubt.set(Some(batch));
+                Err(error)
+            }
+            Settled::Expired => {
+                self.answer_in_doubt(batch);
+                Err("the batch's deadline passed while settling it".into())
+            }
+        }
+    }
+
+    async fn settle(&self, connection: &Connection, batch: &InDoubt) -> Settled {
+        let client = &connection.client;
+        let text = |error: tokio_postgres::Error| error.to_string();
+        let settling = async {
+            client.batch_execute("BEGIN").await.map_err(text)?;
+            // Waits for the old session's transaction, which held this lock, to end.
+            client
+                .query_opt(&connection.lock_row, &[])
+                .await
+                .map_err(text)?;
+            let found = client
+                .query_opt(&connection.find_batch, &[&batch.id])
+                .await
+                .map_err(text)?;
+            let outcome = match found {
+                Some(row) => {
+                    let count: i64 = row.try_get(0).map_err(text)?;
+                    let keyed_delta: i64 = row.try_get(1).map_err(text)?;
+                    let unkeyed_end = count - keyed_delta;
+                    let keyed = self.find_keys(connection, batch).await?;
+                    let committed = Committed { unkeyed_end, keyed };
+                    (count, batch.delta + keyed_delta, committed, true)
+                }
+                None if batch.keyed.is_empty() => {
+                    let count = client
+                        .query_opt(&connection.add, &[&batch.delta, &batch.id])
+                        .await
+                        .map_err(text)?
+                        .ok_or("tally_counter has no row with id = 1")?
+                        .try_get(0)
+                        .map_err(text)?;
+                    (
+                        count,
+                        batch.delta,
+                        Committed {
+                            unkeyed_end: count,
+                            keyed: Vec::new(),
+                        },
+                        false,
+                    )
+                }
+                None => {
+                    let (count, added, committed) = self
+                        .run_keyed(connection, batch.id, batch.delta, &batch.keyed)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    (count, added, committed, false)
+                }
+            };
+            client.batch_execute("COMMIT").await.map_err(text)?;
+            Ok::<_, String>(outcome)
+        };
+        match tokio::time::timeout_at(batch.deadline.into(), settling).await {
+            Err(_elapsed) => Settled::Expired,
+            Ok(Err(error)) => Settled::Retry(error),
+            Ok(Ok((count, added, committed, committed_before))) => {
+                let how = if committed_before {
+                    "had committed"
+                } else {
+                    "had not committed; ran it again"
+                };
+                log::info!("in-doubt batch {} settled: it {how}", batch.id);
+                self.shared.stats.settled.fetch_add(1, Ordering::Relaxed);
+                Settled::Answer(self.confirm(count, added).map(|_| committed))
+            }
+        }
+    }
+
+    /// What each key of a batch found committed got: counted by it, or by an earlier batch.
+    async fn find_keys(
+        &self,
+        connection: &Connection,
+        batch: &InDoubt,
+    ) -> Result<Vec<KeyOutcome>, String> {
+        let text = |error: tokio_postgres::Error| error.to_string();
+        if batch.keyed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = batch.keyed.iter().map(|k| &*k.key).collect();
+        let rows = connection
+            .client
+            .query(&connection.find_keys, &[&keys])
+            .await
+            .map_err(text)?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get(0).map_err(text)?;
+            let by: i64 = row.try_get(1).map_err(text)?;
+            let count: i64 = row.try_get(2).map_err(text)?;
+            let batch_id: i64 = row.try_get(3).map_err(text)?;
+            found.insert(key, (by, count, batch_id));
+        }
+        batch
+            .keyed
+            .iter()
+            .map(|increment| {
+                let &(by, count, batch_id) = found.get(&*increment.key).ok_or_else(|| {
+                    format!("key {:?} of a committed batch is gone", increment.key)
+                })?;
+                Ok(if batch_id == batch.id {
+                    KeyOutcome::Counted(count)
+                } else if by == increment.by {
+                    KeyOutcome::Replayed(count)
+                } else {
+                    KeyOutcome::Mismatch
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a small batch of expired batch ids and keys: whether more may be waiting, or
+    /// `None` when the connection should be dropped.
+    async fn prune(&self, connection: &Connection) -> Option<bool> {
+        let retention = BATCH_ID_RETENTION
+            .max(self.config.commit_timeout * 2)
+            .as_secs_f64();
+        let keys_retention = self.config.idempotency_retention.as_secs_f64();
+        let batch_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&retention];
+        let key_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys_retention];
+        let delete = async {
+            let batches = connection
+                .client
+                .execute(&connection.prune, &batch_params)
+                .await?;
+            let keys = connection
+                .client
+                .execute(&connection.prune_keys, &key_params)
+                .await?;
+            Ok::<_, tokio_postgres::Error>(batches.max(keys) >= PRUNE_LIMIT)
+        };
+        match tokio::time::timeout(self.config.commit_timeout, delete).await {
+            Ok(Ok(more)) => Some(more),
+            Ok(Err(error)) => {
+                log::warn!("pruning old batch ids and keys: {error}");
+                statement_was_rejected(&error).then_some(false)
+            }
+            Err(_elapsed) => {
+                log::warn!(
+                    "pruning old batch ids and keys took over {:?}",
+                    self.config.commit_timeout
+                );
+                None
             }
         }
     }
@@ -544,9 +979,11 @@ impl Store<'_> {
     async fn commit(
         &self,
         connection: &Connection,
+        id: i64,
         delta: i64,
+        keyed: &[KeyedIncrement],
         deadline: Instant,
-    ) -> Result<i64, CommitError> {
+    ) -> Result<Committed, CommitError> {
         if Instant::now() >= deadline {
             return Err(CommitError::Unavailable(
                 "waited past the commit timeout before it could be sent".into(),
@@ -565,9 +1002,34 @@ impl Store<'_> {
                 return Err(lowered.into());
             }
         }
+        // A quarter of the timeout is kept to settle the batch if its outcome is lost.
+        let statement_deadline = deadline - self.config.commit_timeout / 4;
+        if !keyed.is_empty() {
+            let client = &connection.client;
+            // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
+            let transaction = async {
+                let (begin, lock, run, commit) = tokio::join!(
+                    client.batch_execute("BEGIN"),
+                    client.query_opt(&connection.lock_row, &[]),
+                    self.run_keyed(connection, id, delta, keyed),
+                    client.batch_execute("COMMIT"),
+                );
+                begin.map_err(|error| classify(&error))?;
+                lock.map_err(|error| classify(&error))?;
+                let (count, added, committed) = run?;
+                commit.map_err(|error| classify(&error))?;
+                Ok::<_, CommitError>((count, added, committed))
+            };
+            let (count, added, committed) =
+                match tokio::time::timeout_at(statement_deadline.into(), transaction).await {
+                    Err(_elapsed) => return Err(CommitError::Timeout),
+                    Ok(result) => result?,
+                };
+            return self.confirm(count, added).map(|_| committed);
+        }
         let answer = tokio::time::timeout_at(
-            deadline.into(),
-            connection.client.query_opt(&connection.add, &[&delta]),
+            statement_deadline.into(),
+            connection.client.query_opt(&connection.add, &[&delta, &id]),
         )
         .await;
         let row = match answer {
@@ -584,6 +1046,71 @@ impl Store<'_> {
         let count: i64 = row
             .try_get(0)
             .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))?;
+        self.confirm(count, delta).map(|count| Committed {
+            unkeyed_end: count,
+            keyed: Vec::new(),
+        })
+    }
+
+    /// Runs [`ADD_KEYED`] (the row lock must be held): the count after the batch, what it
+    /// added, and each key's outcome.
+    async fn run_keyed(
+        &self,
+        connection: &Connection,
+        id: i64,
+        delta: i64,
+        keyed: &[KeyedIncrement],
+    ) -> Result<(i64, i64, Committed), CommitError> {
+        let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+        let bys: Vec<i64> = keyed.iter().map(|k| k.by).collect();
+        let retention = self.config.idempotency_retention.as_secs_f64();
+        let rows = connection
+            .client
+            .query(
+                &connection.add_keyed,
+                &[&delta, &keys, &bys, &id, &retention],
+            )
+            .await
+            .map_err(|error| classify(&error))?;
+        let unreadable = |error: tokio_postgres::Error| {
+            CommitError::Unknown(format!("unreadable keyed result: {error}"))
+        };
+        if rows.len() != keyed.len() {
+            // No row at all: tally_counter has no row (the UPDATE touched nothing).
+            return Err(CommitError::Unknown(format!(
+                "keyed batch answered {} rows for {} keys",
+                rows.len(),
+                keyed.len()
+            )));
+        }
+        let mut unkeyed_end = delta;
+        let mut added = delta;
+        let mut outcomes = Vec::with_capacity(keyed.len());
+        for (row, increment) in rows.iter().zip(keyed) {
+            unkeyed_end = row.try_get(0).map_err(unreadable)?;
+            let counted: bool = row.try_get(1).map_err(unreadable)?;
+            let by: i64 = row.try_get(2).map_err(unreadable)?;
+            let count: i64 = row.try_get(3).map_err(unreadable)?;
+            outcomes.push(if counted {
+                added += by;
+                KeyOutcome::Counted(count)
+            } else if by == increment.by {
+                KeyOutcome::Replayed(count)
+            } else {
+                KeyOutcome::Mismatch
+            });
+        }
+        let count = unkeyed_end + (added - delta);
+        let committed = Committed {
+            unkeyed_end,
+            keyed: outcomes,
+        };
+        Ok((count, added, committed))
+    }
+
+    /// Records the count a committed batch of `delta` returned, unless it would hand out a
+    /// value twice (see the module comment).
+    fn confirm(&self, count: i64, delta: i64) -> Result<i64, CommitError> {
         // The values this commit hands out are count - delta + 1 ..= count. Every one of them
         // is above highest_returned unless the row went down since our last commit.
         let highest_returned = self.shared.highest_returned.load(Ordering::Acquire);
@@ -702,6 +1229,14 @@ fn statement_was_rejected(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|db| db.parsed_severity() == Some(Severity::Error))
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn classify(error: &tokio_postgres::Error) -> CommitError {
     if statement_was_rejected(error) {
         CommitError::Unavailable(format!("PostgreSQL rejected the increment: {error}"))
@@ -810,7 +1345,8 @@ async fn prepare(
     // `SET LOCAL`: no "already exists, skipping" notice in the log at every connect.
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
-         SET LOCAL client_min_messages = warning; {CREATE_TABLE}; COMMIT"
+         SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_BATCHES}; \
+         {CREATE_KEYS}; {INDEX_BATCHES}; {INDEX_KEYS}; COMMIT"
     );
     client
         .batch_execute(&create_schema)
@@ -822,17 +1358,56 @@ async fn prepare(
         .await
         .map_err(fail("inserting the counter row"))?;
     let add = client
-        .prepare_typed(ADD, &[Type::INT8])
+        .prepare_typed(ADD, &[Type::INT8, Type::INT8])
         .await
         .map_err(fail("preparing the increment"))?;
     let read = client
         .prepare(READ)
         .await
         .map_err(fail("preparing the read"))?;
+    let lock_row = client
+        .prepare(LOCK_ROW)
+        .await
+        .map_err(fail("preparing the row lock"))?;
+    let find_batch = client
+        .prepare_typed(FIND_BATCH, &[Type::INT8])
+        .await
+        .map_err(fail("preparing the batch lookup"))?;
+    let prune = client
+        .prepare_typed(PRUNE_BATCHES, &[Type::FLOAT8])
+        .await
+        .map_err(fail("preparing the batch pruning"))?;
+    let add_keyed = client
+        .prepare_typed(
+            ADD_KEYED,
+            &[
+                Type::INT8,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::FLOAT8,
+            ],
+        )
+        .await
+        .map_err(fail("preparing the keyed increment"))?;
+    let find_keys = client
+        .prepare_typed(FIND_KEYS, &[Type::TEXT_ARRAY])
+        .await
+        .map_err(fail("preparing the key lookup"))?;
+    let prune_keys = client
+        .prepare_typed(PRUNE_KEYS, &[Type::FLOAT8])
+        .await
+        .map_err(fail("preparing the key pruning"))?;
     Ok(Connection {
         client,
         add,
         read,
+        lock_row,
+        find_batch,
+        prune,
+        add_keyed,
+        find_keys,
+        prune_keys,
         io,
         closed,
     })

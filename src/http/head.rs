@@ -46,6 +46,11 @@ pub struct Head {
     /// The `Authorization` field's value, as a range of the input (an empty range if the
     /// field came more than once: credentials are one field, RFC 9110 §11.6.2).
     pub authorization: Option<Range<usize>>,
+    /// The value of the `Idempotency-Key` field (IETF draft "The Idempotency-Key HTTP Header
+    /// Field"), OWS trimmed, as a range of the input; not checked here: its handler decides.
+    pub idempotency_key: Option<Range<usize>>,
+    /// More than one `Idempotency-Key` field was sent (a request names one key).
+    pub idempotency_key_repeated: bool,
 }
 
 /// Parses the request line and header section; `None` if they are not complete yet.
@@ -57,7 +62,7 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Ht
         return Ok(None);
     };
     let line = RequestLine::of(&req, buf)?;
-    let fields = FieldSummary::of(req.headers, line.http10)?;
+    let fields = FieldSummary::of(req.headers, line.http10, buf)?;
     check_host(fields.hosts, line.http10)?;
     let framing = body_framing(&fields, line.http10, limits)?;
     Ok(Some(Head {
@@ -69,6 +74,8 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Ht
         framing,
         head_len,
         authorization: authorization(req.headers, buf),
+        idempotency_key: fields.idempotency_key.clone(),
+        idempotency_key_repeated: fields.idempotency_keys > 1,
     }))
 }
 
@@ -246,10 +253,13 @@ struct FieldSummary {
     expect_continue: bool,
     /// Number of Host fields.
     hosts: usize,
+    /// The last `Idempotency-Key` value, as a range of the input, and how many were sent.
+    idempotency_key: Option<Range<usize>>,
+    idempotency_keys: usize,
 }
 
 impl FieldSummary {
-    fn of(fields: &[httparse::Header<'_>], http10: bool) -> Result<Self, HttpError> {
+    fn of(fields: &[httparse::Header<'_>], http10: bool, buf: &[u8]) -> Result<Self, HttpError> {
         let mut summary = FieldSummary::default();
         for field in fields {
             let name = field.name;
@@ -264,6 +274,11 @@ impl FieldSummary {
                 summary.add_expect(value, http10)?;
             } else if name.eq_ignore_ascii_case("host") {
                 summary.hosts += 1;
+            } else if name.eq_ignore_ascii_case("idempotency-key") {
+                // `httparse` returns slices of `buf`: the offset is a pointer difference.
+                let start = value.as_ptr() as usize - buf.as_ptr() as usize;
+                summary.idempotency_key = Some(start..start + value.len());
+                summary.idempotency_keys += 1;
             }
         }
         Ok(summary)

@@ -35,6 +35,8 @@ pub struct ResponseHead<'a> {
     pub head_only: bool,
     /// Value of an `Allow` header (405 responses).
     pub allow: Option<&'a str>,
+    /// One more header line, `Name: value` (e.g. a replay mark); no CRLF.
+    pub extra_header: Option<&'a str>,
 }
 
 /// Appends a complete response to `out`.
@@ -61,6 +63,10 @@ pub fn write_response(out: &mut Vec<u8>, head: &ResponseHead<'_>, date: &HttpDat
     if head.status == Status::Unauthorized {
         // RFC 9110 §15.5.2: a 401 carries a challenge; tally's one scheme is Bearer (RFC 6750).
         out.extend_from_slice(b"\r\nWWW-Authenticate: Bearer");
+    }
+    if let Some(line) = head.extra_header {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(line.as_bytes());
     }
     out.extend_from_slice(b"\r\n\r\n");
     if !head.head_only {
@@ -151,6 +157,7 @@ mod tests {
             persistence,
             head_only,
             allow,
+            extra_header: None,
         }
     }
 

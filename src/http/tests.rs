@@ -613,3 +613,18 @@ fn the_authorization_value_is_given_as_a_range_and_a_repeated_one_as_empty() {
         complete(b"GET / HTTP/1.1\r\nHost: t\r\nAuthorization: a\r\nauthorization: a\r\n\r\n");
     assert!(head.authorization.expect("present").is_empty());
 }
+
+#[test]
+fn the_idempotency_key_field_is_exposed_trimmed_and_a_repeat_is_flagged() {
+    let req = b"POST /api/v1/counter HTTP/1.1\r\nHost: x\r\nidempotency-key:  abc-1 \r\n\r\n";
+    let (head, ..) = complete(req);
+    let key = head.idempotency_key.clone().expect("the key");
+    assert_eq!(&req[key], b"abc-1");
+    assert!(!head.idempotency_key_repeated);
+
+    let (head, ..) = complete(GET);
+    assert_eq!(head.idempotency_key, None);
+
+    let twice = b"POST / HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n";
+    assert!(complete(twice).0.idempotency_key_repeated);
+}

@@ -63,15 +63,12 @@ fn call(
 ) -> (Status, String, Option<&'static str>) {
     let mut body = body.as_bytes().to_vec();
     let mut out = Vec::new();
-    match dispatch(
-        &f.app,
-        method,
-        Route::from_path(path.as_bytes()),
-        &mut body,
-        &mut out,
-    ) {
+    let request = Request::new(method, Route::from_path(path.as_bytes()), &mut body);
+    match dispatch(&f.app, request, &mut out) {
         Reply::Now { status, allow, .. } => (status, String::from_utf8(out).expect("UTF-8"), allow),
-        Reply::Increment(_) => panic!("{path} was answered with an increment ticket"),
+        Reply::Increment(_) | Reply::KeyedIncrement(_) => {
+            panic!("{path} was answered with an increment ticket")
+        }
     }
 }
 
@@ -180,13 +177,8 @@ fn a_valid_increment_waits_for_its_commit_and_a_bad_body_is_400() {
     let f = fixture();
     for body in ["", r#"{"by":5}"#] {
         let mut body = body.as_bytes().to_vec();
-        let reply = dispatch(
-            &f.app,
-            Method::Post,
-            Some(Route::Counter),
-            &mut body,
-            &mut Vec::new(),
-        );
+        let request = Request::new(Method::Post, Some(Route::Counter), &mut body);
+        let reply = dispatch(&f.app, request, &mut Vec::new());
         assert!(matches!(reply, Reply::Increment(_)));
     }
     assert_eq!(
@@ -243,4 +235,64 @@ fn an_unknown_path_is_404_whatever_the_method() {
     for method in [Method::Get, Method::Post, Method::Other] {
         assert_eq!(call(&f, method, "/nope", "").0, Status::NotFound);
     }
+}
+
+#[test]
+fn an_idempotency_key_is_1_to_255_visible_ascii_and_one_field() {
+    let longest = [b'k'; 255];
+    for ok in [&b"a"[..], b"order-42", b"\"quoted\"", b"!~", &longest] {
+        let key = idempotency_key(KeyField::One(ok));
+        assert!(matches!(key, Ok(Some(_))), "{ok:?} was refused");
+    }
+    assert_eq!(idempotency_key(KeyField::Absent), Ok(None));
+    for bad in [
+        &b""[..],
+        b"a b",
+        b"tab\t",
+        b"caf\xc3\xa9",
+        b"nul\0",
+        &[b'k'; 256],
+    ] {
+        assert!(
+            idempotency_key(KeyField::One(bad)).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(idempotency_key(KeyField::Repeated).is_err());
+}
+
+#[test]
+fn keyed_outcomes_map_to_200_a_marked_replay_and_422() {
+    let mut out = Vec::new();
+    let (reply, extra) = keyed_increment_reply(Ok(KeyOutcome::Counted(7)), &mut out);
+    assert!(
+        matches!(
+            reply,
+            Reply::Now {
+                status: Status::Ok,
+                ..
+            }
+        ) && extra.is_none()
+    );
+    assert_eq!(out, br#"{"count":7}"#);
+    out.clear();
+    let (reply, extra) = keyed_increment_reply(Ok(KeyOutcome::Replayed(7)), &mut out);
+    assert!(matches!(
+        reply,
+        Reply::Now {
+            status: Status::Ok,
+            ..
+        }
+    ));
+    assert_eq!(extra, Some(REPLAYED_HEADER));
+    assert_eq!(out, br#"{"count":7}"#);
+    out.clear();
+    let (reply, _) = keyed_increment_reply(Ok(KeyOutcome::Mismatch), &mut out);
+    assert!(matches!(
+        reply,
+        Reply::Now {
+            status: Status::UnprocessableContent,
+            ..
+        }
+    ));
 }

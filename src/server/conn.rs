@@ -20,7 +20,7 @@ use crate::http::{
     self, BodyLocation, Head, HttpDate, HttpError, Method, Parsed, Persistence, ResponseHead,
     Status,
 };
-use crate::routes::{self, Reply, Route};
+use crate::routes::{self, KeyField, Reply, Request, Route};
 
 use super::context::ConnContext;
 use super::registry::{Phase, Slot};
@@ -76,9 +76,15 @@ struct Conn {
 
 struct Deferred {
     at: usize,
-    ticket: crate::counter::Ticket,
+    ticket: Pending,
     persistence: Persistence,
     head_only: bool,
+}
+
+/// An increment waiting for its commit.
+enum Pending {
+    Plain(crate::counter::Ticket),
+    Keyed(crate::counter::KeyedTicket),
 }
 
 /// What to do after a batch of responses is written.
@@ -311,6 +317,11 @@ impl Conn {
         // credentials are read from one while the body is parsed in place in the other.
         let (head_bytes, after_head) = self.rbuf[start..].split_at_mut(head.head_len);
         let authorization = head.authorization.clone().map(|r| &head_bytes[r]);
+        let idempotency_key = match &head.idempotency_key {
+            _ if head.idempotency_key_repeated => KeyField::Repeated,
+            Some(r) => KeyField::One(&head_bytes[r.clone()]),
+            None => KeyField::Absent,
+        };
         let body: &mut [u8] = match body {
             BodyLocation::Input(r) => {
                 &mut after_head[r.start - head.head_len..r.end - head.head_len]
@@ -320,14 +331,14 @@ impl Conn {
         let persistence = persistence(head, ctx.shutting_down.get());
         let head_only = head.method == Method::Head;
         self.response_body.clear();
-        match routes::dispatch_with_credentials(
-            &ctx.app,
-            head.method,
+        let request = Request {
+            method: head.method,
             route,
-            authorization,
             body,
-            &mut self.response_body,
-        ) {
+            authorization,
+            idempotency_key,
+        };
+        match routes::dispatch(&ctx.app, request, &mut self.response_body) {
             Reply::Now {
                 status,
                 content_type,
@@ -339,13 +350,20 @@ impl Conn {
                     persistence,
                     head_only,
                     allow,
+                    extra_header: None,
                 };
                 http::write_response(&mut self.wbuf, &response, date, &self.response_body);
                 self.answered.push((Route::metric_index(route), status));
             }
             Reply::Increment(ticket) => self.deferred.push(Deferred {
                 at: self.wbuf.len(),
-                ticket,
+                ticket: Pending::Plain(ticket),
+                persistence,
+                head_only,
+            }),
+            Reply::KeyedIncrement(ticket) => self.deferred.push(Deferred {
+                at: self.wbuf.len(),
+                ticket: Pending::Keyed(ticket),
                 persistence,
                 head_only,
             }),
@@ -369,13 +387,21 @@ impl Conn {
         for deferred in std::mem::take(&mut self.deferred) {
             out.extend_from_slice(&self.wbuf[copied..deferred.at]);
             copied = deferred.at;
-            let result = deferred.ticket.await;
             self.response_body.clear();
+            let (reply, extra_header) = match deferred.ticket {
+                Pending::Plain(ticket) => (
+                    routes::increment_reply(ticket.await, &mut self.response_body),
+                    None,
+                ),
+                Pending::Keyed(ticket) => {
+                    routes::keyed_increment_reply(ticket.await, &mut self.response_body)
+                }
+            };
             if let Reply::Now {
                 status,
                 content_type,
                 allow,
-            } = routes::increment_reply(result, &mut self.response_body)
+            } = reply
             {
                 let response = ResponseHead {
                     status,
@@ -383,6 +409,7 @@ impl Conn {
                     persistence: deferred.persistence,
                     head_only: deferred.head_only,
                     allow,
+                    extra_header,
                 };
                 let date = self.ctx.date.borrow();
                 http::write_response(&mut out, &response, &date, &self.response_body);
@@ -563,6 +590,7 @@ fn write_error(
     body.clear();
     write_message_body(body, msg);
     let head = ResponseHead {
+        extra_header: None,
         status,
         content_type: CONTENT_TYPE_JSON,
         persistence: Persistence::Close,
