@@ -144,6 +144,7 @@ tally_workloads() {
         if [[ " $WORKLOADS " == *" counter "* ]]; then
             load "${TAG}tally-counter-post" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
             CONNS=$CONNECTIONS_HIGH load "${TAG}tally-counter-post-${CONNECTIONS_HIGH}c" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            CONNS=$CONNECTIONS_HIGH load "${TAG}tally-counter-post-keyed-${CONNECTIONS_HIGH}c" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/keyed.lua
             curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/${TAG}metrics-counter.txt"
             load "${TAG}tally-counter-get" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
         fi
@@ -271,11 +272,13 @@ ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 0, "tally/ngi
 ratio("tally-kv-lookup", "nginx-fixed-200", 1, "kv lookup / nginx fixed-200 cpu per request")
 ratio("tally-counter-post", "tally-kv-lookup", 0, "counter POST / kv lookup req/s")
 ratio("tally-counter-post", "tally-kv-lookup", 1, "counter POST / kv lookup cpu per request")
-high = [k for k in rows if k.startswith("tally-counter-post-") and k.endswith("c")]
+high = [k for k in rows if k.startswith("tally-counter-post-") and k.endswith("c") and "keyed" not in k]
 for k in high:
     kv = "tally-kv-lookup-" + k.rsplit("-", 1)[1]
     ratio(k, kv, 0, f"counter POST / kv lookup req/s ({k.rsplit('-', 1)[1]})")
     ratio(k, kv, 1, f"counter POST / kv lookup cpu per request ({k.rsplit('-', 1)[1]})")
+ratio("tally-counter-post-keyed-256c", "tally-counter-post-256c", 0, "keyed / unkeyed counter POST req/s (256c)")
+ratio("tally-counter-post-keyed-256c", "tally-counter-post-256c", 1, "keyed / unkeyed counter POST cpu per request (256c)")
 ratio("tally-counter-post", "tally-counter-post-batch-1", 0, "counter POST batched / one transaction each")
 if "tally-counter-post" in rows:
     print(f"{'seed counter API (published, other hardware)':<48} 4,630 req/s -> tally {rows['tally-counter-post'][0] / 4630:,.0f}x")
