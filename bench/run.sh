@@ -170,8 +170,9 @@ reload_workload() {
     RUN_BIN=$BIN LOG_LEVEL=info start_tally reload --kv-data "$data"
     load tally-kv-${RELOAD_PAIRS}-steady "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/reload-keys.txt" 1
     (sleep 1 && kill -HUP "$TALLY_PID") &
+    local hup=$!
     load tally-kv-${RELOAD_PAIRS}-during-reload "$TALLY_PID" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/reload-keys.txt" 1
-    wait
+    wait "$hup"
     grep -E "reload|swapped" "$OUT/tally-reload.log" | tail -n 4 || true
     stop_tally
 }
