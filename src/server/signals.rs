@@ -42,11 +42,7 @@ impl Shutdown {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                if let Some(id) = cpu {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-                        log::debug!("{name}: could not pin to CPU {id}");
-                    }
-                }
+                pin_current_thread(name, cpu);
                 let mut received = 0;
                 for signal in signals.forever() {
                     received += 1;
@@ -120,11 +116,7 @@ pub fn reload_on_hangup(trigger: ReloadTrigger, cpu: Option<usize>) -> Result<()
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            if let Some(id) = cpu {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-                    log::debug!("{name}: could not pin to CPU {id}");
-                }
-            }
+            pin_current_thread(name, cpu);
             for _ in signals.forever() {
                 trigger.request(ReloadReason::Signal);
             }
@@ -134,4 +126,14 @@ pub fn reload_on_hangup(trigger: ReloadTrigger, cpu: Option<usize>) -> Result<()
             name: name.into(),
             source,
         })
+}
+
+/// Pins the calling thread (`name`, for the log) to `cpu`, if one is given; these threads
+/// sleep until a signal, so failing to pin costs nothing but a debug line.
+fn pin_current_thread(name: &str, cpu: Option<usize>) {
+    if let Some(id) = cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            log::debug!("{name}: could not pin to CPU {id}");
+        }
+    }
 }
