@@ -73,9 +73,16 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Ht
         expect_continue: fields.expect_continue,
         framing,
         head_len,
-        authorization: authorization(req.headers, buf),
-        idempotency_key: fields.idempotency_key.clone(),
-        idempotency_key_repeated: fields.idempotency_keys > 1,
+        // A repeated Authorization reads as an empty value, which no token matches.
+        authorization: fields.authorization.range.clone().map(|r| {
+            if fields.authorization.count > 1 {
+                r.start..r.start
+            } else {
+                r
+            }
+        }),
+        idempotency_key: fields.idempotency_key.range.clone(),
+        idempotency_key_repeated: fields.idempotency_key.count > 1,
     }))
 }
 
@@ -218,21 +225,22 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// The range of `buf` the `Authorization` field's value takes (`httparse` gives slices of
-/// `buf`, so it is a pointer difference); an empty range if there are several.
-fn authorization(fields: &[httparse::Header<'_>], buf: &[u8]) -> Option<Range<usize>> {
-    let mut found = None;
-    for field in fields {
-        if field.name.eq_ignore_ascii_case("authorization") {
-            let value = trim_ows(field.value);
-            let start = value.as_ptr() as usize - buf.as_ptr() as usize;
-            found = match found {
-                None => Some(start..start + value.len()),
-                Some(_) => Some(start..start),
-            };
-        }
+/// A field a request should send once (`Authorization`, `Idempotency-Key`): where its value
+/// is, and how many times it came, so its reader can refuse a repeat.
+#[derive(Default)]
+struct OneField {
+    /// The first value, OWS trimmed, as a range of the input.
+    range: Option<Range<usize>>,
+    count: usize,
+}
+
+impl OneField {
+    fn add(&mut self, value: &[u8], buf: &[u8]) {
+        // `httparse` returns slices of `buf`: the offset is a pointer difference.
+        let start = value.as_ptr() as usize - buf.as_ptr() as usize;
+        self.range.get_or_insert(start..start + value.len());
+        self.count += 1;
     }
-    found
 }
 
 /// What the header fields say about framing, persistence, expectations and Host, gathered in
@@ -253,9 +261,8 @@ struct FieldSummary {
     expect_continue: bool,
     /// Number of Host fields.
     hosts: usize,
-    /// The last `Idempotency-Key` value, as a range of the input, and how many were sent.
-    idempotency_key: Option<Range<usize>>,
-    idempotency_keys: usize,
+    authorization: OneField,
+    idempotency_key: OneField,
 }
 
 impl FieldSummary {
@@ -274,11 +281,10 @@ impl FieldSummary {
                 summary.add_expect(value, http10)?;
             } else if name.eq_ignore_ascii_case("host") {
                 summary.hosts += 1;
+            } else if name.eq_ignore_ascii_case("authorization") {
+                summary.authorization.add(value, buf);
             } else if name.eq_ignore_ascii_case("idempotency-key") {
-                // `httparse` returns slices of `buf`: the offset is a pointer difference.
-                let start = value.as_ptr() as usize - buf.as_ptr() as usize;
-                summary.idempotency_key = Some(start..start + value.len());
-                summary.idempotency_keys += 1;
+                summary.idempotency_key.add(value, buf);
             }
         }
         Ok(summary)
