@@ -40,8 +40,11 @@ fn count(server: &TestServer) -> i64 {
     r.json()["count"].as_i64().expect("count")
 }
 
-/// The row as PostgreSQL has it.
-fn row(cluster: &TestCluster) -> i64 {
+/// Runs `f` with a client connected to the cluster behind tally's back.
+fn with_client<T, F: std::future::Future<Output = T>>(
+    cluster: &TestCluster,
+    f: impl FnOnce(tokio_postgres::Client) -> F,
+) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,6 +54,13 @@ fn row(cluster: &TestCluster) -> i64 {
             .await
             .expect("connect");
         tokio::spawn(conn);
+        f(client).await
+    })
+}
+
+/// The row as PostgreSQL has it.
+fn row(cluster: &TestCluster) -> i64 {
+    with_client(cluster, |client| async move {
         let row = client
             .query_one("SELECT count FROM tally_counter WHERE id = 1", &[])
             .await
@@ -61,15 +71,7 @@ fn row(cluster: &TestCluster) -> i64 {
 
 /// Runs `statement` against the cluster behind tally's back.
 fn execute(cluster: &TestCluster, statement: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(cluster.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
+    with_client(cluster, |client| async move {
         client.batch_execute(statement).await.expect(statement);
     })
 }

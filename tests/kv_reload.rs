@@ -41,6 +41,10 @@ fn replace(path: &Path, content: &str) {
 }
 
 fn server(path: &Path, extra: &[&str]) -> TestServer {
+    server_with_env(path, extra, &[])
+}
+
+fn server_with_env(path: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
     let mut args = vec![
         "--database-url",
         NO_DATABASE,
@@ -48,7 +52,7 @@ fn server(path: &Path, extra: &[&str]) -> TestServer {
         path.to_str().expect("utf-8 path"),
     ];
     args.extend_from_slice(extra);
-    TestServer::start(&args)
+    TestServer::start_with_env(&args, env)
 }
 
 fn value_of(s: &TestServer, k: &str) -> (u16, Option<String>) {
@@ -298,15 +302,7 @@ fn with_kv_watch_a_file_written_in_pieces_is_loaded_once_whole() {
     let dir = test_dir("watch-pieces");
     let path = dir.join("data.jsonl");
     replace(&path, &dataset(100, "old"));
-    let s = TestServer::start_with_env(
-        &[
-            "--database-url",
-            NO_DATABASE,
-            "--kv-data",
-            path.to_str().expect("utf-8"),
-        ],
-        &[("TALLY_KV_WATCH", "true")],
-    );
+    let s = server_with_env(&path, &[], &[("TALLY_KV_WATCH", "true")]);
     let content = dataset(300, "new");
     let mut file = std::fs::File::create(&path).expect("truncate");
     for piece in content.as_bytes().chunks(content.len() / 5 + 1) {
@@ -335,15 +331,7 @@ fn the_admin_endpoint_reloads_only_with_the_token() {
     let dir = test_dir("admin");
     let path = dir.join("data.jsonl");
     replace(&path, &dataset(100, "old"));
-    let s = TestServer::start_with_env(
-        &[
-            "--database-url",
-            NO_DATABASE,
-            "--kv-data",
-            path.to_str().expect("utf-8"),
-        ],
-        &[("TALLY_ADMIN_TOKEN", "correct horse")],
-    );
+    let s = server_with_env(&path, &[], &[("TALLY_ADMIN_TOKEN", "correct horse")]);
     replace(&path, &dataset(100, "new"));
     for wrong in [
         None,
