@@ -102,12 +102,6 @@ pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
     let slot = registry.insert(registry.now() + ctx.idle_timeout_secs + 1);
     let metrics = ctx.app.metrics();
     metrics.open_connections.add(1);
-    // A client that stops reading its responses would otherwise hold a write (and the
-    // connection) forever; glommio arms this timer only when a write would block.
-    let write_timeout = std::time::Duration::from_secs(ctx.request_timeout_secs);
-    if let Err(err) = stream.set_write_timeout(Some(write_timeout)) {
-        log::debug!("write timeout: {err}");
-    }
     let mut conn = Conn {
         ctx: ctx.clone(),
         slot,
