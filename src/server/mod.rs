@@ -76,7 +76,7 @@ pub enum ServerError {
     IoUring(#[from] uring::UringError),
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(std::io::Error),
-    #[error("cannot start thread {name}: {source}")]
+    #[error("cannot start thread {name}")]
     Thread {
         name: String,
         source: std::io::Error,
