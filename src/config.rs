@@ -15,7 +15,14 @@ use crate::http::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_URI_BYTES,
     MAX_HEADERS_CAP,
 };
-use crate::server::ServerConfig;
+use crate::server::{IoPath, ServerConfig, TaskRun};
+
+/// `--io-taskrun`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskRunArg {
+    Defer,
+    Coop,
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,6 +154,18 @@ pub struct ServeArgs {
           action = clap::ArgAction::Set)]
     pub io_ring_taskrun_flags: bool,
 
+    /// Connection I/O: `uring` (tally's own io_uring ring per core: multishot accept and
+    /// receive into provided buffers, sends batched per pass) or `glommio` (glommio's sockets).
+    /// A core falls back to `glommio`, with a log line, where the kernel lacks what `uring`
+    /// needs.
+    #[arg(long, env = "TALLY_IO", value_enum, default_value_t = IoPath::Uring)]
+    pub io: IoPath,
+
+    /// How tally's ring runs completions: `defer` (SINGLE_ISSUER|DEFER_TASKRUN, falling back
+    /// to coop where refused) or `coop` (COOP_TASKRUN).
+    #[arg(long, env = "TALLY_IO_TASKRUN", value_enum, default_value_t = TaskRunArg::Defer)]
+    pub io_taskrun: TaskRunArg,
+
     /// Log level: error, warn, info, debug or trace (RUST_LOG-style filters work too).
     #[arg(long, env = "TALLY_LOG", default_value = "info")]
     pub log: String,
@@ -164,6 +183,11 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout(),
             shutdown_grace: self.shutdown_grace(),
             ring_taskrun_flags: self.io_ring_taskrun_flags,
+            io: self.io,
+            io_taskrun: match self.io_taskrun {
+                TaskRunArg::Defer => TaskRun::Defer,
+                TaskRunArg::Coop => TaskRun::Coop,
+            },
             admin_token: self.admin_token.as_deref().and_then(AdminToken::new),
         }
     }

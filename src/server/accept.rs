@@ -1,39 +1,33 @@
 //! The accept loop of one core. A connection beyond the per-core cap gets a 503 and is closed,
 //! so the client learns why instead of waiting in the kernel's backlog.
 
+use std::future::Future;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::FutureExt as _;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use super::conn;
 use super::context::ConnContext;
+use super::ring::Ring;
+use super::stream::{GlommioStream, Stream};
 
 /// Pause after a failed accept (EMFILE, ENOBUFS and friends) rather than spinning on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts and serves connections until a stop message arrives.
+/// Accepts (glommio's sockets) and serves connections until a stop message arrives.
 pub async fn serve_until_stopped(
     ctx: &Rc<ConnContext>,
     listener: &TcpListener,
     stop: &flume::Receiver<()>,
 ) {
-    enum Event {
-        Accepted(glommio::Result<TcpStream, ()>),
-        Stop,
-    }
     loop {
-        let event =
-            futures_lite::future::or(async { Event::Accepted(listener.accept().await) }, async {
-                let _ = stop.recv_async().await;
-                Event::Stop
-            })
-            .await;
-        match event {
-            Event::Stop => return,
-            Event::Accepted(Ok(stream)) => admit(ctx, stream),
-            Event::Accepted(Err(err)) => {
+        match until_stopped(stop, listener.accept()).await {
+            None => return,
+            Some(Ok(stream)) => admit(ctx, GlommioStream(stream)),
+            Some(Err(err)) => {
                 log::warn!("core {}: accept failed: {err}", ctx.app.core);
                 glommio::timer::sleep(ACCEPT_BACKOFF).await;
             }
@@ -41,8 +35,43 @@ pub async fn serve_until_stopped(
     }
 }
 
+/// Accepts through tally's ring (one multishot accept) and serves connections until a stop
+/// message arrives; the accept is cancelled then.
+pub async fn serve_on_ring(
+    ctx: &Rc<ConnContext>,
+    ring: &Rc<Ring>,
+    listener: &OwnedFd,
+    stop: &flume::Receiver<()>,
+) {
+    ring.start_accepting(listener.as_raw_fd());
+    loop {
+        match until_stopped(stop, ring.accept()).await {
+            None => break,
+            Some(Ok(fd)) => admit(ctx, ring.stream(fd)),
+            Some(Err(err)) => {
+                log::warn!("core {}: accept failed: {err}", ctx.app.core);
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
+                ring.resume_accepting();
+            }
+        }
+    }
+    ring.stop_accepting();
+}
+
+/// `accept`'s output, or `None` once a stop message arrives.
+async fn until_stopped<T>(
+    stop: &flume::Receiver<()>,
+    accept: impl Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(accept.await) }, async {
+        let _ = stop.recv_async().await;
+        None
+    })
+    .await
+}
+
 /// Starts serving an accepted connection on its own task, or refuses it at the cap.
-fn admit(ctx: &Rc<ConnContext>, stream: TcpStream) {
+fn admit<S: Stream + 'static>(ctx: &Rc<ConnContext>, stream: S) {
     let metrics = ctx.app.metrics();
     metrics.accepted_connections.add(1);
     if ctx.registry.len() >= ctx.max_connections {
@@ -50,10 +79,13 @@ fn admit(ctx: &Rc<ConnContext>, stream: TcpStream) {
         glommio::spawn_local(conn::refuse(ctx.clone(), stream)).detach();
         return;
     }
-    if let Err(err) = stream.set_nodelay(true) {
+    // SAFETY: the descriptor is the accepted socket, open while `stream` is, which outlives
+    // this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.raw_fd()) };
+    if let Err(err) = socket2::SockRef::from(&fd).set_nodelay(true) {
         log::debug!("TCP_NODELAY: {err}");
     }
-    limit_unsent_output(ctx, &stream);
+    limit_unsent_output(ctx, fd);
     // A bug that panics while serving one connection must cost only that connection, not the
     // core (glommio would unwind through its executor).
     let served = std::panic::AssertUnwindSafe(conn::serve(ctx.clone(), stream));
@@ -71,11 +103,7 @@ fn admit(ctx: &Rc<ConnContext>, stream: TcpStream) {
 /// kernel reset it once sent data stayed unacknowledged, or unsent behind a zero window, for
 /// the request timeout (Linux counts zero-window probes since 5.11). One setsockopt per
 /// connection, like TCP_NODELAY.
-fn limit_unsent_output(ctx: &ConnContext, stream: &TcpStream) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the descriptor is the accepted socket, open while `stream` is, which outlives
-    // this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+fn limit_unsent_output(ctx: &ConnContext, fd: BorrowedFd<'_>) {
     let timeout = Duration::from_secs(ctx.request_timeout_secs.max(1));
     if let Err(err) = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout)) {
         log::debug!("TCP_USER_TIMEOUT: {err}");

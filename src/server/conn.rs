@@ -12,9 +12,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
-
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
 use crate::http::{
     self, BodyLocation, Head, HttpDate, HttpError, Method, Parsed, Persistence, ResponseHead,
@@ -24,6 +21,7 @@ use crate::routes::{self, KeyField, Reply, Request, Route};
 
 use super::context::ConnContext;
 use super::registry::{Phase, Slot};
+use super::stream::Stream;
 
 /// Initial size of a connection's read and write buffers; enough for 16-deep pipelining of
 /// small requests without growing. Buffers that grew are shrunk back to it when the
@@ -97,7 +95,7 @@ enum Next {
 }
 
 /// Serves a connection until the client closes it, an error closes it, or a timeout does.
-pub async fn serve(ctx: Rc<ConnContext>, mut stream: TcpStream) {
+pub async fn serve<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
     let registry = &ctx.registry;
     let slot = registry.insert(registry.now() + ctx.idle_timeout_secs + 1);
     let metrics = ctx.app.metrics();
@@ -137,7 +135,7 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn run<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
         loop {
             if self.filled == self.rbuf.len() && !self.grow_read_buffer() {
                 // Only reachable with a chunked body whose framing overhead is excessive.
@@ -184,6 +182,7 @@ impl Conn {
                 let deadline = registry.now() + self.ctx.idle_timeout_secs + 1;
                 self.slot.set_phase(Phase::Idle, deadline);
                 self.give_back_buffers();
+                stream.trim();
             } else {
                 if consumed > 0 {
                     // A new request started in this read: its own timeout starts now.
@@ -194,44 +193,20 @@ impl Conn {
         }
     }
 
-    /// Reads what the client sent next.
-    ///
-    /// glommio's read arms a one-shot io_uring poll whenever the socket is empty; its
-    /// completion arrives as task work that interrupts the running core (an IPI), which
-    /// profiles showed as the largest cost after a commit, when every connection of the batch
-    /// is answered at once and their next requests arrive together. So after such a batch,
-    /// first let the other woken connections write their answers, then try a plain
-    /// non-blocking recv(2): the next request is usually there, and no poll is needed.
-    /// Measured with 256 connections POSTing (bench/run.sh counter, 3 runs each): 55-63k req/s
-    /// and 14-18 us of CPU per request before, 71-84k req/s and 10-12 us after. For lookups,
-    /// where connections wake one at a time, the same trick measured no better than glommio's
-    /// read, so it is not used there.
-    async fn read(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
-        use std::os::fd::AsRawFd;
-        if std::mem::take(&mut self.after_commit) {
-            futures_lite::future::yield_now().await;
-            let buf = &mut self.rbuf[self.filled..];
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes and the descriptor is
-            // this connection's open socket.
-            let n = unsafe {
-                libc::recv(
-                    stream.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
+    /// Reads what the client sent next; right after a batch that waited for a commit, the
+    /// stream's own way to read then (see `Stream::read_after_commit`).
+    async fn read<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<usize> {
+        let after_commit = std::mem::take(&mut self.after_commit);
+        let buf = &mut self.rbuf[self.filled..];
+        let read = async {
+            if after_commit {
+                stream.read_after_commit(buf).await
+            } else {
+                stream.read(buf).await
             }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(err);
-            }
-        }
+        };
         // The sweeper ends a read past its deadline by waking `expired`: as end-of-file.
         let slot = &self.slot;
-        let read = stream.read(&mut self.rbuf[self.filled..]);
         futures_lite::future::or(read, async {
             slot.expired().await;
             Ok(0)
@@ -367,7 +342,7 @@ impl Conn {
 
     /// Writes this batch's responses with one call, first waiting for the commits of any
     /// increments among them.
-    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn flush<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
         if self.deferred.is_empty() {
             if !self.wbuf.is_empty() {
                 write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
@@ -461,13 +436,13 @@ impl Conn {
         true
     }
 
-    async fn reject(&mut self, stream: &mut TcpStream, err: HttpError) -> std::io::Result<()> {
+    async fn reject<S: Stream>(&mut self, stream: &mut S, err: HttpError) -> std::io::Result<()> {
         self.prepare_error(err.status(), &err.to_string());
         write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
         self.linger(stream).await
     }
 
-    async fn reject_timeout(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn reject_timeout<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
         self.prepare_error(Status::RequestTimeout, "request timed out");
         write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
         self.linger(stream).await
@@ -501,7 +476,7 @@ impl Conn {
 
     /// See [`linger`]; the connection bounds it with its own timer, so the sweeper leaves it
     /// alone meanwhile.
-    async fn linger(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn linger<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
         self.slot.set_phase(Phase::Busy, 0);
         linger(stream, &mut self.rbuf).await
     }
@@ -516,7 +491,7 @@ impl Conn {
 async fn write_before_deadline(
     ctx: &ConnContext,
     slot: &Slot,
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     out: &[u8],
 ) -> std::io::Result<()> {
     let deadline = ctx.registry.now() + ctx.request_timeout_secs + 1;
@@ -530,10 +505,9 @@ async fn write_before_deadline(
     slot.set_phase(Phase::Busy, 0);
     if written.is_err() {
         // Abortive close: frees the kernel's send buffer at once instead of trickling it out.
-        use std::os::fd::{AsRawFd, BorrowedFd};
         // SAFETY: the descriptor is this connection's socket, open for as long as `stream`,
         // which outlives this borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.raw_fd()) };
         let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
     }
     written
@@ -544,10 +518,10 @@ async fn write_before_deadline(
 /// kernel send RST, which can destroy the response before the client reads it or fail the
 /// client's write of the rest of its request. So stop writing (FIN), then discard what the
 /// client still sends, for a bounded time and amount.
-async fn linger(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+async fn linger(stream: &mut impl Stream, buf: &mut [u8]) -> std::io::Result<()> {
     const LINGER_BYTES: usize = 1 << 20;
     const LINGER_TIME: Duration = Duration::from_secs(2);
-    stream.close().await?;
+    stream.shutdown_write().await?;
     let drain = async {
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
@@ -595,7 +569,7 @@ fn write_error(
 }
 
 /// Answers a connection over the per-core cap with 503 and closes it.
-pub async fn refuse(ctx: Rc<ConnContext>, mut stream: TcpStream) {
+pub async fn refuse<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
     let mut out = Vec::with_capacity(256);
     let mut body = Vec::with_capacity(64);
     write_error(

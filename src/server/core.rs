@@ -19,7 +19,8 @@ use crate::kv::{Dataset, Replica, Swap, Swapped};
 
 use super::context::ConnContext;
 use super::registry::Registry;
-use super::{accept, uring, ServerConfig, ServerError};
+use super::ring::{self, Ring};
+use super::{accept, uring, IoPath, ServerConfig, ServerError};
 
 /// Locked memory glommio gets for its registered I/O buffers. Sockets do not use them, and a
 /// small value keeps tally inside the default 8 MiB `ulimit -l` of most systems.
@@ -167,20 +168,81 @@ async fn core_main(start: CoreStart, started: Started) {
     start_background_tasks(&ctx);
     glommio::spawn_local(swap_replicas(ctx.clone(), swaps)).detach();
 
-    // SAFETY: the fd is a listening TCP socket we own; ownership moves to the listener.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let io = CoreIo::open(id, &config, listener);
     let _ = started.send(Ok(id));
     drop(started);
 
-    accept::serve_until_stopped(&ctx, &listener, &stop).await;
-    drop(listener);
+    match &io {
+        CoreIo::Glommio(listener) => accept::serve_until_stopped(&ctx, listener, &stop).await,
+        CoreIo::Ring { ring, listener, .. } => {
+            accept::serve_on_ring(&ctx, ring, listener, &stop).await
+        }
+    }
     drain(&ctx, config.shutdown_grace).await;
+    io.close(id).await;
     drop(ctx);
     if let Some(owner) = owner {
         // The owner ends once every core has closed its CounterCore (dropping its sender).
         // Bounded, so a core that died without closing cannot keep the process alive.
         if within(2 * config.shutdown_grace, owner).await.is_none() {
             log::error!("the counter's owner did not finish draining; exiting anyway");
+        }
+    }
+}
+
+/// How this core's connections do their I/O (`--io`), with what must be closed after them.
+enum CoreIo {
+    Glommio(glommio::net::TcpListener),
+    Ring {
+        ring: Rc<Ring>,
+        driver: glommio::Task<()>,
+        listener: OwnedFd,
+    },
+}
+
+impl CoreIo {
+    /// Sets up tally's ring when asked to, or glommio's sockets (also when the ring cannot be
+    /// set up here: an older kernel, a seccomp profile that refuses an opcode).
+    fn open(id: usize, config: &ServerConfig, listener: OwnedFd) -> CoreIo {
+        if config.io == IoPath::Uring {
+            match Ring::new(config.io_taskrun) {
+                Ok(ring) => {
+                    log::info!(
+                        "core {id}: connections on tally's io_uring ring ({:?} task run)",
+                        ring.taskrun()
+                    );
+                    let driver = glommio::spawn_local(ring.clone().drive());
+                    return CoreIo::Ring {
+                        ring,
+                        driver,
+                        listener,
+                    };
+                }
+                Err(err) => log::warn!("core {id}: {err}; using glommio's sockets (--io glommio)"),
+            }
+        } else {
+            log::info!("core {id}: connections on glommio's sockets (--io glommio)");
+        }
+        // SAFETY: the fd is a listening TCP socket we own; ownership moves to the listener.
+        CoreIo::Glommio(unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) })
+    }
+
+    /// After the drain: closes the listener; on the ring, cancels what is still in flight and
+    /// waits (bounded) for the kernel to let go of the buffers. If it does not, the ring and
+    /// its buffers are leaked rather than freed under the kernel.
+    async fn close(self, id: usize) {
+        if let CoreIo::Ring {
+            ring,
+            driver,
+            listener,
+        } = self
+        {
+            drop(listener);
+            ring.finish();
+            if within(ring::FINISH_WAIT, driver).await.is_none() {
+                log::warn!("core {id}: the ring still had requests in flight at exit");
+                std::mem::forget(ring);
+            }
         }
     }
 }

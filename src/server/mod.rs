@@ -21,11 +21,23 @@ mod context;
 mod core;
 mod listener;
 mod registry;
+mod ring;
 pub mod ring_flags;
 mod signals;
+mod stream;
 pub mod uring;
 
+pub use ring::TaskRun;
 pub use signals::{reload_on_hangup, Shutdown};
+
+/// Which sockets connections use (`--io`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoPath {
+    /// tally's own io_uring ring per core (`ring`).
+    Uring,
+    /// glommio's `TcpStream`.
+    Glommio,
+}
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -57,6 +69,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `ring_flags`).
     pub ring_taskrun_flags: bool,
+    /// Which sockets the connections use.
+    pub io: IoPath,
+    /// How tally's ring (`IoPath::Uring`) runs completions.
+    pub io_taskrun: TaskRun,
     /// Opens the admin routes to requests that present it.
     pub admin_token: Option<AdminToken>,
 }

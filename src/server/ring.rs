@@ -1,0 +1,886 @@
+//! tally's own io_uring ring, one per core, for connection I/O (`--io uring`).
+//!
+//! glommio stays the executor (it pins the core, runs the connection tasks, timers and the
+//! owner-core channels); this ring does the sockets the way the kernel offers for servers:
+//!
+//! - one multishot accept per listener: one SQE for every connection it will ever accept;
+//! - one multishot recv per connection into a ring of provided buffers ([`BufferRing`]): no
+//!   poll is re-armed per request, and an idle connection holds no read buffer (the kernel
+//!   picks one only when bytes arrive);
+//! - sends as SQEs, queued by every connection that answered during a pass and submitted with
+//!   one `io_uring_enter` for all of them, which also reaps the completions.
+//!
+//! The [`Ring::drive`] task submits and reaps. When it has nothing to do it waits on an eventfd
+//! registered with the ring (the kernel signals it when a completion is posted or, with
+//! DEFER_TASKRUN, when one waits to be run) through glommio, so glommio's own wake-ups (timers,
+//! channels from other cores and from the store thread) keep working unchanged; connection
+//! tasks that queue an SQE meanwhile kick it awake (a local wake, no system call).
+//!
+//! Ownership rule: the kernel may use a connection's socket and send buffer until the last
+//! completion of its requests arrives, so both live in a [`Socket`] kept in the ring's table
+//! until then, whatever became of the task that used it. Dropping a [`RingStream`] cancels
+//! what is in flight; the socket is closed when the last completion arrives.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// Submission queue entries; completions get twice as many (the kernel's default).
+const RING_ENTRIES: u32 = 4096;
+/// Receive buffers per core, and their size. A request is usually one buffer; the pool is
+/// shared by all connections of the core and is the most memory receiving can take
+/// (4 MiB per core).
+const RECV_BUFFERS: u16 = 1024;
+const RECV_BUFFER_BYTES: usize = 4096;
+/// The provided-buffer group of the receive buffers.
+const BUFFER_GROUP: u16 = 0;
+/// A connection that is not reading (answering, writing to a slow client) while its client
+/// keeps sending has its receive cancelled once it holds this many buffers, so one client
+/// cannot take the pool from the others; reading re-arms it.
+const MAX_HELD_BUFFERS: usize = 8;
+
+/// `user_data`: the operation in the top bits, the socket's table index below.
+const OP_SHIFT: u32 = 56;
+const OP_ACCEPT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+/// Cancellations and closes whose completions need no handling.
+const OP_IGNORED: u64 = 4;
+const INDEX_MASK: u64 = (1 << OP_SHIFT) - 1;
+
+fn user_data(op: u64, index: usize) -> u64 {
+    (op << OP_SHIFT) | index as u64
+}
+
+/// How the ring was set up, for the log and the bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskRun {
+    /// SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG: completions are produced only when the
+    /// driver enters the kernel to collect them.
+    Defer,
+    /// COOP_TASKRUN | TASKRUN_FLAG: completions are produced at the thread's next kernel exit.
+    Coop,
+}
+
+/// Why tally's ring cannot be used here; the caller falls back to glommio's sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("cannot set up an io_uring ring: {0}")]
+    Setup(io::Error),
+    #[error("the kernel lacks io_uring {0} (Linux >= 6.0 has everything tally's ring uses)")]
+    Missing(&'static str),
+    #[error("cannot register the receive buffer ring: {0}")]
+    Buffers(io::Error),
+    #[error("cannot create or register the ring's eventfd: {0}")]
+    Eventfd(io::Error),
+}
+
+/// The receive buffers: one allocation of `RECV_BUFFERS` x `RECV_BUFFER_BYTES`, handed to the
+/// kernel through a registered buffer ring (IORING_REGISTER_PBUF_RING). The kernel takes a
+/// buffer from the ring's head for each receive; a buffer goes back at the tail once its bytes
+/// were copied out.
+struct BufferRing {
+    /// The ring of `io_uring_buf` entries, page aligned, `RECV_BUFFERS` long.
+    entries: *mut types::BufRingEntry,
+    entries_layout: std::alloc::Layout,
+    memory: *mut u8,
+    memory_layout: std::alloc::Layout,
+    /// Our copy of the ring's tail (the kernel reads the shared one).
+    tail: Cell<u16>,
+}
+
+impl BufferRing {
+    fn new() -> BufferRing {
+        let entries_layout = std::alloc::Layout::from_size_align(
+            RECV_BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .expect("buffer ring layout");
+        let memory_layout =
+            std::alloc::Layout::from_size_align(RECV_BUFFERS as usize * RECV_BUFFER_BYTES, 4096)
+                .expect("receive buffer layout");
+        // SAFETY: both layouts have non-zero sizes. Zeroed entries are valid (the tail in
+        // entry 0 starts at 0); the buffers are only ever written by the kernel before read.
+        let (entries, memory) = unsafe {
+            (
+                std::alloc::alloc_zeroed(entries_layout).cast::<types::BufRingEntry>(),
+                std::alloc::alloc(memory_layout),
+            )
+        };
+        if entries.is_null() || memory.is_null() {
+            std::alloc::handle_alloc_error(memory_layout);
+        }
+        let ring = BufferRing {
+            entries,
+            entries_layout,
+            memory,
+            memory_layout,
+            tail: Cell::new(0),
+        };
+        for bid in 0..RECV_BUFFERS {
+            ring.push(bid);
+        }
+        ring.publish();
+        ring
+    }
+
+    /// Puts buffer `bid` at the tail (made visible to the kernel by `publish`).
+    fn push(&self, bid: u16) {
+        let tail = self.tail.get();
+        let slot = (tail & (RECV_BUFFERS - 1)) as usize;
+        // SAFETY: `slot` < RECV_BUFFERS, the ring's length; the kernel only reads entries
+        // between its head and the published tail, and this one is past the published tail.
+        unsafe {
+            let entry = &mut *self.entries.add(slot);
+            entry.set_addr(self.buffer(bid).as_ptr() as u64);
+            entry.set_len(RECV_BUFFER_BYTES as u32);
+            entry.set_bid(bid);
+        }
+        self.tail.set(tail.wrapping_add(1));
+    }
+
+    /// Publishes the pushed buffers to the kernel (a release store of the shared tail).
+    fn publish(&self) {
+        // SAFETY: the tail field lives in entry 0, inside the allocation; the kernel reads it
+        // with an acquire load, so the entries written before are visible to it.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries).cast_mut();
+            std::sync::atomic::AtomicU16::from_ptr(tail)
+                .store(self.tail.get(), std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    fn buffer(&self, bid: u16) -> &[u8] {
+        // SAFETY: bid < RECV_BUFFERS, so the range is inside the allocation.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.memory.add(bid as usize * RECV_BUFFER_BYTES),
+                RECV_BUFFER_BYTES,
+            )
+        }
+    }
+}
+
+impl Drop for BufferRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts. `Ring` drops this only after the
+        // ring's fd is closed and no receive is in flight (see `Ring::finish`).
+        unsafe {
+            std::alloc::dealloc(self.entries.cast(), self.entries_layout);
+            std::alloc::dealloc(self.memory, self.memory_layout);
+        }
+    }
+}
+
+/// A received buffer not yet copied out by its connection.
+struct Held {
+    bid: u16,
+    len: usize,
+    read: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Recv {
+    /// No receive in the kernel: the connection's next read arms one.
+    Idle,
+    Armed,
+    /// Cancelled (too many buffers held); its last completion has not arrived yet.
+    Cancelling,
+    /// The pool ran dry (ENOBUFS): re-armed when buffers come back.
+    Starved,
+}
+
+/// A connection's socket and everything the kernel may still use for it.
+struct Socket {
+    fd: RawFd,
+    index: usize,
+    held: VecDeque<Held>,
+    recv: Recv,
+    /// The peer closed (a receive of 0 bytes), or receiving failed.
+    eof: bool,
+    error: Option<i32>,
+    reader: Option<Waker>,
+    /// What a send in flight sends from: owned here so it outlives a dropped writer.
+    send_buf: Vec<u8>,
+    /// Bytes of `send_buf` the kernel has taken.
+    sent: usize,
+    sending: bool,
+    send_error: Option<i32>,
+    writer: Option<Waker>,
+    /// Requests in the kernel that will still post a completion for this socket.
+    in_flight: u32,
+    /// The stream was dropped: close once `in_flight` reaches zero.
+    released: bool,
+}
+
+/// One core's ring, shared (Rc) by the driver task, the accept loop and the streams.
+pub struct Ring {
+    uring: RefCell<IoUring>,
+    taskrun: TaskRun,
+    buffers: BufferRing,
+    /// Sockets by index; `None` is free.
+    sockets: RefCell<Vec<Option<Rc<RefCell<Socket>>>>>,
+    free: RefCell<Vec<usize>>,
+    /// Sockets whose receive ended with ENOBUFS, re-armed as buffers come back.
+    starved: RefCell<VecDeque<usize>>,
+    /// Accepted sockets (or accept errors) waiting for the accept loop.
+    accepted: RefCell<VecDeque<Result<OwnedFd, io::Error>>>,
+    acceptor: Cell<Option<Waker>>,
+    /// The listener with a multishot accept in the kernel (and whether it is armed).
+    listener: Cell<Option<RawFd>>,
+    accept_armed: Cell<bool>,
+    /// The driver waits for a completion or a kick (an SQE was queued meanwhile).
+    kicked: Cell<bool>,
+    driver: Cell<Option<Waker>>,
+    stopping: Cell<bool>,
+    eventfd: Rc<glommio::io::BufferedFile>,
+    /// Counters for /metrics-free diagnostics in the log at exit.
+    enters: Cell<u64>,
+}
+
+impl Ring {
+    /// Sets up the ring with `taskrun`, falling back from DEFER to COOP when the kernel
+    /// refuses it; checks the opcodes tally uses; registers the buffers and the eventfd.
+    pub fn new(taskrun: TaskRun) -> Result<Rc<Ring>, RingError> {
+        let (mut uring, taskrun) = match build_uring(taskrun) {
+            Ok(uring) => (uring, taskrun),
+            Err(err) if taskrun == TaskRun::Defer => {
+                log::info!("io_uring DEFER_TASKRUN refused ({err}); using COOP_TASKRUN");
+                (
+                    build_uring(TaskRun::Coop).map_err(RingError::Setup)?,
+                    TaskRun::Coop,
+                )
+            }
+            Err(err) => return Err(RingError::Setup(err)),
+        };
+        check_opcodes(&uring)?;
+        let buffers = BufferRing::new();
+        // SAFETY: the entries are page aligned, RECV_BUFFERS (a power of two) long, and live
+        // as long as the ring (dropped after it, see `finish`).
+        unsafe {
+            uring
+                .submitter()
+                .register_buf_ring_with_flags(buffers.entries as u64, RECV_BUFFERS, BUFFER_GROUP, 0)
+                .map_err(RingError::Buffers)?;
+        }
+        // Blocking: an io_uring read of a non-blocking file fails with EAGAIN instead of
+        // waiting for it to become readable.
+        // SAFETY: plain eventfd creation.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(RingError::Eventfd(io::Error::last_os_error()));
+        }
+        // SAFETY: efd is a new descriptor we own; glommio's file takes it over.
+        let eventfd = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
+        uring
+            .submitter()
+            .register_eventfd(efd)
+            .map_err(RingError::Eventfd)?;
+        uring.completion().disable_eventfd();
+        Ok(Rc::new(Ring {
+            uring: RefCell::new(uring),
+            taskrun,
+            buffers,
+            sockets: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            starved: RefCell::new(VecDeque::new()),
+            accepted: RefCell::new(VecDeque::new()),
+            acceptor: Cell::new(None),
+            listener: Cell::new(None),
+            accept_armed: Cell::new(false),
+            kicked: Cell::new(false),
+            driver: Cell::new(None),
+            stopping: Cell::new(false),
+            eventfd: Rc::new(eventfd),
+            enters: Cell::new(0),
+        }))
+    }
+
+    pub fn taskrun(&self) -> TaskRun {
+        self.taskrun
+    }
+
+    /// Queues an SQE (submitted by the driver's next pass) and makes sure that pass comes.
+    fn push(&self, entry: squeue::Entry) {
+        let mut uring = self.uring.borrow_mut();
+        // SAFETY: every entry tally queues points only at memory that outlives the request:
+        // a socket's send buffer (kept in the table until its completion), the buffer ring.
+        while unsafe { uring.submission().push(&entry) }.is_err() {
+            // A full submission queue: hand it to the kernel now.
+            if let Err(err) = uring.submit() {
+                log::error!("io_uring submit failed: {err}");
+                break;
+            }
+            self.enters.set(self.enters.get() + 1);
+        }
+        drop(uring);
+        self.kick();
+    }
+
+    fn kick(&self) {
+        if !self.kicked.replace(true) {
+            if let Some(waker) = self.driver.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Starts a multishot accept on `listener` (kept open by the caller until `stop_accepting`
+    /// has been awaited).
+    pub fn start_accepting(&self, listener: RawFd) {
+        self.listener.set(Some(listener));
+        self.arm_accept();
+    }
+
+    fn arm_accept(&self) {
+        if let Some(fd) = self.listener.get() {
+            if !self.stopping.get() && !self.accept_armed.replace(true) {
+                let entry = opcode::AcceptMulti::new(types::Fd(fd))
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(user_data(OP_ACCEPT, 0));
+                self.push(entry);
+            }
+        }
+    }
+
+    /// The next accepted socket, or the error an accept failed with.
+    pub async fn accept(&self) -> io::Result<OwnedFd> {
+        std::future::poll_fn(|cx| match self.accepted.borrow_mut().pop_front() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                self.acceptor.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Re-arms the accept after a failure that ended it (called after a back-off).
+    pub fn resume_accepting(&self) {
+        self.arm_accept();
+    }
+
+    /// Cancels the accept; connections that arrive later stay in the backlog and are reset
+    /// when the listener closes.
+    pub fn stop_accepting(&self) {
+        if self.accept_armed.get() {
+            let entry = opcode::AsyncCancel::new(user_data(OP_ACCEPT, 0))
+                .build()
+                .user_data(user_data(OP_IGNORED, 0));
+            self.push(entry);
+        }
+        self.listener.set(None);
+    }
+
+    /// Takes an accepted socket into the table and starts receiving on it.
+    pub fn stream(self: &Rc<Self>, fd: OwnedFd) -> RingStream {
+        let fd = {
+            use std::os::fd::IntoRawFd;
+            fd.into_raw_fd()
+        };
+        let index = self.free.borrow_mut().pop().unwrap_or_else(|| {
+            let mut sockets = self.sockets.borrow_mut();
+            sockets.push(None);
+            sockets.len() - 1
+        });
+        let socket = Rc::new(RefCell::new(Socket {
+            fd,
+            index,
+            held: VecDeque::new(),
+            recv: Recv::Idle,
+            eof: false,
+            error: None,
+            reader: None,
+            send_buf: Vec::new(),
+            sent: 0,
+            sending: false,
+            send_error: None,
+            writer: None,
+            in_flight: 0,
+            released: false,
+        }));
+        self.sockets.borrow_mut()[index] = Some(socket.clone());
+        self.arm_recv(&mut socket.borrow_mut());
+        RingStream {
+            ring: self.clone(),
+            socket,
+        }
+    }
+
+    fn arm_recv(&self, socket: &mut Socket) {
+        if socket.recv != Recv::Idle || socket.eof || socket.released {
+            return;
+        }
+        socket.recv = Recv::Armed;
+        socket.in_flight += 1;
+        let entry = opcode::RecvMulti::new(types::Fd(socket.fd), BUFFER_GROUP)
+            .build()
+            .user_data(user_data(OP_RECV, socket.index));
+        self.push(entry);
+    }
+
+    /// The driver: submits what the streams queued and hands completions to them; waits on
+    /// the eventfd (through glommio) when there is nothing to do. Ends after [`Ring::finish`]
+    /// once nothing is in flight.
+    pub async fn drive(self: Rc<Self>) {
+        let mut wait: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+        loop {
+            let reaped = self.submit_and_reap();
+            if self.stopping.get() && self.sockets.borrow().iter().all(Option::is_none) {
+                break;
+            }
+            if reaped > 0 {
+                // Let the woken connections run (and queue their sends) before the next pass.
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            // Nothing completed: sleep until the kernel posts something or a stream queues
+            // an SQE. Completions re-enable the eventfd only while we sleep.
+            self.uring.borrow_mut().completion().enable_eventfd();
+            if self.has_work() {
+                self.uring.borrow_mut().completion().disable_eventfd();
+                continue;
+            }
+            let eventfd = self.eventfd.clone();
+            let read = wait.get_or_insert_with(|| {
+                Box::pin(async move {
+                    if let Err(err) = eventfd.read_at(0, 8).await {
+                        log::debug!("ring eventfd read: {err}");
+                    }
+                })
+            });
+            let woke_by_eventfd = std::future::poll_fn(|cx| {
+                if read.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                if self.kicked.get() {
+                    return Poll::Ready(false);
+                }
+                self.driver.set(Some(cx.waker().clone()));
+                Poll::Pending
+            })
+            .await;
+            if woke_by_eventfd {
+                wait = None;
+            }
+            self.uring.borrow_mut().completion().disable_eventfd();
+        }
+        log::debug!(
+            "ring driver done after {} io_uring_enter calls",
+            self.enters.get()
+        );
+    }
+
+    /// Whether a pass has anything to do: queued SQEs, posted or pending completions.
+    fn has_work(&self) -> bool {
+        let mut uring = self.uring.borrow_mut();
+        self.kicked.get()
+            || !uring.submission().is_empty()
+            || uring.submission().taskrun()
+            || uring.submission().cq_overflow()
+            || !uring.completion().is_empty()
+    }
+
+    /// One pass: one `io_uring_enter` when there is anything to submit or task work to run
+    /// (none when the completions are already posted), then every completion handled.
+    fn submit_and_reap(&self) -> usize {
+        self.kicked.set(false);
+        {
+            let mut uring = self.uring.borrow_mut();
+            let needs_enter = {
+                let mut sq = uring.submission();
+                sq.sync();
+                !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+            };
+            if needs_enter {
+                self.enters.set(self.enters.get() + 1);
+                // `submit` adds GETEVENTS when the TASKRUN flag says task work is pending: that
+                // runs the deferred completions (DEFER_TASKRUN) and flushes an overflow.
+                if let Err(err) = uring.submit() {
+                    if err.raw_os_error() != Some(libc::EBUSY)
+                        && err.raw_os_error() != Some(libc::EINTR)
+                    {
+                        log::error!("io_uring submit failed: {err}");
+                    }
+                }
+            }
+        }
+        let mut reaped = 0;
+        loop {
+            let batch: Vec<(u64, i32, u32)> = {
+                let mut uring = self.uring.borrow_mut();
+                let mut cq = uring.completion();
+                cq.sync();
+                cq.take(256)
+                    .map(|c| (c.user_data(), c.result(), c.flags()))
+                    .collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            reaped += batch.len();
+            for (data, result, flags) in batch {
+                self.complete(data, result, flags);
+            }
+        }
+        self.buffers.publish();
+        self.rearm_starved();
+        reaped
+    }
+
+    fn complete(&self, data: u64, result: i32, flags: u32) {
+        let index = (data & INDEX_MASK) as usize;
+        match data >> OP_SHIFT {
+            OP_ACCEPT => self.accept_completed(result, flags),
+            OP_RECV => {
+                if let Some(socket) = self.socket(index) {
+                    self.recv_completed(&mut socket.borrow_mut(), result, flags);
+                }
+            }
+            OP_SEND => {
+                if let Some(socket) = self.socket(index) {
+                    let mut socket = socket.borrow_mut();
+                    socket.in_flight -= 1;
+                    socket.sending = false;
+                    if result < 0 {
+                        socket.send_error = Some(-result);
+                    } else {
+                        socket.sent += result as usize;
+                    }
+                    if let Some(waker) = socket.writer.take() {
+                        waker.wake();
+                    }
+                    self.maybe_close(&mut socket);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn socket(&self, index: usize) -> Option<Rc<RefCell<Socket>>> {
+        self.sockets.borrow().get(index).and_then(Clone::clone)
+    }
+
+    fn accept_completed(&self, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed.set(false);
+        }
+        let item = if result >= 0 {
+            // SAFETY: the kernel just created this descriptor for us.
+            Ok(unsafe { OwnedFd::from_raw_fd(result) })
+        } else if result == -libc::ECANCELED {
+            return;
+        } else {
+            Err(io::Error::from_raw_os_error(-result))
+        };
+        let failed = item.is_err();
+        self.accepted.borrow_mut().push_back(item);
+        if let Some(waker) = self.acceptor.take() {
+            waker.wake();
+        }
+        // A multishot accept that ended without an error (the kernel may end one at any
+        // time) is re-armed at once; after an error the accept loop backs off first.
+        if !failed && !cqueue::more(flags) {
+            self.arm_accept();
+        }
+    }
+
+    fn recv_completed(&self, socket: &mut Socket, result: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            socket.in_flight -= 1;
+        }
+        if result > 0 {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                socket.held.push_back(Held {
+                    bid,
+                    len: result as usize,
+                    read: 0,
+                });
+            }
+        } else if result == 0 {
+            socket.eof = true;
+        } else if result == -libc::ENOBUFS {
+            if !more {
+                socket.recv = Recv::Starved;
+                self.starved.borrow_mut().push_back(socket.index);
+            }
+        } else if result != -libc::ECANCELED {
+            socket.error = Some(-result);
+            socket.eof = true;
+        }
+        if !more && !matches!(socket.recv, Recv::Starved) {
+            socket.recv = Recv::Idle;
+        }
+        if more
+            && socket.recv == Recv::Armed
+            && socket.held.len() >= MAX_HELD_BUFFERS
+            && !socket.released
+        {
+            socket.recv = Recv::Cancelling;
+            self.cancel(user_data(OP_RECV, socket.index));
+        }
+        if let Some(waker) = socket.reader.take() {
+            waker.wake();
+        }
+        if socket.released {
+            self.give_back_held(socket);
+        }
+        self.maybe_close(socket);
+    }
+
+    fn cancel(&self, target: u64) {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data(OP_IGNORED, 0));
+        self.push(entry);
+    }
+
+    /// Re-arms receives that ran out of buffers, now that some came back.
+    fn rearm_starved(&self) {
+        loop {
+            let Some(index) = self.starved.borrow_mut().pop_front() else {
+                return;
+            };
+            if let Some(socket) = self.socket(index) {
+                let mut socket = socket.borrow_mut();
+                if socket.recv == Recv::Starved {
+                    socket.recv = Recv::Idle;
+                    if socket.held.is_empty() {
+                        self.arm_recv(&mut socket);
+                    } else if let Some(waker) = socket.reader.take() {
+                        // Its reader re-arms once it has taken what it holds.
+                        waker.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    fn give_back_held(&self, socket: &mut Socket) {
+        for held in socket.held.drain(..) {
+            self.buffers.push(held.bid);
+        }
+        self.buffers.publish();
+    }
+
+    /// Closes a released socket once the kernel is done with it, and frees its table slot.
+    fn maybe_close(&self, socket: &mut Socket) {
+        if socket.released && socket.in_flight == 0 && socket.fd >= 0 {
+            let entry = opcode::Close::new(types::Fd(socket.fd))
+                .build()
+                .user_data(user_data(OP_IGNORED, 0));
+            socket.fd = -1;
+            self.sockets.borrow_mut()[socket.index] = None;
+            self.free.borrow_mut().push(socket.index);
+            self.push(entry);
+        }
+    }
+
+    /// Cancels everything still in flight and lets the driver end once the kernel has
+    /// answered (bounded by the caller). The buffers are freed with the ring after that.
+    pub fn finish(&self) {
+        self.stopping.set(true);
+        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(user_data(OP_IGNORED, 0));
+        self.push(entry);
+    }
+}
+
+fn build_uring(taskrun: TaskRun) -> io::Result<IoUring> {
+    let mut builder = IoUring::builder();
+    match taskrun {
+        TaskRun::Defer => builder
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag(),
+        TaskRun::Coop => builder.setup_coop_taskrun().setup_taskrun_flag(),
+    };
+    builder.setup_submit_all().build(RING_ENTRIES)
+}
+
+fn check_opcodes(uring: &IoUring) -> Result<(), RingError> {
+    let mut probe = io_uring::Probe::new();
+    uring
+        .submitter()
+        .register_probe(&mut probe)
+        .map_err(RingError::Setup)?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "ACCEPT"),
+        (opcode::RecvMulti::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::Close::CODE, "CLOSE"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(RingError::Missing(name));
+        }
+    }
+    Ok(())
+}
+
+/// A connection on tally's ring: what [`super::conn`] reads from and writes to.
+pub struct RingStream {
+    ring: Rc<Ring>,
+    socket: Rc<RefCell<Socket>>,
+}
+
+impl RingStream {
+    /// Copies what the connection holds into `buf`, giving emptied buffers back.
+    fn take_held(&self, socket: &mut Socket, buf: &mut [u8]) -> usize {
+        let mut copied = 0;
+        while copied < buf.len() {
+            let Some(held) = socket.held.front_mut() else {
+                break;
+            };
+            let data = &self.ring.buffers.buffer(held.bid)[held.read..held.len];
+            let n = data.len().min(buf.len() - copied);
+            buf[copied..copied + n].copy_from_slice(&data[..n]);
+            copied += n;
+            held.read += n;
+            if held.read == held.len {
+                let bid = held.bid;
+                socket.held.pop_front();
+                self.ring.buffers.push(bid);
+            }
+        }
+        if copied > 0 {
+            self.ring.buffers.publish();
+            if !self.ring.starved.borrow().is_empty() {
+                self.ring.kick();
+            }
+        }
+        copied
+    }
+}
+
+impl super::stream::Stream for RingStream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            let mut socket = self.socket.borrow_mut();
+            let n = self.take_held(&mut socket, buf);
+            if n > 0 || buf.is_empty() {
+                return Poll::Ready(Ok(n));
+            }
+            if let Some(errno) = socket.error {
+                return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+            }
+            if socket.eof {
+                return Poll::Ready(Ok(0));
+            }
+            if socket.recv == Recv::Idle {
+                self.ring.arm_recv(&mut socket);
+            }
+            socket.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        // A send left in flight by a dropped write still owns the buffer: wait for it.
+        self.wait_send().await;
+        {
+            let mut socket = self.socket.borrow_mut();
+            socket.send_buf.clear();
+            socket.send_buf.extend_from_slice(data);
+            socket.sent = 0;
+            socket.send_error = None;
+        }
+        loop {
+            {
+                let mut socket = self.socket.borrow_mut();
+                if let Some(errno) = socket.send_error.take() {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                if socket.sent >= socket.send_buf.len() {
+                    return Ok(());
+                }
+                let rest = &socket.send_buf[socket.sent..];
+                let entry =
+                    opcode::Send::new(types::Fd(socket.fd), rest.as_ptr(), rest.len() as u32)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(user_data(OP_SEND, socket.index));
+                socket.sending = true;
+                socket.in_flight += 1;
+                self.ring.push(entry);
+            }
+            self.wait_send().await;
+        }
+    }
+
+    async fn shutdown_write(&mut self) -> io::Result<()> {
+        let fd = self.socket.borrow().fd;
+        // SAFETY: the socket is open while this stream exists.
+        if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.socket.borrow().fd
+    }
+
+    /// Gives the socket's send buffer back while the connection idles.
+    fn trim(&mut self) {
+        let mut socket = self.socket.borrow_mut();
+        if !socket.sending && socket.send_buf.capacity() > 0 {
+            socket.send_buf = Vec::new();
+        }
+    }
+}
+
+impl RingStream {
+    async fn wait_send(&self) {
+        std::future::poll_fn(|cx| {
+            let mut socket = self.socket.borrow_mut();
+            if socket.sending {
+                socket.writer = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for RingStream {
+    fn drop(&mut self) {
+        let mut socket = self.socket.borrow_mut();
+        socket.released = true;
+        socket.reader = None;
+        socket.writer = None;
+        self.ring.give_back_held(&mut socket);
+        if socket.in_flight > 0 {
+            let fd = socket.fd;
+            let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                .build()
+                .user_data(user_data(OP_IGNORED, 0));
+            self.ring.push(entry);
+        }
+        self.ring.maybe_close(&mut socket);
+    }
+}
+
+impl AsRawFd for RingStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.borrow().fd
+    }
+}
+
+/// How long `finish` waits for the kernel to answer the cancellations before the core gives
+/// up on it (the buffers are then leaked rather than freed under the kernel).
+pub const FINISH_WAIT: Duration = Duration::from_secs(1);
