@@ -20,7 +20,7 @@ use crate::http::{
 use crate::routes::{self, KeyField, Reply, Request, Route};
 
 use super::context::ConnContext;
-use super::registry::{Phase, Slot};
+use super::registry::{Interrupt, Phase, Slot};
 use super::stream::Stream;
 
 /// Initial size of a connection's read and write buffers; enough for 16-deep pipelining of
@@ -70,6 +70,8 @@ struct Conn {
     /// Route index and status of each request answered in this batch, recorded in the
     /// metrics once the batch is written (two clock reads per batch, not per request).
     answered: Vec<(usize, Status)>,
+    /// The connection timed out reading a request and was answered 408.
+    answered_timeout: bool,
 }
 
 struct Deferred {
@@ -103,9 +105,9 @@ pub async fn serve<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
     let mut conn = Conn {
         ctx: ctx.clone(),
         slot,
-        rbuf: vec![0; INITIAL_BUFFER_BYTES],
+        rbuf: Vec::new(),
         filled: 0,
-        wbuf: Vec::with_capacity(INITIAL_BUFFER_BYTES),
+        wbuf: Vec::new(),
         response_body: Vec::new(),
         decoded_body: Vec::new(),
         request_state: http::RequestState::default(),
@@ -116,6 +118,7 @@ pub async fn serve<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
         request_deadline: 0,
         batch_arrived: Instant::now(),
         answered: Vec::new(),
+        answered_timeout: false,
     };
     if let Err(err) = conn.run(&mut stream).await {
         log::debug!("connection closed: {err}");
@@ -126,7 +129,7 @@ impl Drop for Conn {
     /// Leaves the registry, also when a bug made the connection task panic.
     fn drop(&mut self) {
         let metrics = self.ctx.app.metrics();
-        if self.slot.timed_out() {
+        if self.slot.timed_out() || self.answered_timeout {
             metrics.timed_out_connections.add(1);
         }
         self.ctx.registry.remove(&self.slot);
@@ -136,12 +139,23 @@ impl Drop for Conn {
 
 impl Conn {
     async fn run<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        // No buffer until the client sends: allocated here, given back when idle.
+        self.slot.holds_no_buffers();
         loop {
+            if self.rbuf.is_empty() {
+                self.wait_readable(stream).await?;
+                self.rbuf = vec![0; INITIAL_BUFFER_BYTES];
+            }
             if self.filled == self.rbuf.len() && !self.grow_read_buffer() {
                 // Only reachable with a chunked body whose framing overhead is excessive.
                 return self.reject(stream, HttpError::BodyTooLarge).await;
             }
-            let n = self.read(stream).await?;
+            let Some(n) = self.read(stream).await? else {
+                self.give_back_all_buffers(stream);
+                continue;
+            };
+            // Bytes won a race with the sweeper's request, if it made one: not idle now.
+            self.slot.holds_buffers();
             if n == 0 {
                 if self.slot.timed_out() && self.filled > 0 {
                     return self.reject_timeout(stream).await;
@@ -194,24 +208,54 @@ impl Conn {
     }
 
     /// Reads what the client sent next; right after a batch that waited for a commit, the
-    /// stream's own way to read then (see `Stream::read_after_commit`).
-    async fn read<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<usize> {
+    /// stream's own way to read then (see `Stream::read_after_commit`). `None` when the
+    /// sweeper asked this idle connection to give its buffers back.
+    async fn read<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<Option<usize>> {
         let after_commit = std::mem::take(&mut self.after_commit);
         let buf = &mut self.rbuf[self.filled..];
         let read = async {
             if after_commit {
-                stream.read_after_commit(buf).await
+                stream.read_after_commit(buf).await.map(Some)
             } else {
-                stream.read(buf).await
+                stream.read(buf).await.map(Some)
             }
         };
-        // The sweeper ends a read past its deadline by waking `expired`: as end-of-file.
+        // The sweeper ends a read past its deadline by waking the slot: as end-of-file.
         let slot = &self.slot;
         futures_lite::future::or(read, async {
-            slot.expired().await;
-            Ok(0)
+            match slot.interrupted().await {
+                Interrupt::Expired => Ok(Some(0)),
+                Interrupt::Trim => Ok(None),
+            }
         })
         .await
+    }
+
+    /// Gives back everything this idle connection holds (the sweeper asked, once per idle
+    /// period): 10,000 idle keep-alive connections must not each keep their buffers. The next
+    /// request gets fresh ones.
+    fn give_back_all_buffers<S: Stream>(&mut self, stream: &mut S) {
+        self.rbuf = Vec::new();
+        self.wbuf = Vec::new();
+        self.assembled = Vec::new();
+        self.response_body = Vec::new();
+        self.decoded_body = Vec::new();
+        self.answered = Vec::new();
+        self.deferred = Vec::new();
+        stream.trim();
+    }
+
+    /// Waits, holding no buffer, until the client sends (or the connection's deadline passes,
+    /// which the next read then reports).
+    async fn wait_readable<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        let slot = &self.slot;
+        let readable = futures_lite::future::or(stream.readable(), async {
+            slot.expired().await;
+            Ok(())
+        })
+        .await;
+        slot.holds_buffers();
+        readable
     }
 
     /// Frames and answers the complete requests in the read buffer from `from`, until the
@@ -443,6 +487,9 @@ impl Conn {
     }
 
     async fn reject_timeout<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        // The read's deadline has passed; the 408 gets a write deadline of its own.
+        self.answered_timeout = true;
+        self.slot.rearm();
         self.prepare_error(Status::RequestTimeout, "request timed out");
         write_before_deadline(&self.ctx, &self.slot, stream, &self.wbuf).await?;
         self.linger(stream).await

@@ -28,9 +28,19 @@ impl ConnContext {
     /// Once a second: advance the coarse clock, refresh the Date header, and interrupt the
     /// connections past their deadline.
     pub async fn run_sweeper(self: std::rc::Rc<Self>) {
+        /// Connections (of ~8 KiB each) whose buffers must have been freed before the heap's
+        /// free pages are worth handing back to the kernel.
+        const TRIM_HEAP_AFTER: usize = 256;
         loop {
             glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
             self.date.borrow_mut().refresh(std::time::SystemTime::now());
+            // The connections asked by the previous sweep have freed their buffers since; the
+            // allocator keeps freed pages inside the heap, so give them back to the kernel
+            // (RSS), as a busy period's thousands of connections going idle leaves megabytes.
+            if self.registry.trims_asked() >= TRIM_HEAP_AFTER {
+                // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+                unsafe { libc::malloc_trim(0) };
+            }
             self.registry.sweep();
         }
     }

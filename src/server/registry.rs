@@ -35,6 +35,9 @@ pub struct Slot {
     /// Coarse-clock second after which the connection is closed; meaningless when Busy.
     deadline: Cell<u64>,
     timed_out: Cell<bool>,
+    /// The sweeper asked this idle connection to give its buffers back (see `Registry::sweep`),
+    /// or it holds none.
+    trim: Cell<bool>,
     /// The connection task waiting in [`Slot::expired`], woken when the deadline passes.
     waker: Cell<Option<Waker>>,
     index: Cell<usize>,
@@ -64,6 +67,39 @@ impl Slot {
         .await
     }
 
+    /// Resolves when the connection is past its deadline or, while it idles, asked to give
+    /// its buffers back.
+    pub async fn interrupted(&self) -> Interrupt {
+        std::future::poll_fn(|cx| {
+            if self.timed_out.get() {
+                Poll::Ready(Interrupt::Expired)
+            } else if self.trim.get() {
+                Poll::Ready(Interrupt::Trim)
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Clears the expiry after it was acted on, so a deadline set next (the write of a 408)
+    /// counts from now instead of having passed already.
+    pub fn rearm(&self) {
+        self.timed_out.set(false);
+    }
+
+    /// The connection holds buffers again: it may be asked to give them back the next time
+    /// it idles.
+    pub fn holds_buffers(&self) {
+        self.trim.set(false);
+    }
+
+    /// The connection holds no buffers: the sweeper need not ask it.
+    pub fn holds_no_buffers(&self) {
+        self.trim.set(true);
+    }
+
     /// Marks the connection timed out and wakes its task.
     fn interrupt(&self) {
         self.timed_out.set(true);
@@ -73,6 +109,13 @@ impl Slot {
     }
 }
 
+/// Why [`Slot::interrupted`] resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    Expired,
+    Trim,
+}
+
 pub struct Registry {
     slots: RefCell<Vec<Rc<Slot>>>,
     started: Instant,
@@ -80,6 +123,8 @@ pub struct Registry {
     now: Cell<u64>,
     /// The task waiting in [`Registry::until_empty`], woken when the last slot leaves.
     drain_waiter: Cell<Option<Waker>>,
+    /// Idle connections the last sweep asked to give their buffers back.
+    trims_asked: Cell<usize>,
 }
 
 impl Registry {
@@ -89,6 +134,7 @@ impl Registry {
             started: Instant::now(),
             now: Cell::new(0),
             drain_waiter: Cell::new(None),
+            trims_asked: Cell::new(0),
         }
     }
 
@@ -112,6 +158,7 @@ impl Registry {
             phase: Cell::new(Phase::Idle),
             deadline: Cell::new(idle_deadline),
             timed_out: Cell::new(false),
+            trim: Cell::new(false),
             waker: Cell::new(None),
             index: Cell::new(slots.len()),
         });
@@ -146,13 +193,16 @@ impl Registry {
         .await
     }
 
-    /// Advances the clock and interrupts every connection past its deadline.
+    /// Advances the clock and interrupts every connection past its deadline; asks the idle
+    /// ones to give their buffers back (so 10,000 idle keep-alive connections cost little
+    /// memory, while a busy connection keeps its buffers from one request to the next).
     /// Returns how many were interrupted.
     pub fn sweep(&self) -> usize {
         let now = self.started.elapsed().as_secs();
         self.now.set(now);
         let slots = self.slots.borrow();
         let mut expired = 0;
+        let mut trims = 0;
         for slot in slots.iter() {
             if slot.phase.get() != Phase::Busy
                 && !slot.timed_out.get()
@@ -160,9 +210,20 @@ impl Registry {
             {
                 slot.interrupt();
                 expired += 1;
+            } else if slot.phase.get() == Phase::Idle && !slot.trim.replace(true) {
+                trims += 1;
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
             }
         }
+        self.trims_asked.set(trims);
         expired
+    }
+
+    /// How many idle connections the last sweep asked to give their buffers back.
+    pub fn trims_asked(&self) -> usize {
+        self.trims_asked.get()
     }
 
     /// Interrupts idle connections (at shutdown: they have nothing in flight).

@@ -118,6 +118,11 @@ impl BufferRing {
         if entries.is_null() || memory.is_null() {
             std::alloc::handle_alloc_error(memory_layout);
         }
+        // Fault the pool in now: the kernel takes buffers round the ring, so all of it becomes
+        // resident soon under load anyway. Counted once at start-up, it is a fixed cost per
+        // core (README.md, Memory), not growth that looks like a per-connection leak.
+        // SAFETY: `memory` is a fresh allocation of `memory_layout.size()` bytes.
+        unsafe { std::ptr::write_bytes(memory, 0, memory_layout.size()) };
         let ring = BufferRing {
             entries,
             entries_layout,
@@ -787,6 +792,21 @@ impl super::stream::Stream for RingStream {
         .await
     }
 
+    async fn readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let mut socket = self.socket.borrow_mut();
+            if !socket.held.is_empty() || socket.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if socket.recv == Recv::Idle {
+                self.ring.arm_recv(&mut socket);
+            }
+            socket.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         // A send left in flight by a dropped write still owns the buffer: wait for it.
         self.wait_send().await;
@@ -838,6 +858,9 @@ impl super::stream::Stream for RingStream {
         let mut socket = self.socket.borrow_mut();
         if !socket.sending && socket.send_buf.capacity() > 0 {
             socket.send_buf = Vec::new();
+        }
+        if socket.held.is_empty() && socket.held.capacity() > 0 {
+            socket.held = VecDeque::new();
         }
     }
 }

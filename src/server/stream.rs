@@ -23,6 +23,10 @@ pub trait Stream {
 
     fn raw_fd(&self) -> RawFd;
 
+    /// Resolves once a read would not wait (bytes, end of input or an error are there),
+    /// without holding a buffer meanwhile.
+    async fn readable(&mut self) -> io::Result<()>;
+
     /// Gives back memory held for the connection while it idles.
     fn trim(&mut self) {}
 }
@@ -70,6 +74,11 @@ impl Stream for GlommioStream {
 
     async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.0.write_all(buf).await
+    }
+
+    async fn readable(&mut self) -> io::Result<()> {
+        self.0.peek(&mut [0; 1]).await?;
+        Ok(())
     }
 
     async fn shutdown_write(&mut self) -> io::Result<()> {
