@@ -93,19 +93,25 @@ struct BufferRing {
     entries_layout: std::alloc::Layout,
     memory: *mut u8,
     memory_layout: std::alloc::Layout,
+    /// Buffers in the ring (a power of two).
+    count: u16,
     /// Our copy of the ring's tail (the kernel reads the shared one).
     tail: Cell<u16>,
 }
 
 impl BufferRing {
-    fn new() -> BufferRing {
+    fn new(count: u16) -> BufferRing {
+        assert!(
+            count.is_power_of_two(),
+            "a buffer ring's length is a power of two"
+        );
         let entries_layout = std::alloc::Layout::from_size_align(
-            RECV_BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>(),
+            count as usize * std::mem::size_of::<types::BufRingEntry>(),
             4096,
         )
         .expect("buffer ring layout");
         let memory_layout =
-            std::alloc::Layout::from_size_align(RECV_BUFFERS as usize * RECV_BUFFER_BYTES, 4096)
+            std::alloc::Layout::from_size_align(count as usize * RECV_BUFFER_BYTES, 4096)
                 .expect("receive buffer layout");
         // SAFETY: both layouts have non-zero sizes. Zeroed entries are valid (the tail in
         // entry 0 starts at 0); the buffers are only ever written by the kernel before read.
@@ -128,9 +134,10 @@ impl BufferRing {
             entries_layout,
             memory,
             memory_layout,
+            count,
             tail: Cell::new(0),
         };
-        for bid in 0..RECV_BUFFERS {
+        for bid in 0..count {
             ring.push(bid);
         }
         ring.publish();
@@ -140,8 +147,8 @@ impl BufferRing {
     /// Puts buffer `bid` at the tail (made visible to the kernel by `publish`).
     fn push(&self, bid: u16) {
         let tail = self.tail.get();
-        let slot = (tail & (RECV_BUFFERS - 1)) as usize;
-        // SAFETY: `slot` < RECV_BUFFERS, the ring's length; the kernel only reads entries
+        let slot = (tail & (self.count - 1)) as usize;
+        // SAFETY: `slot` < count, the ring's length; the kernel only reads entries
         // between its head and the published tail, and this one is past the published tail.
         unsafe {
             let entry = &mut *self.entries.add(slot);
@@ -164,7 +171,9 @@ impl BufferRing {
     }
 
     fn buffer(&self, bid: u16) -> &[u8] {
-        // SAFETY: bid < RECV_BUFFERS, so the range is inside the allocation.
+        debug_assert!(bid < self.count);
+        // SAFETY: bid < count (the kernel only hands out the ids we gave it), so the range is
+        // inside the allocation.
         unsafe {
             std::slice::from_raw_parts(
                 self.memory.add(bid as usize * RECV_BUFFER_BYTES),
@@ -247,14 +256,22 @@ pub struct Ring {
     driver: Cell<Option<Waker>>,
     stopping: Cell<bool>,
     eventfd: Rc<glommio::io::BufferedFile>,
-    /// Counters for /metrics-free diagnostics in the log at exit.
+    /// Diagnostics, logged when the driver ends: kernel entries, receives that ran out of
+    /// buffers (ENOBUFS) and receives cancelled for holding too many.
     enters: Cell<u64>,
+    starvations: Cell<u64>,
+    held_cancels: Cell<u64>,
 }
 
 impl Ring {
     /// Sets up the ring with `taskrun`, falling back from DEFER to COOP when the kernel
     /// refuses it; checks the opcodes tally uses; registers the buffers and the eventfd.
     pub fn new(taskrun: TaskRun) -> Result<Rc<Ring>, RingError> {
+        Self::with_buffers(taskrun, RECV_BUFFERS)
+    }
+
+    /// [`Ring::new`] with `buffers` receive buffers (a power of two).
+    fn with_buffers(taskrun: TaskRun, buffers: u16) -> Result<Rc<Ring>, RingError> {
         let (mut uring, taskrun) = match build_uring(taskrun) {
             Ok(uring) => (uring, taskrun),
             Err(err) if taskrun == TaskRun::Defer => {
@@ -267,13 +284,18 @@ impl Ring {
             Err(err) => return Err(RingError::Setup(err)),
         };
         check_opcodes(&uring)?;
-        let buffers = BufferRing::new();
-        // SAFETY: the entries are page aligned, RECV_BUFFERS (a power of two) long, and live
-        // as long as the ring (dropped after it, see `finish`).
+        let buffers = BufferRing::new(buffers);
+        // SAFETY: the entries are page aligned, `count` (a power of two) long, and live as
+        // long as the ring (dropped after it, see `finish`).
         unsafe {
             uring
                 .submitter()
-                .register_buf_ring_with_flags(buffers.entries as u64, RECV_BUFFERS, BUFFER_GROUP, 0)
+                .register_buf_ring_with_flags(
+                    buffers.entries as u64,
+                    buffers.count,
+                    BUFFER_GROUP,
+                    0,
+                )
                 .map_err(RingError::Buffers)?;
         }
         // Blocking: an io_uring read of a non-blocking file fails with EAGAIN instead of
@@ -306,6 +328,8 @@ impl Ring {
             stopping: Cell::new(false),
             eventfd: Rc::new(eventfd),
             enters: Cell::new(0),
+            starvations: Cell::new(0),
+            held_cancels: Cell::new(0),
         }))
     }
 
@@ -480,8 +504,11 @@ impl Ring {
             self.uring.borrow_mut().completion().disable_eventfd();
         }
         log::debug!(
-            "ring driver done after {} io_uring_enter calls",
-            self.enters.get()
+            "ring driver done: {} io_uring_enter calls, {} receives out of buffers, {} \
+             cancelled for holding {MAX_HELD_BUFFERS} buffers",
+            self.enters.get(),
+            self.starvations.get(),
+            self.held_cancels.get()
         );
     }
 
@@ -616,6 +643,7 @@ impl Ring {
             socket.eof = true;
         } else if result == -libc::ENOBUFS {
             if !more {
+                self.starvations.set(self.starvations.get() + 1);
                 socket.recv = Recv::Starved;
                 self.starved.borrow_mut().push_back(socket.index);
             }
@@ -632,6 +660,7 @@ impl Ring {
             && !socket.released
         {
             socket.recv = Recv::Cancelling;
+            self.held_cancels.set(self.held_cancels.get() + 1);
             self.cancel(user_data(OP_RECV, socket.index));
         }
         if let Some(waker) = socket.reader.take() {
@@ -689,6 +718,12 @@ impl Ring {
             self.free.borrow_mut().push(socket.index);
             self.push(entry);
         }
+    }
+
+    /// Sockets in the table (open, or closing with requests in flight).
+    #[cfg(test)]
+    fn open_sockets(&self) -> usize {
+        self.sockets.borrow().iter().flatten().count()
     }
 
     /// Cancels everything still in flight and lets the driver end once the kernel has
@@ -907,3 +942,6 @@ impl AsRawFd for RingStream {
 /// How long `finish` waits for the kernel to answer the cancellations before the core gives
 /// up on it (the buffers are then leaked rather than freed under the kernel).
 pub const FINISH_WAIT: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! The ring against real sockets on 127.0.0.1, on a glommio executor: the cases where rings
+//! bite (an empty buffer pool, a connection that holds too many buffers, a stream dropped with
+//! a send in flight, shutdown).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::{Ring, TaskRun};
+use crate::server::stream::Stream;
+
+fn on_executor<T: 'static>(test: impl std::future::Future<Output = T> + 'static) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .make()
+        .expect("a glommio executor")
+        .run(test)
+}
+
+/// Bytes a client sends: its id first, then a sequence that depends on id and position, so
+/// the server can check every byte arrived, in order, on the right connection.
+fn pattern(id: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            if i == 0 {
+                id
+            } else {
+                (i as u32 * 31 + id as u32) as u8
+            }
+        })
+        .collect()
+}
+
+/// Connects `clients` senders of `bytes` each; every one waits for "ok" after sending.
+fn senders(
+    addr: std::net::SocketAddr,
+    clients: u8,
+    bytes: usize,
+) -> Vec<std::thread::JoinHandle<[u8; 2]>> {
+    (0..clients)
+        .map(|id| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+                s.write_all(&pattern(id, bytes)).expect("send");
+                let mut answer = [0; 2];
+                s.read_exact(&mut answer).expect("answer");
+                answer
+            })
+        })
+        .collect()
+}
+
+/// Accepts `clients` connections; each task waits `pause` (not reading, so the kernel fills
+/// buffers for it), then reads `bytes` in small pieces, checks them and answers "ok".
+async fn receive_all(ring: &std::rc::Rc<Ring>, clients: u8, bytes: usize, pause: Duration) {
+    let all = receive_all_unbounded(ring, clients, bytes, pause);
+    let done = futures_lite::future::or(
+        async {
+            all.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(Duration::from_secs(20)).await;
+            false
+        },
+    )
+    .await;
+    assert!(
+        done,
+        "the connections did not receive everything within 20 s"
+    );
+}
+
+async fn receive_all_unbounded(
+    ring: &std::rc::Rc<Ring>,
+    clients: u8,
+    bytes: usize,
+    pause: Duration,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let fd = ring.accept().await.expect("accept");
+        let mut stream = ring.stream(fd);
+        tasks.push(glommio::spawn_local(async move {
+            glommio::timer::sleep(pause).await;
+            let mut got = Vec::with_capacity(bytes);
+            let mut piece = [0; 1000];
+            while got.len() < bytes {
+                let n = stream.read(&mut piece).await.expect("read");
+                assert!(n > 0, "end of input after {} of {bytes} bytes", got.len());
+                got.extend_from_slice(&piece[..n]);
+            }
+            assert!(got == pattern(got[0], bytes), "bytes lost or out of order");
+            stream.write_all(b"ok").await.expect("answer");
+        }));
+    }
+    for task in tasks {
+        task.await;
+    }
+}
+
+/// Stops the ring and checks that its driver ends (nothing left in flight).
+async fn finish(ring: std::rc::Rc<Ring>, driver: glommio::Task<()>) {
+    ring.stop_accepting();
+    ring.finish();
+    let ended = futures_lite::future::or(
+        async {
+            driver.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(super::FINISH_WAIT).await;
+            false
+        },
+    )
+    .await;
+    assert!(ended, "the driver still had requests in flight");
+    assert_eq!(ring.open_sockets(), 0);
+}
+
+#[test]
+fn receives_that_run_out_of_buffers_are_rearmed_and_lose_no_byte() {
+    for taskrun in [TaskRun::Defer, TaskRun::Coop] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let clients = senders(listener.local_addr().expect("addr"), 8, 256 * 1024);
+        let (starved, answered) = on_executor(async move {
+            // 4 buffers for 8 clients sending 64 buffers' worth each: ENOBUFS all along.
+            let ring = Ring::with_buffers(taskrun, 4).expect("ring");
+            let driver = glommio::spawn_local(ring.clone().drive());
+            ring.start_accepting(listener.as_raw_fd());
+            receive_all(&ring, 8, 256 * 1024, Duration::from_millis(50)).await;
+            let starved = ring.starvations.get();
+            finish(ring, driver).await;
+            drop(listener);
+            (starved, true)
+        });
+        assert!(answered);
+        assert!(
+            starved > 0,
+            "{taskrun:?}: the pool never ran dry; the test tests nothing"
+        );
+        for client in clients {
+            assert_eq!(&client.join().expect("client"), b"ok");
+        }
+    }
+}
+
+#[test]
+fn a_connection_that_is_not_reading_holds_a_bounded_number_of_buffers() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let clients = senders(listener.local_addr().expect("addr"), 1, 1024 * 1024);
+    let (cancels, starved) = on_executor(async move {
+        let ring = Ring::with_buffers(TaskRun::Defer, 64).expect("ring");
+        let driver = glommio::spawn_local(ring.clone().drive());
+        ring.start_accepting(listener.as_raw_fd());
+        receive_all(&ring, 1, 1024 * 1024, Duration::from_millis(300)).await;
+        let counts = (ring.held_cancels.get(), ring.starvations.get());
+        finish(ring, driver).await;
+        drop(listener);
+        counts
+    });
+    assert!(cancels > 0, "the receive was never cancelled at the cap");
+    assert_eq!(starved, 0, "one connection emptied a pool of 64 buffers");
+    for client in clients {
+        assert_eq!(&client.join().expect("client"), b"ok");
+    }
+}
+
+#[test]
+fn a_stream_dropped_with_a_send_in_flight_is_cancelled_and_its_socket_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // A client that does not read: the server's send of 64 MiB stays in the kernel.
+    let client = TcpStream::connect(addr).expect("connect");
+    let in_flight = on_executor(async move {
+        let ring = Ring::with_buffers(TaskRun::Defer, 16).expect("ring");
+        let driver = glommio::spawn_local(ring.clone().drive());
+        ring.start_accepting(listener.as_raw_fd());
+        let mut stream = ring.stream(ring.accept().await.expect("accept"));
+        let big = vec![7u8; 64 << 20];
+        let finished = futures_lite::future::or(
+            async {
+                stream.write_all(&big).await.expect("send");
+                true
+            },
+            async {
+                glommio::timer::sleep(Duration::from_millis(300)).await;
+                false
+            },
+        )
+        .await;
+        assert!(!finished, "64 MiB went into a client that does not read");
+        drop(big);
+        let in_flight = ring.socket(0).map(|s| s.borrow().in_flight).unwrap_or(0);
+        drop(stream);
+        finish(ring, driver).await;
+        drop(listener);
+        in_flight
+    });
+    assert!(
+        in_flight > 0,
+        "no send was in flight; the test tests nothing"
+    );
+    // The socket was closed: the client reads what was sent, then the end.
+    let mut client = client;
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut sink = vec![0; 1 << 20];
+    loop {
+        match client.read(&mut sink) {
+            Ok(0) | Err(_) if started.elapsed() < Duration::from_secs(10) => break,
+            Ok(_) => {}
+            Err(err) => panic!("the socket was not closed: {err}"),
+        }
+    }
+}
