@@ -161,9 +161,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_IO", value_enum, default_value_t = IoPath::Uring)]
     pub io: IoPath,
 
-    /// How tally's ring runs completions: `defer` (SINGLE_ISSUER|DEFER_TASKRUN, falling back
-    /// to coop where refused) or `coop` (COOP_TASKRUN).
-    #[arg(long, env = "TALLY_IO_TASKRUN", value_enum, default_value_t = TaskRunArg::Defer)]
+    /// How tally's ring runs completions: `coop` (COOP_TASKRUN: completions are ready when
+    /// glommio's own wait returns, measured cheaper) or `defer` (SINGLE_ISSUER|DEFER_TASKRUN,
+    /// one more io_uring_enter per wake-up to run them; falls back to coop where refused).
+    #[arg(long, env = "TALLY_IO_TASKRUN", value_enum, default_value_t = TaskRunArg::Coop)]
     pub io_taskrun: TaskRunArg,
 
     /// Log level: error, warn, info, debug or trace (RUST_LOG-style filters work too).

@@ -218,3 +218,63 @@ fn a_stream_dropped_with_a_send_in_flight_is_cancelled_and_its_socket_closed() {
         }
     }
 }
+
+/// The driver sleeps through glommio (an eventfd read), so glommio's own wake-ups must still
+/// reach the core while it does: a timer, a message from another thread (the store thread's
+/// replies and the owner core's channels work that way), and a client's bytes after both.
+/// The bounds are generous: this checks that no wake-up is lost or parked behind the ring,
+/// not how fast the machine is (bench/run.sh measures that).
+#[test]
+fn timers_other_threads_and_clients_all_wake_a_core_whose_ring_is_idle() {
+    for taskrun in [TaskRun::Coop, TaskRun::Defer] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (timer_late, message_late) = on_executor(async move {
+            let ring = Ring::with_buffers(taskrun, 16).expect("ring");
+            let driver = glommio::spawn_local(ring.clone().drive());
+            ring.start_accepting(listener.as_raw_fd());
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+
+            let started = Instant::now();
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            let timer_late = started.elapsed().saturating_sub(Duration::from_millis(10));
+
+            let (tx, rx) = flume::bounded(1);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                let _ = tx.send(Instant::now());
+            });
+            let sent = rx.recv_async().await.expect("message");
+            let message_late = sent.elapsed();
+
+            let client = std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.write_all(b"ping").expect("send");
+                let mut answer = [0; 4];
+                s.read_exact(&mut answer).expect("answer");
+                answer
+            });
+            let mut stream = ring.stream(ring.accept().await.expect("accept"));
+            let mut got = [0; 4];
+            let mut n = 0;
+            while n < 4 {
+                n += stream.read(&mut got[n..]).await.expect("read");
+            }
+            stream.write_all(b"pong").await.expect("answer");
+            drop(stream);
+            assert_eq!(&got, b"ping");
+            assert_eq!(&client.join().expect("client"), b"pong");
+            finish(ring, driver).await;
+            drop(listener);
+            (timer_late, message_late)
+        });
+        assert!(
+            timer_late < Duration::from_millis(200),
+            "{taskrun:?}: a 10 ms timer fired {timer_late:?} late"
+        );
+        assert!(
+            message_late < Duration::from_millis(200),
+            "{taskrun:?}: a message from another thread took {message_late:?}"
+        );
+    }
+}
