@@ -7,8 +7,9 @@
 #                                 # a SIGHUP reload (not in the default set: ~1 GB of files)
 #   BASELINE_BIN=/path/to/old/tally bench/run.sh  # also runs an older build in every round
 #                                                 # (rows prefixed base-), for before/after
-#   BASELINE_ARGS="--io-ring-taskrun-flags false" bench/run.sh  # the baseline is this build
-#                                                 # with these flags (an A/B of one option)
+#   BASELINE_ARGS="--io glommio" bench/run.sh   # the baseline is this build with these flags
+#                                                 # (an A/B of one option; this one compares
+#                                                 # tally's ring with glommio's sockets)
 #
 # Each workload runs ROUNDS times (default 3), the rounds interleaved, and the summary gives
 # the median of each column: this machine is a VM whose neighbours make single runs swing by
@@ -259,7 +260,7 @@ rows = {}
 for line in list(open(sys.argv[1]))[1:]:
     f = line.split()
     if len(f) >= 5:
-        rows[f[0]] = (float(f[1].replace(",", "")), float(f[4]))
+        rows[f[0]] = (float(f[1].replace(",", "")), float(f[4]), float(f[2]))
 def ratio(a, b, i, label):
     if a in rows and b in rows and rows[b][i] > 0:
         print(f"{label:<48} {rows[a][i] / rows[b][i]:.2f}")
@@ -268,6 +269,7 @@ ratio("tally-health", "nginx-fixed-200", 1, "tally/nginx cpu per request (health
 ratio("tally-health", "nginx-fixed-200", 0, "tally/nginx req/s (health)")
 ratio("tally-health-1c", "nginx-fixed-200-1c", 1, "tally/nginx cpu per request (health, 1 connection)")
 ratio("tally-health-1c", "nginx-fixed-200-1c", 0, "tally/nginx req/s (health, 1 connection)")
+ratio("tally-health-1c", "nginx-fixed-200-1c", 2, "tally/nginx p50 latency (health, 1 connection)")
 ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 1, "tally/nginx cpu per request (pipelined 16)")
 ratio("tally-health-pipelined-16", "nginx-fixed-200-pipelined-16", 0, "tally/nginx req/s (pipelined 16)")
 ratio("tally-kv-lookup", "nginx-fixed-200", 1, "kv lookup / nginx fixed-200 cpu per request")
@@ -287,6 +289,11 @@ if "tally-kv-lookup" in rows:
     print(f"{'seed KV server (published, other hardware)':<48} 100 req/s -> tally {rows['tally-kv-lookup'][0] / 100:,.0f}x")
 for base in [k for k in rows if k.startswith("base-")]:
     ratio(base[len("base-"):], base, 1, f"this/baseline cpu per request ({base[len('base-tally-'):]})")
+    ratio(base[len("base-"):], base, 0, f"this/baseline req/s ({base[len('base-tally-'):]})")
+# The baseline against nginx too (with BASELINE_ARGS="--io glommio": glommio's sockets).
+ratio("base-tally-health", "nginx-fixed-200", 1, "baseline/nginx cpu per request (health)")
+ratio("base-tally-health-1c", "nginx-fixed-200-1c", 1, "baseline/nginx cpu per request (health, 1 connection)")
+ratio("base-tally-kv-lookup", "nginx-fixed-200", 1, "baseline kv lookup / nginx fixed-200 cpu per request")
 m = sys.argv[2]
 if os.path.exists(m):
     vals = {}
