@@ -256,6 +256,8 @@ pub struct Ring {
     driver: Cell<Option<Waker>>,
     stopping: Cell<bool>,
     eventfd: Rc<glommio::io::BufferedFile>,
+    /// Reused by each pass to hold the completions it handles.
+    completions: Cell<Vec<(u64, i32, u32)>>,
     /// Diagnostics, logged when the driver ends: kernel entries, receives that ran out of
     /// buffers (ENOBUFS) and receives cancelled for holding too many.
     enters: Cell<u64>,
@@ -327,6 +329,7 @@ impl Ring {
             driver: Cell::new(None),
             stopping: Cell::new(false),
             eventfd: Rc::new(eventfd),
+            completions: Cell::new(Vec::with_capacity(256)),
             enters: Cell::new(0),
             starvations: Cell::new(0),
             held_cancels: Cell::new(0),
@@ -547,23 +550,26 @@ impl Ring {
             }
         }
         let mut reaped = 0;
+        // Completions are copied out before they are handled: handling one may queue SQEs,
+        // which needs the ring. The copy's buffer is reused from pass to pass.
+        let mut batch = self.completions.take();
         loop {
-            let batch: Vec<(u64, i32, u32)> = {
+            batch.clear();
+            {
                 let mut uring = self.uring.borrow_mut();
                 let mut cq = uring.completion();
                 cq.sync();
-                cq.take(256)
-                    .map(|c| (c.user_data(), c.result(), c.flags()))
-                    .collect()
-            };
+                batch.extend(cq.take(256).map(|c| (c.user_data(), c.result(), c.flags())));
+            }
             if batch.is_empty() {
                 break;
             }
             reaped += batch.len();
-            for (data, result, flags) in batch {
+            for &(data, result, flags) in &batch {
                 self.complete(data, result, flags);
             }
         }
+        self.completions.set(batch);
         self.buffers.publish();
         self.rearm_starved();
         reaped
