@@ -2,7 +2,7 @@
 //! so the client learns why instead of waiting in the kernel's backlog.
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -79,13 +79,7 @@ fn admit<S: Stream + 'static>(ctx: &Rc<ConnContext>, stream: S) {
         glommio::spawn_local(conn::refuse(ctx.clone(), stream)).detach();
         return;
     }
-    // SAFETY: the descriptor is the accepted socket, open while `stream` is, which outlives
-    // this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.raw_fd()) };
-    if let Err(err) = socket2::SockRef::from(&fd).set_nodelay(true) {
-        log::debug!("TCP_NODELAY: {err}");
-    }
-    limit_unsent_output(ctx, fd);
+    // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (`listener::bind`).
     // A bug that panics while serving one connection must cost only that connection, not the
     // core (glommio would unwind through its executor).
     let served = std::panic::AssertUnwindSafe(conn::serve(ctx.clone(), stream));
@@ -95,17 +89,4 @@ fn admit<S: Stream + 'static>(ctx: &Rc<ConnContext>, stream: S) {
         }
     })
     .detach();
-}
-
-/// A client that stops taking its responses (a zero receive window) leaves them in the kernel's
-/// send buffer, up to tcp_wmem's maximum (4 MiB by default), where no write of ours is waiting
-/// to time out: the connection then lives until the idle timeout. TCP_USER_TIMEOUT makes the
-/// kernel reset it once sent data stayed unacknowledged, or unsent behind a zero window, for
-/// the request timeout (Linux counts zero-window probes since 5.11). One setsockopt per
-/// connection, like TCP_NODELAY.
-fn limit_unsent_output(ctx: &ConnContext, fd: BorrowedFd<'_>) {
-    let timeout = Duration::from_secs(ctx.request_timeout_secs.max(1));
-    if let Err(err) = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout)) {
-        log::debug!("TCP_USER_TIMEOUT: {err}");
-    }
 }

@@ -252,7 +252,7 @@ fn bind_listeners(config: &ServerConfig) -> Result<Vec<OwnedFd>, ServerError> {
     config
         .cpus
         .iter()
-        .map(|_| listener::bind(config.listen))
+        .map(|_| listener::bind(config.listen, config.request_timeout))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| ServerError::Bind {
             addr: config.listen,
