@@ -153,8 +153,16 @@ const ADD_KEYED: &str = "WITH input AS (SELECT key, by, pos \
 /// Settling a keyed batch found committed: what each of its keys got.
 const FIND_KEYS: &str =
     "SELECT key, by, count, batch_id FROM tally_idempotency WHERE key = ANY($1::text[])";
-const PRUNE_KEYS: &str = "DELETE FROM tally_idempotency WHERE key IN (SELECT key \
-     FROM tally_idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 1000)";
+/// Small batches of the oldest keys, so no DELETE holds the store's connection (or a lock) for
+/// long. The plan is fixed on purpose: the time index in order, then the rows by `ctid`. The
+/// earlier `key IN (SELECT key ... LIMIT 1000)` left the planner free, and without statistics
+/// on `created_at` (a young table) it guessed a third of the rows expired and chose a
+/// sequential scan "until 1000 are found", which read the whole table every
+/// [`PRUNE_INTERVAL`] when none had (1.3M keys, 167 MB, on the core that commits). The outer
+/// time condition is re-checked on a row a batch renewed meanwhile, which is then kept.
+const PRUNE_KEYS: &str = "DELETE FROM tally_idempotency WHERE ctid = ANY (ARRAY (SELECT ctid \
+     FROM tally_idempotency WHERE created_at < now() - make_interval(secs => $1) \
+     ORDER BY created_at LIMIT 1000)) AND created_at < now() - make_interval(secs => $1)";
 const INDEX_KEYS: &str =
     "CREATE INDEX IF NOT EXISTS tally_idempotency_created_at ON tally_idempotency (created_at)";
 pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
