@@ -594,6 +594,41 @@ async fn a_database_of_the_previous_schema_is_taken_over_with_its_count_and_keys
     store.shutdown();
 }
 
+/// An expired key the prune has not reached yet is counted again, with its new `by`, and its
+/// row renewed (the upsert path; 50,000 older keys keep the prune busy elsewhere).
+#[tokio::test]
+async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    let sql = pg.client().await;
+    sql.batch_execute(
+        "INSERT INTO tally_idempotency (key, by, count, batch_id, created_at) \
+         SELECT 'older' || n, 1, n, 1, now() - interval '30 hours' \
+         FROM generate_series(1, 50000) n; \
+         INSERT INTO tally_idempotency (key, by, count, batch_id, created_at) \
+         VALUES ('k', 5, 7, 1, now() - interval '25 hours')",
+    )
+    .await
+    .expect("expired keys");
+
+    let counted = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(counted.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(1)]));
+    let row = sql
+        .query_one(
+            "SELECT by, count, created_at > now() - interval '1 minute' \
+             FROM tally_idempotency WHERE key = 'k'",
+            &[],
+        )
+        .await
+        .expect("the renewed key");
+    let renewed: (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(renewed, (1, 1, true));
+    let replay = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(replay.map(|c| c.keyed), Ok(vec![KeyOutcome::Replayed(1)]));
+    store.shutdown();
+}
+
 /// The prune runs every quarter second on the connection that commits: with nothing expired it
 /// must be an index probe, whatever the table's size and statistics (a young table has none).
 #[tokio::test]
