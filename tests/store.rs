@@ -498,6 +498,172 @@ async fn an_in_doubt_batch_is_looked_up_only_after_the_old_transaction_ended() {
     store.shutdown();
 }
 
+/// Other instances commit while one store's reply is lost: settling reads that store's own
+/// record, which their batches do not overwrite.
+#[tokio::test]
+async fn a_lost_reply_is_settled_while_another_instance_keeps_committing() {
+    let pg = TestPg::start();
+    let (proxy, store, _) = through_proxy(&pg).await;
+    let other = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&other).await);
+    let others = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            let mut values = Vec::new();
+            for _ in 0..200 {
+                values.push(other.add(1).await.expect("the other instance's add"));
+            }
+            values
+        })
+    };
+
+    proxy.arm(Cut::DropReply, MARKED_DELTA);
+    let count = store.add(MARKED_DELTA).await.expect("settled as committed");
+    let others = others.await.expect("other instance's task");
+
+    let ours = count - MARKED_DELTA + 1..=count;
+    assert!(
+        others.iter().all(|value| !ours.contains(value)),
+        "a value was handed out twice"
+    );
+    assert_eq!(row_count(&pg).await, 1 + MARKED_DELTA + 200, "counted once");
+    assert_eq!(store.stats().settled, 1);
+    store.shutdown();
+    other.shutdown();
+}
+
+/// A copy of a settled batch's statement reaching the server late must fail, not count: the
+/// store's row refuses a batch id that is not above the last one it recorded.
+#[tokio::test]
+async fn a_batch_id_already_recorded_cannot_be_recorded_again() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    store.add(1).await.expect("add");
+    let sql = pg.client().await;
+    let row = sql
+        .query_one("SELECT id, batch FROM tally_instances", &[])
+        .await
+        .expect("the store's row");
+    let (instance, batch): (i64, i64) = (row.get(0), row.get(1));
+
+    let again = sql
+        .execute(
+            "UPDATE tally_instances SET previous_batch = batch, batch = $2 WHERE id = $1",
+            &[&instance, &batch],
+        )
+        .await;
+    let code = again.expect_err("recorded twice").code().cloned();
+    assert_eq!(code, Some(tokio_postgres::error::SqlState::CHECK_VIOLATION));
+    store.shutdown();
+}
+
+/// A database set up by the previous version (a `tally_batches` row per batch) is used as it is:
+/// the count and the keys carry on, and a lost reply is settled through the new record.
+#[tokio::test]
+async fn a_database_of_the_previous_schema_is_taken_over_with_its_count_and_keys() {
+    let pg = TestPg::start();
+    pg.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE tally_counter (id int PRIMARY KEY CHECK (id = 1), count bigint NOT NULL); \
+             INSERT INTO tally_counter VALUES (1, 41); \
+             CREATE TABLE tally_batches (id bigint PRIMARY KEY, count bigint NOT NULL, \
+               keyed_delta bigint NOT NULL DEFAULT 0, \
+               committed_at timestamptz NOT NULL DEFAULT now()); \
+             CREATE INDEX tally_batches_committed_at ON tally_batches (committed_at); \
+             INSERT INTO tally_batches (id, count) VALUES (9, 41); \
+             CREATE TABLE tally_idempotency (key text PRIMARY KEY, by bigint NOT NULL, \
+               count bigint NOT NULL, batch_id bigint NOT NULL, \
+               created_at timestamptz NOT NULL DEFAULT now()); \
+             CREATE INDEX tally_idempotency_created_at ON tally_idempotency (created_at); \
+             INSERT INTO tally_idempotency (key, by, count, batch_id) VALUES ('old', 2, 40, 9)",
+        )
+        .await
+        .expect("the previous schema");
+
+    let (proxy, store, before) = through_proxy(&pg).await;
+    assert_eq!(before, 42);
+    let replay = store.add_batch(0, vec![keyed("old", 2)]).await;
+    assert_eq!(replay.map(|c| c.keyed), Ok(vec![KeyOutcome::Replayed(40)]));
+
+    proxy.arm(Cut::DropReply, MARKED_DELTA);
+    assert_eq!(store.add(MARKED_DELTA).await, Ok(42 + MARKED_DELTA));
+    assert_eq!(row_count(&pg).await, 42 + MARKED_DELTA, "counted once");
+    assert_eq!(store.stats().settled, 1);
+    store.shutdown();
+}
+
+/// An expired key the prune has not reached yet is counted again, with its new `by`, and its
+/// row renewed (the upsert path; 50,000 older keys keep the prune busy elsewhere).
+#[tokio::test]
+async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    let sql = pg.client().await;
+    sql.batch_execute(
+        "INSERT INTO tally_idempotency (key, by, count, batch_id, created_at) \
+         SELECT 'older' || n, 1, n, 1, now() - interval '30 hours' \
+         FROM generate_series(1, 50000) n; \
+         INSERT INTO tally_idempotency (key, by, count, batch_id, created_at) \
+         VALUES ('k', 5, 7, 1, now() - interval '25 hours')",
+    )
+    .await
+    .expect("expired keys");
+
+    let counted = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(counted.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(1)]));
+    let row = sql
+        .query_one(
+            "SELECT by, count, created_at > now() - interval '1 minute' \
+             FROM tally_idempotency WHERE key = 'k'",
+            &[],
+        )
+        .await
+        .expect("the renewed key");
+    let renewed: (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(renewed, (1, 1, true));
+    let replay = store.add_batch(0, vec![keyed("k", 1)]).await;
+    assert_eq!(replay.map(|c| c.keyed), Ok(vec![KeyOutcome::Replayed(1)]));
+    store.shutdown();
+}
+
+/// The prune runs every quarter second on the connection that commits: with nothing expired it
+/// must be an index probe, whatever the table's size and statistics (a young table has none).
+#[tokio::test]
+async fn pruning_with_nothing_expired_does_not_scan_the_keys_table() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    let sql = pg.client().await;
+    sql.batch_execute(
+        "INSERT INTO tally_idempotency (key, by, count, batch_id) \
+         SELECT 'k' || n, 1, n, 1 FROM generate_series(1, 50000) n",
+    )
+    .await
+    .expect("fresh keys");
+    let scans = || async {
+        sql.query_one(
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_idempotency'",
+            &[],
+        )
+        .await
+        .expect("table statistics")
+        .get::<_, i64>(0)
+    };
+    // Statistics reach the view within a second or so of the store's backend going idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = scans().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        scans().await,
+        before,
+        "a prune read the keys table row by row"
+    );
+    store.shutdown();
+}
+
 fn keyed(key: &str, by: i64) -> KeyedIncrement {
     KeyedIncrement {
         key: key.into(),
