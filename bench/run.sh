@@ -189,7 +189,8 @@ function delay()
 end
 LUA
     echo "reload ($TAG${RUN_BIN}): server and reload threads on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU, $CONNECTIONS connections pausing ${pause}ms"
-    LOG_LEVEL=info start_tally "${TAG}reload" --kv-data "$data"
+    # Loading 10M pairs at start-up can outlast one wait_http on a busy machine: wait twice.
+    LOG_LEVEL=info start_tally "${TAG}reload" --kv-data "$data" || wait_http "http://127.0.0.1:$PORT$HEALTH"
     local url="http://127.0.0.1:$PORT/get_value" paced=(-s "$OUT/kv-paced.lua" -- "$OUT/reload-keys.txt" 1 "$pause")
     load "${TAG}tally-kv-${RELOAD_PAIRS}-steady" "$TALLY_PID" "$url" "${paced[@]}"
     (sleep 2 && kill -HUP "$TALLY_PID") &
