@@ -166,7 +166,7 @@ tally_workloads() {
 # would: each of wrk's connections pauses RELOAD_PAUSE_MS (default 1) between requests. A
 # reload runs SCHED_IDLE, in the server CPU's idle time: under a saturating load
 # (RELOAD_PAUSE_MS=0) it is starved until the load eases, which measures wrk, not a reload.
-# The reload load starts 2 s before the SIGHUP and lasts RELOAD_DURATION (default 30 s); the
+# The reload load starts 2 s before the SIGHUP and lasts RELOAD_DURATION (default 20 s); the
 # line after it says whether the reload finished inside it, and how long the parse took and
 # then the swap on every core. The reload row's p99 against the steady row's is the cost of a
 # reload to clients.
@@ -195,7 +195,7 @@ LUA
     load "${TAG}tally-kv-${RELOAD_PAIRS}-steady" "$TALLY_PID" "$url" "${paced[@]}"
     (sleep 2 && kill -HUP "$TALLY_PID") &
     local hup=$!
-    DURATION=${RELOAD_DURATION:-30} load "${TAG}tally-kv-${RELOAD_PAIRS}-during-reload" "$TALLY_PID" "$url" "${paced[@]}"
+    DURATION=${RELOAD_DURATION:-20} load "${TAG}tally-kv-${RELOAD_PAIRS}-during-reload" "$TALLY_PID" "$url" "${paced[@]}"
     wait "$hup"
     if grep -q "every core swapped" "$log"; then
         echo "  reload inside the load: $(grep "every core swapped" "$log" | tail -n 1 | sed 's/.*every core swapped/every core swapped/')"
