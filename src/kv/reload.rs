@@ -388,7 +388,7 @@ impl Reloader {
         // original is the reload thread's alone.
         if let Err(flume::RecvTimeoutError::Timeout) = copied.recv_deadline(deadline) {
             return Err(ReloadError::SwapTimeout {
-                swapped: 0,
+                swapped: done.len(),
                 cores: self.cores.len(),
             });
         }
@@ -402,7 +402,7 @@ impl Reloader {
             Ok(()) => {}
             Err(flume::SendTimeoutError::Timeout(_)) => {
                 return Err(ReloadError::SwapTimeout {
-                    swapped: 0,
+                    swapped: done.len(),
                     cores: self.cores.len(),
                 })
             }
