@@ -134,6 +134,7 @@ impl Drop for Conn {
         }
         self.ctx.registry.remove(&self.slot);
         metrics.open_connections.sub(1);
+        give_read_buffer(&self.ctx, std::mem::take(&mut self.rbuf));
     }
 }
 
@@ -144,7 +145,7 @@ impl Conn {
         loop {
             if self.rbuf.is_empty() {
                 self.wait_readable(stream).await?;
-                self.rbuf = vec![0; INITIAL_BUFFER_BYTES];
+                self.rbuf = take_read_buffer(&self.ctx);
             }
             if self.filled == self.rbuf.len() && !self.grow_read_buffer() {
                 // Only reachable with a chunked body whose framing overhead is excessive.
@@ -196,6 +197,9 @@ impl Conn {
                 let deadline = registry.now() + self.ctx.idle_timeout_secs + 1;
                 self.slot.set_phase(Phase::Idle, deadline);
                 self.give_back_buffers();
+                if S::WAITS_WITHOUT_BUFFER {
+                    give_read_buffer(&self.ctx, std::mem::take(&mut self.rbuf));
+                }
                 stream.trim();
             } else {
                 if consumed > 0 {
@@ -235,7 +239,7 @@ impl Conn {
     /// period): 10,000 idle keep-alive connections must not each keep their buffers. The next
     /// request gets fresh ones.
     fn give_back_all_buffers<S: Stream>(&mut self, stream: &mut S) {
-        self.rbuf = Vec::new();
+        give_read_buffer(&self.ctx, std::mem::take(&mut self.rbuf));
         self.wbuf = Vec::new();
         self.assembled = Vec::new();
         self.response_body = Vec::new();
@@ -526,6 +530,27 @@ impl Conn {
     async fn linger<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
         self.slot.set_phase(Phase::Busy, 0);
         linger(stream, &mut self.rbuf).await
+    }
+}
+
+/// Read buffers a core keeps unused at most (1 MiB): more than its busy connections need at once
+/// in any of the benchmarks, few enough not to matter when they all idle.
+const MAX_POOLED_READ_BUFFERS: usize = 256;
+
+/// A read buffer of the initial size: one a connection gave back, or a new one.
+fn take_read_buffer(ctx: &ConnContext) -> Vec<u8> {
+    ctx.read_buffers
+        .borrow_mut()
+        .pop()
+        .unwrap_or_else(|| vec![0; INITIAL_BUFFER_BYTES])
+}
+
+/// Keeps a connection's read buffer for the next one that needs it (when it has the initial
+/// size and the pool has room), or frees it.
+fn give_read_buffer(ctx: &ConnContext, buf: Vec<u8>) {
+    let mut pool = ctx.read_buffers.borrow_mut();
+    if buf.len() == INITIAL_BUFFER_BYTES && pool.len() < MAX_POOLED_READ_BUFFERS {
+        pool.push(buf);
     }
 }
 

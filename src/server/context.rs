@@ -22,6 +22,10 @@ pub struct ConnContext {
     pub registry: Registry,
     /// Set when the core starts draining: responses say `Connection: close` from then on.
     pub shutting_down: Cell<bool>,
+    /// Read buffers not in use, for the next connection that has bytes to read (see
+    /// `conn::take_read_buffer`): connections that can wait without one hand theirs back
+    /// between requests, so the core's read buffers are a small working set.
+    pub read_buffers: RefCell<Vec<Vec<u8>>>,
 }
 
 impl ConnContext {

@@ -273,6 +273,7 @@ fn connection_context(app: App, config: &ServerConfig) -> ConnContext {
         date: std::cell::RefCell::new(HttpDate::new()),
         registry: Registry::new(),
         shutting_down: std::cell::Cell::new(false),
+        read_buffers: std::cell::RefCell::new(Vec::new()),
     }
 }
 

@@ -811,6 +811,8 @@ impl RingStream {
 }
 
 impl super::stream::Stream for RingStream {
+    const WAITS_WITHOUT_BUFFER: bool = true;
+
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| {
             let mut socket = self.socket.borrow_mut();

@@ -8,6 +8,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 pub trait Stream {
+    /// Whether a read copies bytes that already arrived (the ring's) rather than waiting with
+    /// the caller's buffer (glommio's): such a connection needs no read buffer between
+    /// requests.
+    const WAITS_WITHOUT_BUFFER: bool = false;
+
     /// Reads what the client sent next; 0 at end of input.
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
