@@ -133,6 +133,8 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     };
     // A signal that came meanwhile stops the cores as soon as they start.
     let served = server::run(&cfg.server_config(cpus), services, &shutdown);
+    // A reload still running must not hold up the exit (see `end_idle_priority`).
+    kv::end_idle_priority();
     store.shutdown();
     if let Some(pg) = embedded {
         if let Err(err) = pg.stop() {

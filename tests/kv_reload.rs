@@ -275,7 +275,7 @@ fn a_reload_during_the_shutdown_drain_does_not_delay_the_exit() {
     assert!(log.contains("reload (SIGHUP): loading"), "{log}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
-        "exit took {:?}",
+        "exit took {:?}:\n{log}",
         started.elapsed()
     );
 }

@@ -30,8 +30,8 @@ pub use json::write_json_string;
 pub use load::{load, LoadError, Position};
 pub use lookup::{lookup, Lookup, LookupScratch};
 pub use reload::{
-    reload_channel, reload_peak_bytes, ReloadError, ReloadReason, ReloadRequests, ReloadStatus,
-    ReloadTrigger, Reloader, Requested, Swap, Swapped,
+    end_idle_priority, reload_channel, reload_peak_bytes, ReloadError, ReloadReason,
+    ReloadRequests, ReloadStatus, ReloadTrigger, Reloader, Requested, Swap, Swapped,
 };
 pub use replica::Replica;
 pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED, MAX_SAMPLE_PAIRS};

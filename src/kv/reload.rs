@@ -304,7 +304,7 @@ impl Reloader {
                     .collect();
                 let spare = spare_cpus(&allowed, &self.cpus);
                 log::debug!("key/value reload: spare CPUs {spare:?}");
-                run_when_idle("the reload thread", &spare);
+                let _idle = run_when_idle("the reload thread", &spare);
                 for reason in requests.rx.iter() {
                     self.reload(reason, &spare);
                 }
@@ -499,8 +499,11 @@ fn copy_cpus(cpu: Option<usize>, spare: &[usize]) -> Vec<usize> {
 /// (p99 1.04 ms steady, 8.40 ms during a 10M-pair reload, bench/run.sh reload). The scheduler
 /// preempts a SCHED_IDLE thread as soon as a normal one wakes, so a serving core or the load
 /// generator never waits behind it. If the kernel refuses, nice 19 is the next best thing.
-fn run_when_idle(what: &str, cpus: &[usize]) {
+///
+/// The returned guard lists the thread for [`end_idle_priority`] while it lives.
+fn run_when_idle(what: &str, cpus: &[usize]) -> IdleThread {
     let param = libc::sched_param { sched_priority: 0 };
+    let idle = IdleThread::register();
     // SAFETY: sched_setscheduler on the calling thread (Linux: pid 0 is this thread) with a
     // valid parameter for SCHED_IDLE (priority 0).
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
@@ -514,7 +517,7 @@ fn run_when_idle(what: &str, cpus: &[usize]) {
         );
     }
     if cpus.is_empty() {
-        return;
+        return idle;
     }
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET is given CPUs below
     // CPU_SETSIZE only; sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of `set`.
@@ -530,6 +533,49 @@ fn run_when_idle(what: &str, cpus: &[usize]) {
             "key/value reload: cannot keep {what} on CPUs {cpus:?}: {}",
             std::io::Error::last_os_error()
         );
+    }
+    idle
+}
+
+/// The threads [`run_when_idle`] made SCHED_IDLE and that are still running, by thread id.
+static IDLE_THREADS: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+/// A thread listed in [`IDLE_THREADS`] while this lives (on that thread's stack).
+struct IdleThread(libc::pid_t);
+
+impl IdleThread {
+    fn register() -> IdleThread {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        if let Ok(mut threads) = IDLE_THREADS.lock() {
+            threads.push(tid);
+        }
+        IdleThread(tid)
+    }
+}
+
+impl Drop for IdleThread {
+    fn drop(&mut self) {
+        if let Ok(mut threads) = IDLE_THREADS.lock() {
+            threads.retain(|&tid| tid != self.0);
+        }
+    }
+}
+
+/// Gives the reload's SCHED_IDLE threads normal priority back, at shutdown: a process has
+/// exited only once every thread has, and a SCHED_IDLE thread on a busy CPU can wait seconds
+/// for the moment of CPU it needs to do so (measured: a 1M-pair reload during the drain, with
+/// the test suite keeping both CPUs busy, delayed the exit by 4.7 s after "stopped").
+pub fn end_idle_priority() {
+    let Ok(threads) = IDLE_THREADS.lock() else {
+        return;
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    for &tid in threads.iter() {
+        // SAFETY: sched_setscheduler on a thread of this process (listed only while it
+        // runs, under the lock) with a valid parameter for SCHED_OTHER. A thread that has
+        // just ended makes it fail with ESRCH, which is fine.
+        unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) };
     }
 }
 
@@ -558,7 +604,7 @@ fn spawn_copy(copy: ReplicaCopy) -> std::io::Result<()> {
                 swaps,
                 done,
             } = copy;
-            run_when_idle("a replica copier", &cpus);
+            let _idle = run_when_idle("a replica copier", &cpus);
             let started = Instant::now();
             let replica = Replica::clone(&original);
             drop(original);
@@ -601,7 +647,7 @@ mod tests {
     #[test]
     fn reload_threads_run_sched_idle() {
         let policy = std::thread::spawn(|| {
-            run_when_idle("a test thread", &[]);
+            let _idle = run_when_idle("a test thread", &[]);
             // SAFETY: sched_getscheduler on the calling thread only reads.
             unsafe { libc::sched_getscheduler(0) }
         })
