@@ -25,7 +25,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -938,12 +938,6 @@ impl Drop for RingStream {
             self.ring.push(entry);
         }
         self.ring.maybe_close(&mut socket);
-    }
-}
-
-impl AsRawFd for RingStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.socket.borrow().fd
     }
 }
 
