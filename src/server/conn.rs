@@ -249,15 +249,30 @@ impl Conn {
         stream.trim();
     }
 
-    /// Waits, holding no buffer, until the client sends (or the connection's deadline passes,
-    /// which the next read then reports).
+    /// Waits, holding no read buffer, until the client sends (or the connection's deadline
+    /// passes, which the next read then reports). A connection of the ring idles here, so this
+    /// is also where it answers the sweeper's request to give its other buffers back; the
+    /// request stays marked until the client sends, so it is made once per idle period.
     async fn wait_readable<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<()> {
-        let slot = &self.slot;
-        let readable = futures_lite::future::or(stream.readable(), async {
-            slot.expired().await;
-            Ok(())
+        let slot = self.slot.clone();
+        let woke = futures_lite::future::or(async { Some(stream.readable().await) }, async {
+            match slot.interrupted().await {
+                Interrupt::Expired => Some(Ok(())),
+                Interrupt::Trim => None,
+            }
         })
         .await;
+        let readable = match woke {
+            Some(readable) => readable,
+            None => {
+                self.give_back_all_buffers(stream);
+                futures_lite::future::or(stream.readable(), async {
+                    slot.expired().await;
+                    Ok(())
+                })
+                .await
+            }
+        };
         slot.holds_buffers();
         readable
     }
