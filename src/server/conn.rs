@@ -217,6 +217,9 @@ impl Conn {
     async fn read<S: Stream>(&mut self, stream: &mut S) -> std::io::Result<Option<usize>> {
         let after_commit = std::mem::take(&mut self.after_commit);
         let buf = &mut self.rbuf[self.filled..];
+        if let Some(read) = stream.read_now(buf) {
+            return read.map(Some);
+        }
         let read = async {
             if after_commit {
                 stream.read_after_commit(buf).await.map(Some)

@@ -815,17 +815,10 @@ impl super::stream::Stream for RingStream {
 
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| {
+            if let Some(read) = self.read_now(buf) {
+                return Poll::Ready(read);
+            }
             let mut socket = self.socket.borrow_mut();
-            let n = self.take_held(&mut socket, buf);
-            if n > 0 || buf.is_empty() {
-                return Poll::Ready(Ok(n));
-            }
-            if let Some(errno) = socket.error {
-                return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
-            }
-            if socket.eof {
-                return Poll::Ready(Ok(0));
-            }
             if socket.recv == Recv::Idle {
                 self.ring.arm_recv(&mut socket);
             }
@@ -833,6 +826,18 @@ impl super::stream::Stream for RingStream {
             Poll::Pending
         })
         .await
+    }
+
+    fn read_now(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let mut socket = self.socket.borrow_mut();
+        let n = self.take_held(&mut socket, buf);
+        if n > 0 || buf.is_empty() {
+            return Some(Ok(n));
+        }
+        if let Some(errno) = socket.error {
+            return Some(Err(io::Error::from_raw_os_error(errno)));
+        }
+        socket.eof.then_some(Ok(0))
     }
 
     async fn readable(&mut self) -> io::Result<()> {

@@ -16,6 +16,13 @@ pub trait Stream {
     /// Reads what the client sent next; 0 at end of input.
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// What `read` would return, if it would return without waiting and without a system
+    /// call; `None` otherwise. Lets a connection skip setting up a wait (and the race with
+    /// its deadline) when the bytes are already there.
+    fn read_now(&mut self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
+        None
+    }
+
     /// Reads right after a batch that waited for a commit (see `GlommioStream`).
     async fn read_after_commit(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read(buf).await
