@@ -658,7 +658,16 @@ fn write_error(
     http::write_response(out, &head, date, body);
 }
 
-/// Answers a connection over the per-core cap with 503 and closes it.
+/// Refused connections that may linger at once on a core (see `refuse`).
+const MAX_LINGERING_REFUSALS: usize = 1024;
+
+/// Answers a connection over the per-core cap with 503 and closes it, lingering (like every
+/// close after an answer) so that bytes the client sent meanwhile do not turn the close into a
+/// reset that destroys the 503. A flood of connections past the cap is bounded too: beyond
+/// [`MAX_LINGERING_REFUSALS`] lingering at once, a refused connection is closed at once (its
+/// client, if it sent a request, may then see a reset instead of the 503), so the refusals
+/// cost at most that many tasks and read buffers, not one per connection attempted in the
+/// last two seconds.
 pub async fn refuse<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
     let mut out = Vec::with_capacity(256);
     let mut body = Vec::with_capacity(64);
@@ -669,8 +678,30 @@ pub async fn refuse<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
         Status::ServiceUnavailable,
         "too many connections",
     );
-    if stream.write_all(&out).await.is_ok() {
-        let mut discard = [0; 4096];
-        let _ = linger(&mut stream, &mut discard).await;
+    if stream.write_all(&out).await.is_err() {
+        return;
     }
+    drop((out, body));
+    let lingering = &ctx.lingering_refusals;
+    if lingering.get() >= MAX_LINGERING_REFUSALS {
+        return;
+    }
+    lingering.set(lingering.get() + 1);
+    let _lingering = scopeguard(|| lingering.set(lingering.get() - 1));
+    let mut discard = take_read_buffer(&ctx);
+    let _ = linger(&mut stream, &mut discard).await;
+    give_read_buffer(&ctx, discard);
+}
+
+/// Runs `f` when dropped (also when the task owning it is dropped at shutdown).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -26,6 +26,8 @@ pub struct ConnContext {
     /// `conn::take_read_buffer`): connections that can wait without one hand theirs back
     /// between requests, so the core's read buffers are a small working set.
     pub read_buffers: RefCell<Vec<Vec<u8>>>,
+    /// Connections refused over the cap that are lingering before their close.
+    pub lingering_refusals: Cell<usize>,
 }
 
 impl ConnContext {

@@ -286,6 +286,7 @@ fn connection_context(app: App, config: &ServerConfig) -> ConnContext {
         registry: Registry::new(),
         shutting_down: std::cell::Cell::new(false),
         read_buffers: std::cell::RefCell::new(Vec::new()),
+        lingering_refusals: std::cell::Cell::new(0),
     }
 }
 
