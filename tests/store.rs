@@ -664,6 +664,54 @@ async fn pruning_with_nothing_expired_does_not_scan_the_keys_table() {
     store.shutdown();
 }
 
+/// The keyed statement's plan is cached once it has run a few times, here while the keys
+/// table is nearly empty; it must still find keys through the primary key once the table has
+/// grown, not read the table.
+#[tokio::test]
+async fn a_keyed_batch_probes_the_keys_index_even_when_its_plan_was_made_on_an_empty_table() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    for n in 0..10 {
+        let batch = vec![keyed(&format!("early-{n}"), 1), keyed("also", 1)];
+        store
+            .add_batch(0, batch)
+            .await
+            .expect("a batch on a young table");
+    }
+    let sql = pg.client().await;
+    sql.batch_execute(
+        "INSERT INTO tally_idempotency (key, by, count, batch_id) \
+         SELECT 'k' || n, 1, n, 1 FROM generate_series(1, 50000) n",
+    )
+    .await
+    .expect("more keys");
+    let rows_read = || async {
+        sql.query_one(
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_idempotency'",
+            &[],
+        )
+        .await
+        .expect("table statistics")
+        .get::<_, i64>(0)
+    };
+    // Statistics reach the view within a second or so of a backend going idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = rows_read().await;
+    for n in 0..10 {
+        let batch = vec![keyed(&format!("late-{n}"), 1), keyed("k7", 1)];
+        let committed = store.add_batch(0, batch).await.expect("a batch");
+        assert_eq!(committed.keyed[1], KeyOutcome::Replayed(7));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let read = rows_read().await - before;
+    assert!(
+        read < 1000,
+        "keyed batches read {read} rows of the keys table"
+    );
+    store.shutdown();
+}
+
 fn keyed(key: &str, by: i64) -> KeyedIncrement {
     KeyedIncrement {
         key: key.into(),
