@@ -595,7 +595,7 @@ async fn a_database_of_the_previous_schema_is_taken_over_with_its_count_and_keys
 }
 
 /// An expired key the prune has not reached yet is counted again, with its new `by`, and its
-/// row renewed (the upsert path; 50,000 older keys keep the prune busy elsewhere).
+/// row renewed (the upsert path; the sweep reaches 50,000 older keys' pages only slowly).
 #[tokio::test]
 async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
     let pg = TestPg::start();
@@ -630,7 +630,8 @@ async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
 }
 
 /// The prune runs every quarter second on the connection that commits: with nothing expired it
-/// must be an index probe, whatever the table's size and statistics (a young table has none).
+/// must not read the table, whatever its size and statistics (a young table has none). The
+/// sweep reads 50,000 fresh keys' pages once per 6 hours at the default retention.
 #[tokio::test]
 async fn pruning_with_nothing_expired_does_not_scan_the_keys_table() {
     let pg = TestPg::start();
