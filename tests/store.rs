@@ -262,6 +262,71 @@ async fn a_stopped_postgres_fails_adds_and_is_reconnected_to_when_back() {
     store.shutdown();
 }
 
+/// A restart of PostgreSQL shorter than the commit timeout costs no increment: one sent while
+/// it is down waits for the reconnection and commits then (README.md, "API": 503 only when
+/// PostgreSQL stays away past the commit timeout).
+#[test]
+fn an_increment_sent_while_postgres_restarts_waits_for_it_and_commits() {
+    let mut pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    assert!(runtime.block_on(connected(&store)));
+    let before = runtime.block_on(store.add(1)).expect("add while up");
+
+    pg.stop();
+    assert!(runtime.block_on(wait_for(Duration::from_secs(2), || !store.is_connected())));
+    let waiting = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = futures_lite::future::block_on(store.add(1));
+            (result, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.start_again();
+    let (result, waited) = waiting.join().expect("the waiting add");
+    assert_eq!(result, Ok(before + 1), "after waiting {waited:?}");
+    assert!(waited >= Duration::from_millis(1400), "{waited:?}");
+    // Found within the short pause of a waiting increment, not a doubled back-off.
+    assert!(waited < Duration::from_millis(3500), "{waited:?}");
+    assert_eq!(runtime.block_on(store.add(1)), Ok(before + 2));
+    store.shutdown();
+}
+
+/// Past the commit timeout, an outage is reported at once: increments do not pile up waiting
+/// for a PostgreSQL that stays away.
+#[tokio::test]
+async fn an_increment_held_in_an_outage_gets_unavailable_at_its_deadline() {
+    let mut pg = TestPg::start();
+    let commit_timeout = Duration::from_secs(1);
+    let store = spawn(pg.url(), commit_timeout);
+    assert!(connected(&store).await);
+    store.add(1).await.expect("add while up");
+    pg.stop();
+    assert!(wait_for(Duration::from_secs(2), || !store.is_connected()).await);
+    let started = Instant::now();
+    let held = store.add(1).await;
+    assert!(matches!(held, Err(CommitError::Unavailable(_))), "{held:?}");
+    assert!(started.elapsed() <= commit_timeout + Duration::from_millis(300));
+    // The outage is now older than the commit timeout.
+    tokio::time::sleep(commit_timeout).await;
+    let started = Instant::now();
+    assert!(matches!(
+        store.add(1).await,
+        Err(CommitError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    store.shutdown();
+}
+
 #[tokio::test]
 async fn an_update_blocked_past_the_commit_timeout_is_a_timeout_not_ok() {
     let pg = TestPg::start();

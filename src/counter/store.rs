@@ -32,7 +32,8 @@
 //! and so is every later `add`, without touching the row, until a read finds the row back at or
 //! above that count (README.md, "Operations", "When the counter row goes backwards").
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnect back-off: doubles from the first to the last value after each failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between connection attempts while an increment waits for one (held in
+/// an outage, or in doubt): a restarted PostgreSQL is found within this once it is back,
+/// rather than up to [`BACKOFF_MAX`] later, past the increment's deadline.
+const BACKOFF_WHILE_WAITING: Duration = Duration::from_millis(200);
 /// How long a closing connection may take to say goodbye (Terminate) to the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -364,16 +369,18 @@ struct Counters {
 type Reply = oneshot::Sender<Result<Committed, CommitError>>;
 
 enum Request {
-    Add {
-        /// The unkeyed increments' sum.
-        delta: i64,
-        /// Unique keys; empty for most batches, which then run the plain [`ADD`].
-        keyed: Vec<KeyedIncrement>,
-        /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
-        deadline: Instant,
-        reply: Reply,
-    },
+    Add(Add),
     Shutdown,
+}
+
+struct Add {
+    /// The unkeyed increments' sum.
+    delta: i64,
+    /// Unique keys; empty for most batches, which then run the plain [`ADD`].
+    keyed: Vec<KeyedIncrement>,
+    /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
+    deadline: Instant,
+    reply: Reply,
 }
 
 /// Starts the `tally-store` thread (pinned to `config.cpu` if set) and returns at once; it
@@ -436,12 +443,12 @@ impl StoreHandle {
             return Err(CommitError::InvalidDelta(bad.by));
         }
         let (reply, answer) = oneshot::channel();
-        let request = Request::Add {
+        let request = Request::Add(Add {
             delta,
             keyed,
             deadline: Instant::now() + self.shared.commit_timeout,
             reply,
-        };
+        });
         if self.requests.send(request).is_err() {
             return Err(CommitError::Unavailable("the store has shut down".into()));
         }
@@ -556,6 +563,8 @@ fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, shared: &Sha
         in_doubt: Cell::new(None),
         instance_upkeep_at: Cell::new(Instant::now() + INSTANCE_TOUCH_INTERVAL),
         sweep: Cell::new(Sweep::default()),
+        outage_since: Cell::new(None),
+        held: RefCell::new(VecDeque::new()),
     };
     runtime.block_on(store.run());
 }
@@ -597,7 +606,7 @@ enum Settled {
 }
 
 fn refuse_until_shutdown(queue: &flume::Receiver<Request>, reason: &str, stats: &Counters) {
-    while let Ok(Request::Add { reply, .. }) = queue.recv() {
+    while let Ok(Request::Add(Add { reply, .. })) = queue.recv() {
         stats
             .commit_errors_unavailable
             .fetch_add(1, Ordering::Relaxed);
@@ -698,6 +707,14 @@ struct Store<'a> {
     instance_upkeep_at: Cell<Instant>,
     /// Where the sweep of expired keys stands.
     sweep: Cell<Sweep>,
+    /// When the connection that served was lost; `None` while connected, and before the first
+    /// connection (a database never reached is a configuration error: refused at once).
+    outage_since: Cell<Option<Instant>>,
+    /// Increments received during an outage younger than the commit timeout: they wait for the
+    /// reconnection (a PostgreSQL restart takes well under the timeout) instead of failing at
+    /// once, and are sent, in order, before anything else on the new connection. Each is
+    /// answered `Unavailable` at its deadline, or when the outage outlasts the commit timeout.
+    held: RefCell<VecDeque<Add>>,
 }
 
 impl Store<'_> {
@@ -705,6 +722,10 @@ impl Store<'_> {
         self.connect_and_serve().await;
         if let Some(batch) = self.in_doubt.take() {
             self.answer_in_doubt(batch);
+        }
+        self.last_error = "the store has shut down".into();
+        for add in self.held.take() {
+            self.refuse(add);
         }
     }
 
@@ -725,7 +746,7 @@ impl Store<'_> {
                     // GET right after /ready turned 200 could still get 503.
                     if !self.refresh(&connection).await {
                         connection.abandon();
-                        let pause = tokio::time::sleep(backoff);
+                        let pause = tokio::time::sleep(self.pause(backoff));
                         if self.refusing_requests_during(pause).await.is_none() {
                             return;
                         }
@@ -735,7 +756,7 @@ impl Store<'_> {
                     if let Err(error) = self.settle_in_doubt(&connection).await {
                         log::warn!("settling an in-doubt batch: {error}; reconnecting");
                         connection.abandon();
-                        let pause = tokio::time::sleep(backoff);
+                        let pause = tokio::time::sleep(self.pause(backoff));
                         if self.refusing_requests_during(pause).await.is_none() {
                             return;
                         }
@@ -743,6 +764,7 @@ impl Store<'_> {
                         continue;
                     }
                     backoff = BACKOFF_FIRST;
+                    self.outage_since.set(None);
                     self.shared.connected.store(true, Ordering::Release);
                     log::info!("connected to PostgreSQL");
                     let served = self.serve(connection).await;
@@ -750,6 +772,7 @@ impl Store<'_> {
                     match served {
                         Served::ShutDown => return,
                         Served::Lost => {
+                            self.outage_since.set(Some(Instant::now()));
                             self.shared
                                 .stats
                                 .disconnects
@@ -767,7 +790,7 @@ impl Store<'_> {
                         log::warn!("cannot connect to PostgreSQL (retrying): {error}");
                     }
                     self.last_error = error;
-                    let pause = tokio::time::sleep(backoff);
+                    let pause = tokio::time::sleep(self.pause(backoff));
                     if self.refusing_requests_during(pause).await.is_none() {
                         return;
                     }
@@ -777,32 +800,90 @@ impl Store<'_> {
         }
     }
 
-    /// Runs `work` while answering every `add` with `Unavailable`, and an in-doubt batch with
-    /// its unknown outcome once its deadline passes; `None` on shutdown.
+    /// The pause before the next connection attempt: `backoff`, or at most
+    /// [`BACKOFF_WHILE_WAITING`] while an increment waits for a connection.
+    fn pause(&self, backoff: Duration) -> Duration {
+        let waiting = self.in_doubt_deadline().is_some()
+            || !self.held.borrow().is_empty()
+            || self.holding_until().is_some();
+        if waiting {
+            backoff.min(BACKOFF_WHILE_WAITING)
+        } else {
+            backoff
+        }
+    }
+
+    /// While the outage is younger than the commit timeout: when it stops being.
+    fn holding_until(&self) -> Option<Instant> {
+        let until = self.outage_since.get()? + self.config.commit_timeout;
+        (Instant::now() < until).then_some(until)
+    }
+
+    /// Runs `work` while holding each `add` that arrives during a young outage (see
+    /// [`Store::held`]) and answering the others with `Unavailable`; answers an in-doubt batch
+    /// with its unknown outcome, and a held `add` with `Unavailable`, once its deadline passes
+    /// (or the outage outlasts the commit timeout); `None` on shutdown.
     async fn refusing_requests_during<F: Future>(&self, work: F) -> Option<F::Output> {
         tokio::pin!(work);
         loop {
             let in_doubt_deadline = self.in_doubt_deadline();
+            let holding_until = self.holding_until();
+            let held_deadline = self.held.borrow().iter().map(|add| add.deadline).min();
+            // The next moment something is due: the in-doubt batch's or a held add's deadline,
+            // or the end of the holding (which then refuses every held add).
+            let next_due = [
+                in_doubt_deadline,
+                held_deadline.and(holding_until),
+                held_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 output = &mut work => return Some(output),
-                _ = sleep_until_some(in_doubt_deadline) => {
-                    if let Some(batch) = self.in_doubt.take() {
-                        self.answer_in_doubt(batch);
+                _ = sleep_until_some(next_due) => {
+                    if in_doubt_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        if let Some(batch) = self.in_doubt.take() {
+                            self.answer_in_doubt(batch);
+                        }
                     }
+                    self.refuse_held_past_due();
                 }
                 request = self.queue.recv_async() => match request {
-                    Ok(Request::Add { reply, .. }) => {
-                        self.shared
-                            .stats
-                            .commit_errors_unavailable
-                            .fetch_add(1, Ordering::Relaxed);
-                        let reason = self.last_error.clone();
-                        let _ = reply.send(Err(CommitError::Unavailable(reason)));
+                    Ok(Request::Add(add)) if self.holding_until().is_some() => {
+                        self.held.borrow_mut().push_back(add);
                     }
+                    Ok(Request::Add(add)) => self.refuse(add),
                     Ok(Request::Shutdown) | Err(_) => return None,
                 },
             }
         }
+    }
+
+    /// Answers `Unavailable` to the held adds whose deadline passed, and to all of them once
+    /// the outage is older than the commit timeout.
+    fn refuse_held_past_due(&self) {
+        let holding = self.holding_until().is_some();
+        let now = Instant::now();
+        let (due, kept): (VecDeque<Add>, VecDeque<Add>) = self
+            .held
+            .take()
+            .into_iter()
+            .partition(|add| !holding || now >= add.deadline);
+        *self.held.borrow_mut() = kept;
+        for add in due {
+            self.refuse(add);
+        }
+    }
+
+    /// Nothing was sent: known not applied.
+    fn refuse(&self, add: Add) {
+        self.shared
+            .stats
+            .commit_errors_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        let reason = self.last_error.clone();
+        let _ = add.reply.send(Err(CommitError::Unavailable(reason)));
     }
 
     async fn serve(&mut self, mut connection: Connection) -> Served {
@@ -811,6 +892,15 @@ impl Store<'_> {
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // What waited for this connection goes first, in the order it arrived.
+            let held = self.held.borrow_mut().pop_front();
+            if let Some(add) = held {
+                if !self.run_add(&connection, add).await {
+                    connection.abandon();
+                    return Served::Lost;
+                }
+                continue;
+            }
             // Biased: a dead connection is noticed first, and a waiting commit goes before a
             // refresh (commits return the row's count anyway).
             tokio::select! {
@@ -821,23 +911,10 @@ impl Store<'_> {
                     return Served::Lost;
                 }
                 request = self.queue.recv_async() => match request {
-                    Ok(Request::Add { delta, keyed, deadline, reply }) => {
-                        let id = self.next_batch_id.get();
-                        self.next_batch_id.set(id.wrapping_add(1));
-                        match self.commit(&connection, id, delta, &keyed, deadline).await {
-                            Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => {
-                                log::warn!(
-                                    "increment by {delta} (batch {id}) in doubt: {why}; \
-                                     reconnecting to settle it"
-                                );
-                                self.in_doubt.set(Some(InDoubt {
-                                    id, delta, keyed, deadline, reply, why,
-                                }));
-                                // Its state is unknown (a statement may still be running).
-                                connection.abandon();
-                                return Served::Lost;
-                            }
-                            result => self.answer(delta, reply, result),
+                    Ok(Request::Add(add)) => {
+                        if !self.run_add(&connection, add).await {
+                            connection.abandon();
+                            return Served::Lost;
                         }
                     }
                     Ok(Request::Shutdown) | Err(_) => {
@@ -860,6 +937,39 @@ impl Store<'_> {
                     Some(true) => prune.reset_immediately(),
                     Some(false) => {}
                 },
+            }
+        }
+    }
+
+    /// Commits `add` and answers it; false when its outcome is in doubt, to be settled on a new
+    /// connection (its state is unknown: a statement may still be running on this one).
+    async fn run_add(&self, connection: &Connection, add: Add) -> bool {
+        let Add {
+            delta,
+            keyed,
+            deadline,
+            reply,
+        } = add;
+        let id = self.next_batch_id.get();
+        self.next_batch_id.set(id.wrapping_add(1));
+        match self.commit(connection, id, delta, &keyed, deadline).await {
+            Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => {
+                log::warn!(
+                    "increment by {delta} (batch {id}) in doubt: {why}; reconnecting to settle it"
+                );
+                self.in_doubt.set(Some(InDoubt {
+                    id,
+                    delta,
+                    keyed,
+                    deadline,
+                    reply,
+                    why,
+                }));
+                false
+            }
+            result => {
+                self.answer(delta, reply, result);
+                true
             }
         }
     }
