@@ -65,9 +65,9 @@ for mode in $MODES; do
         sleep 0.1
     done
     url="http://127.0.0.1:$PORT/api/v1/counter"
-    wrk -t1 -c32 -d"${DURATION}s" "$url" -s bench/statuses.lua >"$OUT/pg-restart-$mode-plain.txt" &
+    wrk -t1 -c32 -d"${DURATION}s" --timeout 10s "$url" -s bench/statuses.lua >"$OUT/pg-restart-$mode-plain.txt" &
     plain=$!
-    wrk -t1 -c32 -d"${DURATION}s" "$url" -s bench/statuses.lua -- keyed >"$OUT/pg-restart-$mode-keyed.txt" &
+    wrk -t1 -c32 -d"${DURATION}s" --timeout 10s "$url" -s bench/statuses.lua -- keyed >"$OUT/pg-restart-$mode-keyed.txt" &
     keyed=$!
     sleep "$RESTART_AT"
     started=$(date +%s.%N)
