@@ -37,6 +37,7 @@ NGINX_PORT=${NGINX_PORT:-18081}
 OUT=bench/out
 WORKLOADS=${*:-health nginx kv counter}
 RELOAD_PAIRS=${RELOAD_PAIRS:-10000000}
+KEYED_RETENTION=${KEYED_RETENTION:-1}
 
 mapfile -t CPUS < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
 if [ "${#CPUS[@]}" -lt 2 ]; then
@@ -110,7 +111,8 @@ PY
 start_tally() { # name, extra args...
     local name=$1
     shift
-    taskset -c "$SERVER_CPU" "$RUN_BIN" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/data" \
+    # A baseline keeps its own data directory: an older build may keep another schema.
+    taskset -c "$SERVER_CPU" "$RUN_BIN" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/${TAG}data" \
         --log "${LOG_LEVEL:-warn}" "$@" >"$OUT/tally-$name.log" 2>&1 &
     TALLY_PID=$!
     PIDS+=("$TALLY_PID")
@@ -146,7 +148,6 @@ tally_workloads() {
         if [[ " $WORKLOADS " == *" counter "* ]]; then
             load "${TAG}tally-counter-post" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
             CONNS=$CONNECTIONS_HIGH load "${TAG}tally-counter-post-${CONNECTIONS_HIGH}c" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
-            CONNS=$CONNECTIONS_HIGH load "${TAG}tally-counter-post-keyed-${CONNECTIONS_HIGH}c" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/keyed.lua
             curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/${TAG}metrics-counter.txt"
             load "${TAG}tally-counter-get" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter"
         fi
@@ -155,6 +156,15 @@ tally_workloads() {
             # shellcheck disable=SC2086
             start_tally batch1 --max-batch 1 $RUN_ARGS
             load "${TAG}tally-counter-post-batch-1" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/pipeline.lua -- 1 POST
+            stop_tally
+            # A fresh key per request, on an instance whose keys expire after KEYED_RETENTION
+            # seconds (default 1): the sweep then deletes keys as fast as the load adds them,
+            # the steady state of a deployment one retention old, instead of a table that only
+            # grows across rounds. KEYED_RETENTION=86400 measures the filling phase.
+            # shellcheck disable=SC2086
+            start_tally keyed --idempotency-retention-secs "$KEYED_RETENTION" $RUN_ARGS
+            CONNS=$CONNECTIONS_HIGH load "${TAG}tally-counter-post-keyed-${CONNECTIONS_HIGH}c" "$TALLY_PID" "http://127.0.0.1:$PORT/api/v1/counter" -s bench/keyed.lua
+            curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/${TAG}metrics-keyed.txt"
             stop_tally
         fi
     fi

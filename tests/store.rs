@@ -262,6 +262,71 @@ async fn a_stopped_postgres_fails_adds_and_is_reconnected_to_when_back() {
     store.shutdown();
 }
 
+/// A restart of PostgreSQL shorter than the commit timeout costs no increment: one sent while
+/// it is down waits for the reconnection and commits then (README.md, "API": 503 only when
+/// PostgreSQL stays away past the commit timeout).
+#[test]
+fn an_increment_sent_while_postgres_restarts_waits_for_it_and_commits() {
+    let mut pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    assert!(runtime.block_on(connected(&store)));
+    let before = runtime.block_on(store.add(1)).expect("add while up");
+
+    pg.stop();
+    assert!(runtime.block_on(wait_for(Duration::from_secs(2), || !store.is_connected())));
+    let waiting = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = futures_lite::future::block_on(store.add(1));
+            (result, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.start_again();
+    let (result, waited) = waiting.join().expect("the waiting add");
+    assert_eq!(result, Ok(before + 1), "after waiting {waited:?}");
+    assert!(waited >= Duration::from_millis(1400), "{waited:?}");
+    // Found within the short pause of a waiting increment, not a doubled back-off.
+    assert!(waited < Duration::from_millis(3500), "{waited:?}");
+    assert_eq!(runtime.block_on(store.add(1)), Ok(before + 2));
+    store.shutdown();
+}
+
+/// Past the commit timeout, an outage is reported at once: increments do not pile up waiting
+/// for a PostgreSQL that stays away.
+#[tokio::test]
+async fn an_increment_held_in_an_outage_gets_unavailable_at_its_deadline() {
+    let mut pg = TestPg::start();
+    let commit_timeout = Duration::from_secs(1);
+    let store = spawn(pg.url(), commit_timeout);
+    assert!(connected(&store).await);
+    store.add(1).await.expect("add while up");
+    pg.stop();
+    assert!(wait_for(Duration::from_secs(2), || !store.is_connected()).await);
+    let started = Instant::now();
+    let held = store.add(1).await;
+    assert!(matches!(held, Err(CommitError::Unavailable(_))), "{held:?}");
+    assert!(started.elapsed() <= commit_timeout + Duration::from_millis(300));
+    // The outage is now older than the commit timeout.
+    tokio::time::sleep(commit_timeout).await;
+    let started = Instant::now();
+    assert!(matches!(
+        store.add(1).await,
+        Err(CommitError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    store.shutdown();
+}
+
 #[tokio::test]
 async fn an_update_blocked_past_the_commit_timeout_is_a_timeout_not_ok() {
     let pg = TestPg::start();
@@ -595,7 +660,7 @@ async fn a_database_of_the_previous_schema_is_taken_over_with_its_count_and_keys
 }
 
 /// An expired key the prune has not reached yet is counted again, with its new `by`, and its
-/// row renewed (the upsert path; 50,000 older keys keep the prune busy elsewhere).
+/// row renewed (the upsert path; the sweep reaches 50,000 older keys' pages only slowly).
 #[tokio::test]
 async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
     let pg = TestPg::start();
@@ -630,7 +695,8 @@ async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
 }
 
 /// The prune runs every quarter second on the connection that commits: with nothing expired it
-/// must be an index probe, whatever the table's size and statistics (a young table has none).
+/// must not read the table, whatever its size and statistics (a young table has none). The
+/// sweep reads 50,000 fresh keys' pages once per 6 hours at the default retention.
 #[tokio::test]
 async fn pruning_with_nothing_expired_does_not_scan_the_keys_table() {
     let pg = TestPg::start();
@@ -660,6 +726,54 @@ async fn pruning_with_nothing_expired_does_not_scan_the_keys_table() {
         scans().await,
         before,
         "a prune read the keys table row by row"
+    );
+    store.shutdown();
+}
+
+/// The keyed statement's plan is cached once it has run a few times, here while the keys
+/// table is nearly empty; it must still find keys through the primary key once the table has
+/// grown, not read the table.
+#[tokio::test]
+async fn a_keyed_batch_probes_the_keys_index_even_when_its_plan_was_made_on_an_empty_table() {
+    let pg = TestPg::start();
+    let store = spawn(pg.url(), Duration::from_secs(5));
+    assert!(connected(&store).await);
+    for n in 0..10 {
+        let batch = vec![keyed(&format!("early-{n}"), 1), keyed("also", 1)];
+        store
+            .add_batch(0, batch)
+            .await
+            .expect("a batch on a young table");
+    }
+    let sql = pg.client().await;
+    sql.batch_execute(
+        "INSERT INTO tally_idempotency (key, by, count, batch_id) \
+         SELECT 'k' || n, 1, n, 1 FROM generate_series(1, 50000) n",
+    )
+    .await
+    .expect("more keys");
+    let rows_read = || async {
+        sql.query_one(
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_idempotency'",
+            &[],
+        )
+        .await
+        .expect("table statistics")
+        .get::<_, i64>(0)
+    };
+    // Statistics reach the view within a second or so of a backend going idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = rows_read().await;
+    for n in 0..10 {
+        let batch = vec![keyed(&format!("late-{n}"), 1), keyed("k7", 1)];
+        let committed = store.add_batch(0, batch).await.expect("a batch");
+        assert_eq!(committed.keyed[1], KeyOutcome::Replayed(7));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let read = rows_read().await - before;
+    assert!(
+        read < 1000,
+        "keyed batches read {read} rows of the keys table"
     );
     store.shutdown();
 }

@@ -27,9 +27,11 @@ mod batching_tests;
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{
@@ -409,8 +411,9 @@ pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
 /// delta. A batch repeating a key already taken starts the next transaction.
 fn next_transaction(queue: &VecDeque<CoreBatch>, max_batch: usize) -> (usize, u32, i64) {
     let (mut take, mut requests, mut delta) = (0, 0u32, 0i64);
-    // Allocates only when a batch has keys.
-    let mut keys: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // Allocates only when a batch has keys, and then once.
+    let key_count = queue.iter().map(|b| b.keyed.len()).sum();
+    let mut keys: HashSet<&str> = HashSet::with_capacity(key_count);
     for batch in queue {
         let over = max_batch > 0 && (requests + batch.requests) as usize > max_batch;
         let repeats_a_key = batch.keyed.iter().any(|k| keys.contains(&*k.key));
@@ -432,6 +435,10 @@ struct Batch {
     delta: Cell<i64>,
     /// Keyed increments, no key twice; a [`KeyedTicket`] holds its index here.
     keyed: RefCell<Vec<KeyedIncrement>>,
+    /// A hash of each key in `keyed`, so a repeat is found without comparing against every
+    /// key of the batch: that scan made a core's batch of n keys cost n^2/2 comparisons
+    /// (~1 us per key at the 100-250 keys a core gathers per pass under 256 connections).
+    key_hashes: RefCell<HashSet<u64>>,
     result: RefCell<Option<BatchReply>>,
     waiters: RefCell<Vec<Waker>>,
 }
@@ -443,6 +450,15 @@ impl Batch {
             waker.wake();
         }
     }
+}
+
+/// The key's hash for [`Batch::key_hashes`] (SipHash, keyed per process: a client cannot
+/// choose keys that collide on purpose; a collision only costs a comparison).
+fn key_hash(key: &str) -> u64 {
+    thread_local! {
+        static KEY_HASHER: RandomState = RandomState::new();
+    }
+    KEY_HASHER.with(|hasher| hasher.hash_one(key))
 }
 
 /// A core's side of the counter; lives on that core only.
@@ -500,9 +516,11 @@ impl CounterCore {
     /// the key). The ticket resolves once the batch committed: counted, replayed or mismatch.
     pub fn increment_keyed(&self, by: i64, key: &str) -> KeyedTicket {
         let mut open = self.open.borrow_mut();
+        let hash = key_hash(key);
         let has_room = open.last().is_some_and(|b| {
             (self.max_batch == 0 || (b.requests.get() as usize) < self.max_batch)
-                && !b.keyed.borrow().iter().any(|k| &*k.key == key)
+                && !(b.key_hashes.borrow().contains(&hash)
+                    && b.keyed.borrow().iter().any(|k| &*k.key == key))
         });
         if !has_room {
             open.push(Rc::new(Batch::default()));
@@ -511,6 +529,7 @@ impl CounterCore {
             unreachable!("a batch was just pushed");
         };
         batch.requests.set(batch.requests.get() + 1);
+        batch.key_hashes.borrow_mut().insert(hash);
         let mut keyed = batch.keyed.borrow_mut();
         let index = keyed.len();
         keyed.push(KeyedIncrement {
@@ -565,6 +584,8 @@ impl CounterCore {
                 // The tickets keep only their index: the keys themselves move on.
                 keyed: std::mem::take(&mut *batch.keyed.borrow_mut()),
             };
+            // The batch is closed: nothing joins it any more.
+            drop(batch.key_hashes.take());
             match to_owner.as_ref().map(|tx| tx.send(msg)) {
                 Some(Ok(())) => self.in_flight.borrow_mut().push_back(batch),
                 _ => batch.resolve(Err(CommitError::Unavailable(
