@@ -472,7 +472,7 @@ impl EmbeddedPostgres {
                 return Ok(child);
             }
             if stop.load(Ordering::SeqCst) {
-                stop_child(child, libc::SIGINT, STOP_TIMEOUT)?;
+                stop_unready_child(child)?;
                 return Err(StartFailure::Other(EmbeddedError::Interrupted));
             }
             if Instant::now() >= deadline {
@@ -557,6 +557,48 @@ fn stop_child(
     let _ = child.wait();
     Err(EmbeddedError::StopTimeout {
         seconds: timeout.as_secs(),
+    })
+}
+
+/// How long a postmaster stopped before it was ready gets for its fast shutdown before it is
+/// told to shut down immediately.
+const UNREADY_FAST_STOP: Duration = Duration::from_secs(5);
+
+/// Stops a postmaster that has not become ready (a stop request during start-up): a fast
+/// shutdown, then, if it has not ended after [`UNREADY_FAST_STOP`], an immediate one
+/// (SIGQUIT), then SIGKILL at [`STOP_TIMEOUT`]. A server that never accepted a connection
+/// has nothing an immediate shutdown could lose (the next start replays its WAL). Twice in a
+/// fresh clone's full test run, under the load of the other tests starting clusters, a
+/// postmaster signalled this early outlived the whole 30 s of a fast shutdown, which a
+/// second signal of another kind ends.
+fn stop_unready_child(child: Child) -> Result<(), EmbeddedError> {
+    stop_unready_child_within(child, UNREADY_FAST_STOP)
+}
+
+fn stop_unready_child_within(mut child: Child, fast_stop: Duration) -> Result<(), EmbeddedError> {
+    signal(&child, libc::SIGINT);
+    let started = Instant::now();
+    let mut escalated = false;
+    while started.elapsed() < STOP_TIMEOUT {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => std::thread::sleep(POLL_INTERVAL),
+            Err(_) => break,
+        }
+        if !escalated && started.elapsed() >= fast_stop {
+            log::warn!(
+                "PostgreSQL (pid {}) did not stop within {fast_stop:?} of a fast shutdown \
+                 during its start-up; shutting it down immediately",
+                child.id()
+            );
+            signal(&child, libc::SIGQUIT);
+            escalated = true;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(EmbeddedError::StopTimeout {
+        seconds: STOP_TIMEOUT.as_secs(),
     })
 }
 
@@ -828,6 +870,26 @@ fn last_lines(text: &str, count: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process that ignores the fast-shutdown signal is shut down by the next one, well
+    /// before the stop timeout.
+    #[test]
+    fn an_unready_server_that_ignores_a_fast_shutdown_is_stopped_immediately() {
+        let child = Command::new("sh")
+            .args(["-c", "trap '' INT; while :; do sleep 0.05; done"])
+            .spawn()
+            .expect("sh");
+        // Let the shell install its trap first.
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let stopped = stop_unready_child_within(child, Duration::from_millis(300));
+        assert!(stopped.is_ok(), "{stopped:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn no_binaries_error_says_how_to_fix_it() {
