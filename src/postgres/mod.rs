@@ -311,6 +311,7 @@ impl EmbeddedPostgres {
         if let Some(user) = &self.run_as {
             command.uid(user.uid).gid(user.gid);
         }
+        default_stop_signals(&mut command);
         command
     }
 
@@ -567,10 +568,9 @@ const UNREADY_FAST_STOP: Duration = Duration::from_secs(5);
 /// Stops a postmaster that has not become ready (a stop request during start-up): a fast
 /// shutdown, then, if it has not ended after [`UNREADY_FAST_STOP`], an immediate one
 /// (SIGQUIT), then SIGKILL at [`STOP_TIMEOUT`]. A server that never accepted a connection
-/// has nothing an immediate shutdown could lose (the next start replays its WAL). Twice in a
-/// fresh clone's full test run, under the load of the other tests starting clusters, a
-/// postmaster signalled this early outlived the whole 30 s of a fast shutdown, which a
-/// second signal of another kind ends.
+/// has nothing an immediate shutdown could lose (the next start replays its WAL). The signal
+/// comes right after the spawn, in the postmaster's first moments, where any loss of it
+/// (see [`default_stop_signals`] for the one found) would otherwise cost the whole 30 s.
 fn stop_unready_child(child: Child) -> Result<(), EmbeddedError> {
     stop_unready_child_within(child, UNREADY_FAST_STOP)
 }
@@ -616,6 +616,26 @@ fn memory_file(name: &std::ffi::CStr) -> io::Result<File> {
 
 /// The child gets `signal` when the thread that spawned it ends (PR_SET_PDEATHSIG), even if
 /// tally is SIGKILLed.
+/// The signals tally stops its PostgreSQL programs with start at their default action in the
+/// child, whatever tally inherited. An ignored signal stays ignored across `exec` (std resets
+/// only SIGPIPE and the mask), and a shell starts every background command (`tally &` in a
+/// script) with SIGINT and SIGQUIT ignored: a fast-shutdown request that reached a postmaster
+/// before it installed its own handler was then dropped, and the postmaster ran on until the
+/// 30 s stop timeout killed it (seen as a flaky test when the suite ran in the background).
+fn default_stop_signals(command: &mut Command) {
+    // SAFETY: the closure only calls signal(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            for stop in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                if libc::signal(stop, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 fn die_with_parent(command: &mut Command, signal: libc::c_int) {
     // SAFETY: getpid is async-signal-safe; the closure below only calls prctl and getppid
     // (both async-signal-safe) and builds an io::Error from an errno without allocating.
@@ -875,10 +895,12 @@ mod tests {
     /// before the stop timeout.
     #[test]
     fn an_unready_server_that_ignores_a_fast_shutdown_is_stopped_immediately() {
-        let child = Command::new("sh")
-            .args(["-c", "trap '' INT; while :; do sleep 0.05; done"])
-            .spawn()
-            .expect("sh");
+        let mut command = Command::new("sh");
+        command.args(["-c", "trap '' INT; while :; do sleep 0.05; done"]);
+        // The test's own SIGQUIT may be ignored (a background job of a shell), and a shell
+        // cannot trap or reset a signal ignored on entry.
+        default_stop_signals(&mut command);
+        let child = command.spawn().expect("sh");
         // Let the shell install its trap first.
         std::thread::sleep(Duration::from_millis(200));
         let started = Instant::now();
@@ -889,6 +911,33 @@ mod tests {
             "took {:?}",
             started.elapsed()
         );
+    }
+
+    /// A PostgreSQL program starts with the stop signals at their default action even when
+    /// tally was started with them ignored (as `tally &` in a script does).
+    #[test]
+    fn programs_start_with_the_stop_signals_at_their_default_action() {
+        let mut command = Command::new("sh");
+        // SigIgn in /proc/self/status is the mask of ignored signals (bit N-1 for signal N).
+        command
+            .args(["-c", "grep SigIgn /proc/self/status"])
+            .stdout(Stdio::piped());
+        // SAFETY: signal(2) is async-signal-safe. The child ignores them before the reset.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        default_stop_signals(&mut command);
+        let out = command.output().expect("sh");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16)
+            .expect("SigIgn mask");
+        for stop in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+            assert_eq!(mask & (1 << (stop - 1)), 0, "signal {stop} ignored: {line}");
+        }
     }
 
     #[test]
