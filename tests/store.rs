@@ -694,6 +694,27 @@ async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
     store.shutdown();
 }
 
+/// Keys `k1` ..= `k50000`, each counted once with value n, as another writer would leave them.
+async fn insert_50000_keys(sql: &tokio_postgres::Client) {
+    sql.batch_execute(
+        "INSERT INTO tally_idempotency (key, by, count, batch_id) \
+         SELECT 'k' || n, 1, n, 1 FROM generate_series(1, 50000) n",
+    )
+    .await
+    .expect("50,000 keys");
+}
+
+/// Rows sequential scans have read from the keys table so far (PostgreSQL's statistics).
+async fn keys_table_rows_read(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_idempotency'",
+        &[],
+    )
+    .await
+    .expect("table statistics")
+    .get::<_, i64>(0)
+}
+
 /// The prune runs every quarter second on the connection that commits: with nothing expired it
 /// must not read the table, whatever its size and statistics (a young table has none). The
 /// sweep reads 50,000 fresh keys' pages once per 6 hours at the default retention.
@@ -703,21 +724,8 @@ async fn pruning_with_nothing_expired_does_not_scan_the_keys_table() {
     let store = spawn(pg.url(), Duration::from_secs(5));
     assert!(connected(&store).await);
     let sql = pg.client().await;
-    sql.batch_execute(
-        "INSERT INTO tally_idempotency (key, by, count, batch_id) \
-         SELECT 'k' || n, 1, n, 1 FROM generate_series(1, 50000) n",
-    )
-    .await
-    .expect("fresh keys");
-    let scans = || async {
-        sql.query_one(
-            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_idempotency'",
-            &[],
-        )
-        .await
-        .expect("table statistics")
-        .get::<_, i64>(0)
-    };
+    insert_50000_keys(&sql).await;
+    let scans = || keys_table_rows_read(&sql);
     // Statistics reach the view within a second or so of the store's backend going idle.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = scans().await;
@@ -746,21 +754,8 @@ async fn a_keyed_batch_probes_the_keys_index_even_when_its_plan_was_made_on_an_e
             .expect("a batch on a young table");
     }
     let sql = pg.client().await;
-    sql.batch_execute(
-        "INSERT INTO tally_idempotency (key, by, count, batch_id) \
-         SELECT 'k' || n, 1, n, 1 FROM generate_series(1, 50000) n",
-    )
-    .await
-    .expect("more keys");
-    let rows_read = || async {
-        sql.query_one(
-            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_idempotency'",
-            &[],
-        )
-        .await
-        .expect("table statistics")
-        .get::<_, i64>(0)
-    };
+    insert_50000_keys(&sql).await;
+    let rows_read = || keys_table_rows_read(&sql);
     // Statistics reach the view within a second or so of a backend going idle.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = rows_read().await;
