@@ -541,17 +541,36 @@ fn lock_held_by_older_server(log_tail: &str) -> bool {
 /// Sends `signal` (SIGINT: PostgreSQL's fast shutdown) and waits up to `timeout`; past that,
 /// SIGKILL and [`EmbeddedError::StopTimeout`].
 fn stop_child(
-    mut child: Child,
+    child: Child,
     signal_number: libc::c_int,
     timeout: Duration,
 ) -> Result<(), EmbeddedError> {
+    stop_child_escalating(child, signal_number, None, timeout)
+}
+
+/// [`stop_child`], with `escalate`: if the child still runs after its delay, its signal too.
+fn stop_child_escalating(
+    mut child: Child,
+    signal_number: libc::c_int,
+    mut escalate: Option<(Duration, libc::c_int)>,
+    timeout: Duration,
+) -> Result<(), EmbeddedError> {
     signal(&child, signal_number);
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
         match child.try_wait() {
             Ok(Some(_)) => return Ok(()),
             Ok(None) => std::thread::sleep(POLL_INTERVAL),
             Err(_) => break,
+        }
+        if let Some((after, next)) = escalate.filter(|&(after, _)| started.elapsed() >= after) {
+            log::warn!(
+                "PostgreSQL (pid {}) still runs {after:?} after signal {signal_number}; sending \
+                 signal {next}",
+                child.id()
+            );
+            signal(&child, next);
+            escalate = None;
         }
     }
     let _ = child.kill();
@@ -575,31 +594,13 @@ fn stop_unready_child(child: Child) -> Result<(), EmbeddedError> {
     stop_unready_child_within(child, UNREADY_FAST_STOP)
 }
 
-fn stop_unready_child_within(mut child: Child, fast_stop: Duration) -> Result<(), EmbeddedError> {
-    signal(&child, libc::SIGINT);
-    let started = Instant::now();
-    let mut escalated = false;
-    while started.elapsed() < STOP_TIMEOUT {
-        match child.try_wait() {
-            Ok(Some(_)) => return Ok(()),
-            Ok(None) => std::thread::sleep(POLL_INTERVAL),
-            Err(_) => break,
-        }
-        if !escalated && started.elapsed() >= fast_stop {
-            log::warn!(
-                "PostgreSQL (pid {}) did not stop within {fast_stop:?} of a fast shutdown \
-                 during its start-up; shutting it down immediately",
-                child.id()
-            );
-            signal(&child, libc::SIGQUIT);
-            escalated = true;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    Err(EmbeddedError::StopTimeout {
-        seconds: STOP_TIMEOUT.as_secs(),
-    })
+fn stop_unready_child_within(child: Child, fast_stop: Duration) -> Result<(), EmbeddedError> {
+    stop_child_escalating(
+        child,
+        libc::SIGINT,
+        Some((fast_stop, libc::SIGQUIT)),
+        STOP_TIMEOUT,
+    )
 }
 
 /// An anonymous file in memory (`memfd_create`), gone when its last descriptor closes.
@@ -614,8 +615,6 @@ fn memory_file(name: &std::ffi::CStr) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// The child gets `signal` when the thread that spawned it ends (PR_SET_PDEATHSIG), even if
-/// tally is SIGKILLed.
 /// The signals tally stops its PostgreSQL programs with start at their default action in the
 /// child, whatever tally inherited. An ignored signal stays ignored across `exec` (std resets
 /// only SIGPIPE and the mask), and a shell starts every background command (`tally &` in a
@@ -626,7 +625,7 @@ fn default_stop_signals(command: &mut Command) {
     // SAFETY: the closure only calls signal(2), which is async-signal-safe.
     unsafe {
         command.pre_exec(|| {
-            for stop in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+            for stop in STOP_SIGNALS {
                 if libc::signal(stop, libc::SIG_DFL) == libc::SIG_ERR {
                     return Err(io::Error::last_os_error());
                 }
@@ -636,6 +635,11 @@ fn default_stop_signals(command: &mut Command) {
     }
 }
 
+/// What [`default_stop_signals`] resets.
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP];
+
+/// The child gets `signal` when the thread that spawned it ends (PR_SET_PDEATHSIG), even if
+/// tally is SIGKILLed.
 fn die_with_parent(command: &mut Command, signal: libc::c_int) {
     // SAFETY: getpid is async-signal-safe; the closure below only calls prctl and getppid
     // (both async-signal-safe) and builds an io::Error from an errno without allocating.
@@ -935,7 +939,7 @@ mod tests {
         let line = String::from_utf8_lossy(&out.stdout);
         let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16)
             .expect("SigIgn mask");
-        for stop in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+        for stop in STOP_SIGNALS {
             assert_eq!(mask & (1 << (stop - 1)), 0, "signal {stop} ignored: {line}");
         }
     }
