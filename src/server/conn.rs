@@ -9,6 +9,7 @@
 //! answered after their commit; responses keep request order (RFC 9112 §9.3.2). Writes have a
 //! deadline; closes after an answer linger; an idle connection gives grown buffers back.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -682,26 +683,30 @@ pub async fn refuse<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
         return;
     }
     drop((out, body));
-    let lingering = &ctx.lingering_refusals;
-    if lingering.get() >= MAX_LINGERING_REFUSALS {
+    let Some(_lingering) = LingeringRefusal::enter(&ctx.lingering_refusals) else {
         return;
-    }
-    lingering.set(lingering.get() + 1);
-    let _lingering = scopeguard(|| lingering.set(lingering.get() - 1));
+    };
     let mut discard = take_read_buffer(&ctx);
     let _ = linger(&mut stream, &mut discard).await;
     give_read_buffer(&ctx, discard);
 }
 
-/// Runs `f` when dropped (also when the task owning it is dropped at shutdown).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
+/// A refused connection counted as lingering while this lives (also when its task is dropped
+/// at shutdown).
+struct LingeringRefusal<'a>(&'a Cell<usize>);
+
+impl<'a> LingeringRefusal<'a> {
+    /// `None` when [`MAX_LINGERING_REFUSALS`] already linger.
+    fn enter(lingering: &'a Cell<usize>) -> Option<Self> {
+        (lingering.get() < MAX_LINGERING_REFUSALS).then(|| {
+            lingering.set(lingering.get() + 1);
+            LingeringRefusal(lingering)
+        })
     }
-    Guard(Some(f))
+}
+
+impl Drop for LingeringRefusal<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
