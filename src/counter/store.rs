@@ -606,11 +606,20 @@ enum Settled {
 }
 
 fn refuse_until_shutdown(queue: &flume::Receiver<Request>, reason: &str, stats: &Counters) {
-    while let Ok(Request::Add(Add { reply, .. })) = queue.recv() {
+    while let Ok(Request::Add(add)) = queue.recv() {
+        add.refuse(reason, stats);
+    }
+}
+
+impl Add {
+    /// Answers `Unavailable` with `reason`, counted in the store's metrics.
+    fn refuse(self, reason: &str, stats: &Counters) {
         stats
             .commit_errors_unavailable
             .fetch_add(1, Ordering::Relaxed);
-        let _ = reply.send(Err(CommitError::Unavailable(reason.to_owned())));
+        let _ = self
+            .reply
+            .send(Err(CommitError::Unavailable(reason.to_owned())));
     }
 }
 
@@ -878,12 +887,7 @@ impl Store<'_> {
 
     /// Nothing was sent: known not applied.
     fn refuse(&self, add: Add) {
-        self.shared
-            .stats
-            .commit_errors_unavailable
-            .fetch_add(1, Ordering::Relaxed);
-        let reason = self.last_error.clone();
-        let _ = add.reply.send(Err(CommitError::Unavailable(reason)));
+        add.refuse(&self.last_error, &self.shared.stats);
     }
 
     async fn serve(&mut self, mut connection: Connection) -> Served {
