@@ -6,6 +6,8 @@
 #   bench/idle_memory.sh            # CONNECTIONS=10000, IO_PATHS="uring glommio"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 CONNECTIONS=${CONNECTIONS:-10000}
 IO_PATHS=${IO_PATHS:-uring glommio}
 PORT=${PORT:-18085}
@@ -23,10 +25,7 @@ for io in $IO_PATHS; do
         target/release/tally --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$DATA" --io "$io" \
             --log warn --max-connections-per-core $((CONNECTIONS + 100)) >"$DATA/tally.log" 2>&1 &
         PID=$!
-        for _ in $(seq 1 300); do
-            curl -fsS -o /dev/null "http://127.0.0.1:$PORT/api/v1/system/health" 2>/dev/null && break
-            sleep 0.1
-        done
+        wait_http "http://127.0.0.1:$PORT/api/v1/system/health"
         sleep 1
         echo -n "--io $io: "
         python3 bench/idle_memory.py "$PORT" "$PID" "$CONNECTIONS" $mode

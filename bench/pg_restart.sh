@@ -13,6 +13,8 @@
 # metrics. wrk's -d bounds each run; the restarted server is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 MODES=${MODES:-fast immediate}
 DURATION=${DURATION:-20}
@@ -60,10 +62,7 @@ for mode in $MODES; do
     PGDATA_DIR=$data/pg
     "$BIN" --listen "127.0.0.1:$PORT" --data-dir "$data" --log info >"$OUT/pg-restart-$mode.log" 2>&1 &
     TALLY_PID=$!
-    for _ in $(seq 1 300); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$PORT/api/v1/system/ready" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_http "http://127.0.0.1:$PORT/api/v1/system/ready"
     url="http://127.0.0.1:$PORT/api/v1/counter"
     wrk -t1 -c32 -d"${DURATION}s" --timeout 10s "$url" -s bench/statuses.lua >"$OUT/pg-restart-$mode-plain.txt" &
     plain=$!

@@ -6,14 +6,12 @@
 #   bench/post_under_flood.sh               # --io uring (IO=glommio for glommio's sockets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 PORT=${PORT:-18086}
 IO=${IO:-uring}
 DURATION=${DURATION:-20}
-mapfile -t CPUS < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
-if [ "${#CPUS[@]}" -lt 2 ]; then
-    echo "post_under_flood: needs 2 CPUs" >&2
-    exit 1
-fi
+pick_cpus
 command -v wrk >/dev/null || { echo "post_under_flood: wrk is missing (apt-get install wrk)" >&2; exit 1; }
 cargo build --release --quiet
 DATA=$(mktemp -d)
@@ -26,21 +24,18 @@ cleanup() {
     rm -rf "$DATA"
 }
 trap cleanup EXIT
-taskset -c "${CPUS[0]}" target/release/tally --listen "127.0.0.1:$PORT" --cores 1 --io "$IO" \
+taskset -c "$SERVER_CPU" target/release/tally --listen "127.0.0.1:$PORT" --cores 1 --io "$IO" \
     --data-dir "$DATA" --log warn >"$DATA/tally.log" 2>&1 &
 PID=$!
-for _ in $(seq 1 300); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$PORT/api/v1/system/health" 2>/dev/null && break
-    sleep 0.1
-done
+wait_http "http://127.0.0.1:$PORT/api/v1/system/health"
 echo -n "idle:  "
-taskset -c "${CPUS[1]}" python3 bench/post_latency.py "$PORT" 100
-taskset -c "${CPUS[1]}" wrk -t1 -c64 -d"${DURATION}s" -s bench/pipeline.lua \
+taskset -c "$LOAD_CPU" python3 bench/post_latency.py "$PORT" 100
+taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${DURATION}s" -s bench/pipeline.lua \
     "http://127.0.0.1:$PORT/api/v1/system/health" -- 16 >"$DATA/wrk.txt" &
 WRK=$!
 sleep 1
 echo -n "flood: "
-taskset -c "${CPUS[1]}" python3 bench/post_latency.py "$PORT" 300
+taskset -c "$LOAD_CPU" python3 bench/post_latency.py "$PORT" 300
 wait "$WRK"
 WRK=
 grep "Requests/sec" "$DATA/wrk.txt"

@@ -39,13 +39,9 @@ WORKLOADS=${*:-health nginx kv counter}
 RELOAD_PAIRS=${RELOAD_PAIRS:-10000000}
 KEYED_RETENTION=${KEYED_RETENTION:-1}
 
-mapfile -t CPUS < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
-if [ "${#CPUS[@]}" -lt 2 ]; then
-    echo "bench: needs 2 CPUs (one for the server, one for wrk)" >&2
-    exit 1
-fi
-SERVER_CPU=${SERVER_CPU:-${CPUS[0]}}
-LOAD_CPU=${LOAD_CPU:-${CPUS[1]}}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+pick_cpus
 command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
 
 mkdir -p "$OUT"
@@ -63,15 +59,6 @@ cleanup() {
 trap cleanup EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-wait_http() { # url
-    for _ in $(seq 1 300); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "bench: $1 did not come up" >&2
-    return 1
-}
 
 ROWS=()
 # load NAME PID URL [wrk args...]: runs wrk pinned to LOAD_CPU and records one table row.
