@@ -31,10 +31,9 @@ const IO_MEMORY_BYTES: usize = 64 * 1024;
 /// glommio's default is 100 ms, and on the ring path a flood of pipelined requests keeps a
 /// task runnable all the time (the ring's driver yields after every pass that found
 /// completions): a counter POST then waited up to the whole 100 ms for its commit's reply
-/// (python client, 300 POSTs at 100/s beside `wrk -c64` pipelining 16 health requests:
-/// p99 97 ms, max 101 ms; with 2 ms: p99 28 ms, max 30 ms, the rest being PostgreSQL's share of
-/// two saturated CPUs). Each expiry costs one trip through glommio's reactor, ~500 a second
-/// under full load.
+/// (`bench/post_under_flood.sh`, the build before and this one back to back: p99 35 ms, max
+/// 118 ms; with 2 ms: p99 12 ms, max 14 ms, the rest being PostgreSQL's share of two saturated
+/// CPUs). Each expiry costs one trip through glommio's reactor, ~500 a second under full load.
 pub(crate) const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What a core thread receives from [`spawn_all`].
