@@ -10,11 +10,15 @@
 //! - sends as SQEs, queued by every connection that answered during a pass and submitted with
 //!   one `io_uring_enter` for all of them, which also reaps the completions.
 //!
-//! The [`Ring::drive`] task submits and reaps. When it has nothing to do it waits on an eventfd
-//! registered with the ring (the kernel signals it when a completion is posted or, with
-//! DEFER_TASKRUN, when one waits to be run) through glommio, so glommio's own wake-ups (timers,
-//! channels from other cores and from the store thread) keep working unchanged; connection
-//! tasks that queue an SQE meanwhile kick it awake (a local wake, no system call).
+//! One event loop per core: glommio runs the tasks, and when it has nothing to run it sleeps
+//! on this ring, through the park hook of tally's patch of glommio
+//! (`vendor/glommio/TALLY-PATCH.md`, [`ParkHook`]). Parking submits everything the tasks
+//! queued, arms a one-shot poll on each of glommio's rings (so glommio's own I/O, its timers
+//! and the eventfd other threads write to wake it still end the sleep) and waits, all in one
+//! `io_uring_enter`. Between parks, [`ParkHook::poll`] submits only when tasks are still
+//! runnable (so a busy core does not wait for a park to send). The [`Ring::drive`] task hands
+//! completions to the streams; it never enters the kernel itself except to flush a full
+//! submission queue or an overflowed completion queue.
 //!
 //! Ownership rule: the kernel may use a connection's socket and send buffer until the last
 //! completion of its requests arrives, so both live in a [`Socket`] kept in the ring's table
@@ -23,14 +27,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use glommio::ParkHook;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 /// Submission queue entries; completions get twice as many (the kernel's default).
@@ -54,6 +57,8 @@ const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 /// Cancellations and closes whose completions need no handling.
 const OP_IGNORED: u64 = 4;
+/// The park's poll on one of glommio's rings; the index is its slot in `Ring::park_polls`.
+const OP_PARK_POLL: u64 = 5;
 const INDEX_MASK: u64 = (1 << OP_SHIFT) - 1;
 
 fn user_data(op: u64, index: usize) -> u64 {
@@ -79,8 +84,6 @@ pub enum RingError {
     Missing(&'static str),
     #[error("cannot register the receive buffer ring: {0}")]
     Buffers(io::Error),
-    #[error("cannot create or register the ring's eventfd: {0}")]
-    Eventfd(io::Error),
 }
 
 /// The receive buffers: one allocation of `RECV_BUFFERS` x `RECV_BUFFER_BYTES`, handed to the
@@ -218,6 +221,12 @@ struct Socket {
     index: usize,
     held: VecDeque<Held>,
     recv: Recv,
+    /// The connection once held `MAX_HELD_BUFFERS`: it receives one buffer per request from
+    /// now on. A multishot receive runs up to 32 times in a row inside the kernel while its
+    /// socket has data (and again within the same kernel entry when it is re-queued), so a
+    /// client that sends far ahead of what its connection reads could take the whole pool
+    /// between two looks at the completions.
+    capped: bool,
     /// The peer closed (a receive of 0 bytes), or receiving failed.
     eof: bool,
     error: Option<i32>,
@@ -227,6 +236,8 @@ struct Socket {
     /// Bytes of `send_buf` the kernel has taken.
     sent: usize,
     sending: bool,
+    /// The send in flight is quiet (see [`Ring::send`]), queued before submission `epoch`.
+    quiet_epoch: Option<u64>,
     send_error: Option<i32>,
     writer: Option<Waker>,
     /// Requests in the kernel that will still post a completion for this socket.
@@ -251,30 +262,40 @@ pub struct Ring {
     /// The listener with a multishot accept in the kernel (and whether it is armed).
     listener: Cell<Option<RawFd>>,
     accept_armed: Cell<bool>,
-    /// The driver waits for a completion or a kick (an SQE was queued meanwhile).
+    /// The driver waits for a kick: completions to hand out (from a park or a poll), buffers
+    /// back for starved receives, or the end.
     kicked: Cell<bool>,
     driver: Cell<Option<Waker>>,
     stopping: Cell<bool>,
-    eventfd: Rc<glommio::io::BufferedFile>,
+    /// Kernel entries after which the submission queue was empty: a request queued while
+    /// this was `n` has been issued once it is past `n`.
+    submitted: Cell<u64>,
+    /// Quiet sends (socket index, `submitted` when queued) not yet known to be done.
+    quiet_sends: RefCell<Vec<(usize, u64)>>,
+    /// glommio's ring fds with a one-shot poll in this ring (slots of `OP_PARK_POLL`).
+    park_polls: [Cell<Option<RawFd>>; 2],
     /// Reused by each pass to hold the completions it handles.
     completions: Cell<Vec<(u64, i32, u32)>>,
-    /// Diagnostics, logged when the driver ends: kernel entries, receives that ran out of
-    /// buffers (ENOBUFS) and receives cancelled for holding too many.
+    /// Diagnostics, logged when the driver ends: kernel entries, parks, receives that ran out
+    /// of buffers (ENOBUFS) and receives cancelled for holding too many.
     enters: Cell<u64>,
+    parks: Cell<u64>,
+    polls: Cell<u64>,
+    late_sends: Cell<u64>,
     starvations: Cell<u64>,
     held_cancels: Cell<u64>,
 }
 
 impl Ring {
     /// Sets up the ring with `taskrun`, falling back from DEFER to COOP when the kernel
-    /// refuses it; checks the opcodes tally uses; registers the buffers and the eventfd.
+    /// refuses it; checks the opcodes and features tally uses; registers the buffers.
     pub fn new(taskrun: TaskRun) -> Result<Rc<Ring>, RingError> {
         Self::with_buffers(taskrun, RECV_BUFFERS)
     }
 
     /// [`Ring::new`] with `buffers` receive buffers (a power of two).
     fn with_buffers(taskrun: TaskRun, buffers: u16) -> Result<Rc<Ring>, RingError> {
-        let (mut uring, taskrun) = match build_uring(taskrun) {
+        let (uring, taskrun) = match build_uring(taskrun) {
             Ok(uring) => (uring, taskrun),
             Err(err) if taskrun == TaskRun::Defer => {
                 log::info!("io_uring DEFER_TASKRUN refused ({err}); using COOP_TASKRUN");
@@ -300,20 +321,6 @@ impl Ring {
                 )
                 .map_err(RingError::Buffers)?;
         }
-        // Blocking: an io_uring read of a non-blocking file fails with EAGAIN instead of
-        // waiting for it to become readable.
-        // SAFETY: plain eventfd creation.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(RingError::Eventfd(io::Error::last_os_error()));
-        }
-        // SAFETY: efd is a new descriptor we own; glommio's file takes it over.
-        let eventfd = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
-        uring
-            .submitter()
-            .register_eventfd(efd)
-            .map_err(RingError::Eventfd)?;
-        uring.completion().disable_eventfd();
         Ok(Rc::new(Ring {
             uring: RefCell::new(uring),
             taskrun,
@@ -328,9 +335,14 @@ impl Ring {
             kicked: Cell::new(false),
             driver: Cell::new(None),
             stopping: Cell::new(false),
-            eventfd: Rc::new(eventfd),
+            submitted: Cell::new(0),
+            quiet_sends: RefCell::new(Vec::new()),
+            park_polls: [Cell::new(None), Cell::new(None)],
             completions: Cell::new(Vec::with_capacity(256)),
             enters: Cell::new(0),
+            parks: Cell::new(0),
+            polls: Cell::new(0),
+            late_sends: Cell::new(0),
             starvations: Cell::new(0),
             held_cancels: Cell::new(0),
         }))
@@ -340,21 +352,96 @@ impl Ring {
         self.taskrun
     }
 
-    /// Queues an SQE (submitted by the driver's next pass) and makes sure that pass comes.
+    /// Queues an SQE, submitted by the core's next park or busy poll ([`ParkHook`]).
     fn push(&self, entry: squeue::Entry) {
         let mut uring = self.uring.borrow_mut();
         // SAFETY: every entry tally queues points only at memory that outlives the request:
         // a socket's send buffer (kept in the table until its completion), the buffer ring.
         while unsafe { uring.submission().push(&entry) }.is_err() {
             // A full submission queue: hand it to the kernel now.
-            if let Err(err) = uring.submit() {
+            let submitted = uring.submit();
+            self.entered(&mut uring);
+            if let Err(err) = submitted {
                 log::error!("io_uring submit failed: {err}");
                 break;
             }
-            self.enters.set(self.enters.get() + 1);
         }
-        drop(uring);
-        self.kick();
+    }
+
+    /// Counts a kernel entry, and a submission once the kernel has taken every queued SQE.
+    fn entered(&self, uring: &mut IoUring) {
+        self.enters.set(self.enters.get() + 1);
+        let mut sq = uring.submission();
+        sq.sync();
+        if sq.is_empty() {
+            self.submitted.set(self.submitted.get() + 1);
+        }
+    }
+
+    /// Queues a send of what `socket` has left to send.
+    ///
+    /// A quiet send (a response's first attempt) is `MSG_DONTWAIT | MSG_WAITALL` with
+    /// `IOSQE_CQE_SKIP_SUCCESS`: the kernel issues it while it takes the SQE, and DONTWAIT
+    /// makes a socket without room fail it at once (EAGAIN, or the bytes it took) instead of
+    /// waiting in the kernel, so once the kernel entry that took it has returned the send is
+    /// over, and only a failure or a short send posts a completion. A response then costs
+    /// no completion and no wake-up of its own: the core's one kernel entry per request both
+    /// sends it and waits for the next. The rest after a short send goes as a plain send,
+    /// which waits for room in the kernel and posts its completion.
+    fn send(&self, socket: &mut Socket, quiet: bool) {
+        let rest = &socket.send_buf[socket.sent..];
+        let mut flags = libc::MSG_NOSIGNAL;
+        if quiet {
+            flags |= libc::MSG_DONTWAIT | libc::MSG_WAITALL;
+        }
+        let mut entry = opcode::Send::new(types::Fd(socket.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(flags)
+            .build()
+            .user_data(user_data(OP_SEND, socket.index));
+        if quiet {
+            entry = entry.flags(squeue::Flags::SKIP_SUCCESS);
+            let epoch = self.submitted.get();
+            socket.quiet_epoch = Some(epoch);
+            self.quiet_sends.borrow_mut().push((socket.index, epoch));
+        } else {
+            socket.quiet_epoch = None;
+        }
+        socket.sending = true;
+        socket.in_flight += 1;
+        self.push(entry);
+    }
+
+    /// Ends the quiet sends that were issued and posted no failure: they sent everything.
+    fn settle_quiet_sends(&self) {
+        let submitted = self.submitted.get();
+        let mut done = Vec::new();
+        self.quiet_sends.borrow_mut().retain(|&(index, epoch)| {
+            if epoch < submitted {
+                done.push((index, epoch));
+                false
+            } else {
+                true
+            }
+        });
+        for (index, epoch) in done {
+            if let Some(socket) = self.socket(index) {
+                let mut socket = socket.borrow_mut();
+                if socket.sending && socket.quiet_epoch == Some(epoch) {
+                    socket.sent = socket.send_buf.len();
+                    self.send_ended(&mut socket);
+                }
+            }
+        }
+    }
+
+    fn send_ended(&self, socket: &mut Socket) {
+        socket.in_flight -= 1;
+        socket.sending = false;
+        socket.quiet_epoch = None;
+        if let Some(waker) = socket.writer.take() {
+            waker.wake();
+        }
+        self.maybe_close(socket);
     }
 
     fn kick(&self) {
@@ -429,12 +516,14 @@ impl Ring {
             index,
             held: VecDeque::new(),
             recv: Recv::Idle,
+            capped: false,
             eof: false,
             error: None,
             reader: None,
             send_buf: Vec::new(),
             sent: 0,
             sending: false,
+            quiet_epoch: None,
             send_error: None,
             writer: None,
             in_flight: 0,
@@ -454,19 +543,25 @@ impl Ring {
         }
         socket.recv = Recv::Armed;
         socket.in_flight += 1;
-        let entry = opcode::RecvMulti::new(types::Fd(socket.fd), BUFFER_GROUP)
-            .build()
-            .user_data(user_data(OP_RECV, socket.index));
+        let entry = if socket.capped {
+            opcode::Recv::new(types::Fd(socket.fd), std::ptr::null_mut(), 0)
+                .buf_group(BUFFER_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(types::Fd(socket.fd), BUFFER_GROUP).build()
+        }
+        .user_data(user_data(OP_RECV, socket.index));
         self.push(entry);
     }
 
-    /// The driver: submits what the streams queued and hands completions to them; waits on
-    /// the eventfd (through glommio) when there is nothing to do. Ends after [`Ring::finish`]
-    /// once nothing is in flight.
+    /// The driver: hands completions to the streams. Installs the ring as this core's park
+    /// hook for as long as it runs, so glommio sleeps on this ring. Ends after
+    /// [`Ring::finish`] once nothing is in flight.
     pub async fn drive(self: Rc<Self>) {
-        let mut wait: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+        let _hook = ParkHookGuard::install(self.clone());
         loop {
-            let reaped = self.submit_and_reap();
+            let reaped = self.reap();
             if self.stopping.get() && self.sockets.borrow().iter().all(Option::is_none) {
                 break;
             }
@@ -475,79 +570,35 @@ impl Ring {
                 futures_lite::future::yield_now().await;
                 continue;
             }
-            // Nothing completed: sleep until the kernel posts something or a stream queues
-            // an SQE. Completions re-enable the eventfd only while we sleep.
-            self.uring.borrow_mut().completion().enable_eventfd();
-            if self.has_work() {
-                self.uring.borrow_mut().completion().disable_eventfd();
-                continue;
-            }
-            let eventfd = self.eventfd.clone();
-            let read = wait.get_or_insert_with(|| {
-                Box::pin(async move {
-                    if let Err(err) = eventfd.read_at(0, 8).await {
-                        log::debug!("ring eventfd read: {err}");
-                    }
-                })
-            });
-            let woke_by_eventfd = std::future::poll_fn(|cx| {
-                if read.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(true);
-                }
-                if self.kicked.get() {
-                    return Poll::Ready(false);
+            // Nothing completed: wait for the next park or poll that finds completions.
+            std::future::poll_fn(|cx| {
+                if self.kicked.replace(false) {
+                    return Poll::Ready(());
                 }
                 self.driver.set(Some(cx.waker().clone()));
                 Poll::Pending
             })
             .await;
-            if woke_by_eventfd {
-                wait = None;
-            }
-            self.uring.borrow_mut().completion().disable_eventfd();
         }
         log::debug!(
-            "ring driver done: {} io_uring_enter calls, {} receives out of buffers, {} \
-             cancelled for holding {MAX_HELD_BUFFERS} buffers",
+            "ring driver done: {} io_uring_enter calls ({} parks, {} busy polls), {} receives \
+             out of buffers, {} cancelled for holding {MAX_HELD_BUFFERS} buffers, {} late \
+             send completions",
             self.enters.get(),
+            self.parks.get(),
+            self.polls.get(),
             self.starvations.get(),
-            self.held_cancels.get()
+            self.held_cancels.get(),
+            self.late_sends.get()
         );
     }
 
-    /// Whether a pass has anything to do: queued SQEs, posted or pending completions.
-    fn has_work(&self) -> bool {
-        let mut uring = self.uring.borrow_mut();
-        self.kicked.get()
-            || !uring.submission().is_empty()
-            || uring.submission().taskrun()
-            || uring.submission().cq_overflow()
-            || !uring.completion().is_empty()
-    }
-
-    /// One pass: one `io_uring_enter` when there is anything to submit or task work to run
-    /// (none when the completions are already posted), then every completion handled.
-    fn submit_and_reap(&self) -> usize {
+    /// One pass: every posted completion handled. Enters the kernel only when completions
+    /// overflowed the queue (they are flushed by an enter); parks and polls do the rest.
+    fn reap(&self) -> usize {
         self.kicked.set(false);
-        {
-            let mut uring = self.uring.borrow_mut();
-            let needs_enter = {
-                let mut sq = uring.submission();
-                sq.sync();
-                !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
-            };
-            if needs_enter {
-                self.enters.set(self.enters.get() + 1);
-                // `submit` adds GETEVENTS when the TASKRUN flag says task work is pending: that
-                // runs the deferred completions (DEFER_TASKRUN) and flushes an overflow.
-                if let Err(err) = uring.submit() {
-                    if err.raw_os_error() != Some(libc::EBUSY)
-                        && err.raw_os_error() != Some(libc::EINTR)
-                    {
-                        log::error!("io_uring submit failed: {err}");
-                    }
-                }
-            }
+        if self.uring.borrow_mut().submission().cq_overflow() {
+            self.submit();
         }
         let mut reaped = 0;
         // Completions are copied out before they are handled: handling one may queue SQEs,
@@ -570,15 +621,74 @@ impl Ring {
             }
         }
         self.completions.set(batch);
+        if !self.quiet_sends.borrow().is_empty() {
+            let before = self.quiet_sends.borrow().len();
+            self.settle_quiet_sends();
+            reaped += before - self.quiet_sends.borrow().len();
+        }
         self.buffers.publish();
         self.rearm_starved();
         reaped
+    }
+
+    /// Submits what is queued, without waiting (`submit` adds GETEVENTS when the TASKRUN
+    /// flag says task work is pending: that runs deferred completions and flushes overflow).
+    fn submit(&self) {
+        let mut uring = self.uring.borrow_mut();
+        let submitted = uring.submit();
+        self.entered(&mut uring);
+        if let Err(err) = submitted {
+            if !matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) {
+                log::error!("io_uring submit failed: {err}");
+            }
+        }
+    }
+
+    /// Whether the driver has something to hand out: posted completions, an overflow, or
+    /// quiet sends the last kernel entry issued.
+    fn has_completions(&self) -> bool {
+        if self
+            .quiet_sends
+            .borrow()
+            .first()
+            .is_some_and(|&(_, epoch)| epoch < self.submitted.get())
+        {
+            return true;
+        }
+        let mut uring = self.uring.borrow_mut();
+        if uring.submission().cq_overflow() {
+            return true;
+        }
+        let mut cq = uring.completion();
+        cq.sync();
+        !cq.is_empty()
+    }
+
+    /// Arms a one-shot poll for readability on each of glommio's ring fds that has none in
+    /// flight. A ring's fd is readable while its completion queue holds anything.
+    fn arm_park_polls(&self, fds: &[RawFd]) {
+        for (index, (slot, &fd)) in self.park_polls.iter().zip(fds).enumerate() {
+            if slot.get() != Some(fd) {
+                slot.set(Some(fd));
+                let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(user_data(OP_PARK_POLL, index));
+                self.push(entry);
+            }
+        }
     }
 
     fn complete(&self, data: u64, result: i32, flags: u32) {
         let index = (data & INDEX_MASK) as usize;
         match data >> OP_SHIFT {
             OP_ACCEPT => self.accept_completed(result, flags),
+            // glommio's ring had a completion (or the poll was cancelled): re-armed by the
+            // next park. glommio reaps its own ring itself.
+            OP_PARK_POLL => {
+                if let Some(slot) = self.park_polls.get(index) {
+                    slot.set(None);
+                }
+            }
             OP_RECV => {
                 if let Some(socket) = self.socket(index) {
                     self.recv_completed(&mut socket.borrow_mut(), result, flags);
@@ -587,17 +697,19 @@ impl Ring {
             OP_SEND => {
                 if let Some(socket) = self.socket(index) {
                     let mut socket = socket.borrow_mut();
-                    socket.in_flight -= 1;
-                    socket.sending = false;
-                    if result < 0 {
-                        socket.send_error = Some(-result);
-                    } else {
+                    if !socket.sending {
+                        // Cannot happen: a quiet send ends with the entry that issued it.
+                        self.late_sends.set(self.late_sends.get() + 1);
+                        return;
+                    }
+                    let quiet = socket.quiet_epoch.is_some();
+                    if result > 0 {
                         socket.sent += result as usize;
+                    } else if result < 0 && !(quiet && result == -libc::EAGAIN) {
+                        // A quiet send that found no room is sent again, waiting for room.
+                        socket.send_error = Some(-result);
                     }
-                    if let Some(waker) = socket.writer.take() {
-                        waker.wake();
-                    }
-                    self.maybe_close(&mut socket);
+                    self.send_ended(&mut socket);
                 }
             }
             _ => {}
@@ -666,8 +778,12 @@ impl Ring {
             && !socket.released
         {
             socket.recv = Recv::Cancelling;
+            socket.capped = true;
             self.held_cancels.set(self.held_cancels.get() + 1);
             self.cancel(user_data(OP_RECV, socket.index));
+            // At once, not at the next park: the kernel keeps filling buffers meanwhile. Rare
+            // (a client that sends far ahead of what is read), so worth its kernel entry.
+            self.submit();
         }
         if let Some(waker) = socket.reader.take() {
             waker.wake();
@@ -740,6 +856,82 @@ impl Ring {
             .build()
             .user_data(user_data(OP_IGNORED, 0));
         self.push(entry);
+        self.kick();
+    }
+}
+
+/// The core sleeps here: see the module's documentation.
+impl ParkHook for Ring {
+    fn park(&self, fds: &[RawFd], timeout: Option<Duration>) -> io::Result<()> {
+        self.arm_park_polls(fds);
+        self.parks.set(self.parks.get() + 1);
+        if self.has_completions() {
+            // Work for the driver already: hand the queue to the kernel, without waiting.
+            if !self.uring.borrow_mut().submission().is_empty() {
+                self.submit();
+            }
+            self.kick();
+            return Ok(());
+        }
+        let timespec = timeout.map(types::Timespec::from);
+        let mut args = types::SubmitArgs::new();
+        if let Some(timespec) = &timespec {
+            args = args.timespec(timespec);
+        }
+        let waited = {
+            let mut uring = self.uring.borrow_mut();
+            let waited = uring.submitter().submit_with_args(1, &args);
+            self.entered(&mut uring);
+            waited
+        };
+        match waited {
+            Ok(_) => {}
+            // The timeout passed, a signal arrived, or the completion queue is full: all are
+            // ends of the sleep.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(err) => return Err(err),
+        }
+        if self.has_completions() {
+            self.kick();
+        }
+        Ok(())
+    }
+
+    fn poll(&self, runnable: bool) {
+        if runnable {
+            let pending = {
+                let mut uring = self.uring.borrow_mut();
+                let sq = uring.submission();
+                !sq.is_empty() || sq.taskrun()
+            };
+            if pending {
+                self.polls.set(self.polls.get() + 1);
+                self.submit();
+            }
+        }
+        if self.has_completions() {
+            self.kick();
+        }
+    }
+}
+
+/// Keeps the ring installed as the park hook of this thread's executor while the driver runs.
+struct ParkHookGuard;
+
+impl ParkHookGuard {
+    fn install(ring: Rc<Ring>) -> ParkHookGuard {
+        glommio::set_park_hook(Some(ring));
+        ParkHookGuard
+    }
+}
+
+impl Drop for ParkHookGuard {
+    fn drop(&mut self) {
+        glommio::set_park_hook(None);
     }
 }
 
@@ -767,10 +959,19 @@ fn check_opcodes(uring: &IoUring) -> Result<(), RingError> {
         (opcode::Send::CODE, "SEND"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
         (opcode::Close::CODE, "CLOSE"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
     ] {
         if !probe.is_supported(code) {
             return Err(RingError::Missing(name));
         }
+    }
+    // The park waits with a timeout (glommio's next timer) passed to io_uring_enter.
+    if !uring.params().is_feature_ext_arg() {
+        return Err(RingError::Missing("EXT_ARG"));
+    }
+    // Quiet sends post a completion only when they fail.
+    if !uring.params().is_feature_skip_cqe_on_success() {
+        return Err(RingError::Missing("CQE_SKIP"));
     }
     Ok(())
 }
@@ -865,6 +1066,7 @@ impl super::stream::Stream for RingStream {
             socket.sent = 0;
             socket.send_error = None;
         }
+        let mut quiet = true;
         loop {
             {
                 let mut socket = self.socket.borrow_mut();
@@ -874,16 +1076,9 @@ impl super::stream::Stream for RingStream {
                 if socket.sent >= socket.send_buf.len() {
                     return Ok(());
                 }
-                let rest = &socket.send_buf[socket.sent..];
-                let entry =
-                    opcode::Send::new(types::Fd(socket.fd), rest.as_ptr(), rest.len() as u32)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(user_data(OP_SEND, socket.index));
-                socket.sending = true;
-                socket.in_flight += 1;
-                self.ring.push(entry);
+                self.ring.send(&mut socket, quiet);
             }
+            quiet = false;
             self.wait_send().await;
         }
     }

@@ -287,6 +287,7 @@ mod free_list;
 #[allow(dead_code)]
 #[allow(clippy::upper_case_acronyms)]
 mod iou;
+mod park_hook;
 mod parking;
 mod reactor;
 mod sys;
@@ -456,6 +457,7 @@ pub use crate::{
     shares::{Shares, SharesManager},
     sys::hardware_topology::CpuLocation,
 };
+pub use crate::park_hook::{set_park_hook, ParkHook};
 pub use enclose::enclose;
 pub use scopeguard::defer;
 use sketches_ddsketch::DDSketch;

@@ -1478,6 +1478,9 @@ impl LocalExecutor {
                 this.parker
                     .poll_io(|| Some(this.preempt_timer_duration()))
                     .expect("Failed to poll io! This is actually pretty bad!");
+                // tally's patch (TALLY-PATCH.md): the park hook's look at its own ring.
+                let runnable = !this.queues.borrow().active_executors.is_empty();
+                this.reactor.sys.poll_park_hook(runnable);
 
                 // run user code
                 let run = this.run_task_queues();

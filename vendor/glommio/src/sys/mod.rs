@@ -306,6 +306,9 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // tally's patch (TALLY-PATCH.md): pairs with the fence a hooked park issues between
+        // announcing sleep and its last look at the remote channels (instead of membarrier).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

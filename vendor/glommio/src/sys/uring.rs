@@ -1238,6 +1238,11 @@ pub(crate) struct Reactor {
     blocking_thread: BlockingThreadPool,
 
     rings_depth: usize,
+
+    // tally's patch (TALLY-PATCH.md): the application's park hook, and whether the latency
+    // preemption timer fired while the hook slept (then it is not re-armed on the next pass).
+    park_hook: RefCell<Option<Rc<dyn crate::ParkHook>>>,
+    preempt_fired_asleep: Cell<bool>,
 }
 
 pub(crate) fn common_flags() -> PollFlags {
@@ -1360,7 +1365,21 @@ impl Reactor {
             eventfd_src,
             source_map,
             rings_depth: ring_depth,
+            park_hook: RefCell::new(None),
+            preempt_fired_asleep: Cell::new(false),
         })
+    }
+
+    pub(crate) fn set_park_hook(&self, hook: Option<Rc<dyn crate::ParkHook>>) {
+        self.park_hook.replace(hook);
+    }
+
+    /// Lets the park hook look at its own ring on a pass that does not sleep.
+    pub(crate) fn poll_park_hook(&self, runnable: bool) {
+        let hook = self.park_hook.borrow().clone();
+        if let Some(hook) = hook {
+            hook.poll(runnable);
+        }
     }
 
     pub(crate) fn id(&self) -> usize {
@@ -1805,6 +1824,10 @@ impl Reactor {
         Preempt: Fn() -> Option<Duration>,
         F: Fn() -> usize,
     {
+        let hook = self.park_hook.borrow().clone();
+        if let Some(hook) = hook {
+            return self.wait_hooked(&*hook, preempt_timer, user_timer, woke, process_remote_channels);
+        }
         woke += self.flush_syscall_thread();
 
         let mut poll_ring = self.poll_ring.borrow_mut();
@@ -1892,6 +1915,88 @@ impl Reactor {
         // generated after we registered the timer: since we consumed them here,
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
+        Ok(should_sleep)
+    }
+
+    /// `wait` for an executor with a park hook (tally's patch, TALLY-PATCH.md). The same
+    /// steps, except that:
+    /// - it sleeps in the hook, which waits on the application's ring for a completion on
+    ///   any of this executor's rings (the latency ring holds the eventfd other threads write
+    ///   and the timers) and takes the next user timer as its timeout;
+    /// - the preemption timers are armed when none is pending, not cancelled and re-armed on
+    ///   every pass: each re-arm or cancellation costs a system call. A time slice then ends
+    ///   at most `preempt_timer` after the pass that armed it. A timer that fires while the
+    ///   hook sleeps is not re-armed on the next pass, so an idle executor wakes at most once
+    ///   for it;
+    /// - a SeqCst fence (paired with the one in `SleepNotifier::notify`) replaces the
+    ///   process-wide `membarrier` before the last look at the remote channels.
+    fn wait_hooked<Preempt, F>(
+        &self,
+        hook: &dyn crate::ParkHook,
+        preempt_timer: Preempt,
+        user_timer: Option<Duration>,
+        mut woke: usize,
+        process_remote_channels: F,
+    ) -> io::Result<bool>
+    where
+        Preempt: Fn() -> Option<Duration>,
+        F: Fn() -> usize,
+    {
+        fn pending(timer: &Cell<Option<Source>>) -> bool {
+            let source = timer.take();
+            let pending = source.as_ref().is_some_and(|src| src.result().is_none());
+            timer.set(source);
+            pending
+        }
+
+        woke += self.flush_syscall_thread();
+        let mut poll_ring = self.poll_ring.borrow_mut();
+        let mut main_ring = self.main_ring.borrow_mut();
+        let mut lat_ring = self.latency_ring.borrow_mut();
+        consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
+
+        if !pending(&self.throughput_preemption_timeout_src) {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
+        flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
+        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
+
+        let should_sleep = preempt_timer().is_none()
+            && (woke == 0)
+            && poll_ring.can_sleep()
+            && main_ring.can_sleep()
+            && lat_ring.can_sleep();
+
+        if should_sleep {
+            self.notifier.prepare_to_sleep();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            let events = process_remote_channels() + self.flush_syscall_thread();
+            if events == 0 && self.eventfd_src.is_installed().unwrap() {
+                let preempt_was_pending = pending(&self.latency_preemption_timeout_src);
+                hook.park(&[main_ring.ring_fd(), lat_ring.ring_fd()], user_timer)?;
+                consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
+                if preempt_was_pending && !pending(&self.latency_preemption_timeout_src) {
+                    self.preempt_fired_asleep.set(true);
+                }
+            }
+            self.notifier.wake_up();
+        }
+
+        if let Some(preempt) = preempt_timer() {
+            if !self.preempt_fired_asleep.replace(false)
+                && !pending(&self.latency_preemption_timeout_src)
+            {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                flush_rings!(lat_ring)?;
+            }
+        }
         Ok(should_sleep)
     }
 
