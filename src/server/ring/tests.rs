@@ -231,9 +231,9 @@ fn a_stream_dropped_with_a_send_in_flight_is_cancelled_and_its_socket_closed() {
     }
 }
 
-/// The driver sleeps through glommio (an eventfd read), so glommio's own wake-ups must still
-/// reach the core while it does: a timer, a message from another thread (the store thread's
-/// replies and the owner core's channels work that way), and a client's bytes after both.
+/// The core sleeps on the ring (glommio's park hook), so glommio's own wake-ups must still
+/// reach it: a timer, a message from another thread (the store thread's replies and the owner
+/// core's channels work that way), and a client's bytes after both.
 /// The bounds are generous: this checks that no wake-up is lost or parked behind the ring,
 /// not how fast the machine is (bench/run.sh measures that).
 #[test]
@@ -364,4 +364,115 @@ fn a_flooded_ring_still_lets_timers_and_other_threads_in_within_the_preemption_p
         message_late < bound,
         "a message from another thread took {message_late:?}"
     );
+}
+
+/// Trials per wake-up source.
+const TRIALS: usize = 5;
+
+/// `fut`'s output; panics after a second (a lost wake-up, which the test reports as such
+/// rather than hanging).
+async fn within_a_second<T>(fut: impl std::future::Future<Output = T>) -> T {
+    futures_lite::future::or(fut, async {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        panic!("no wake-up within a second: lost");
+    })
+    .await
+}
+
+/// Every source that can end a parked core's sleep, each measured from the moment it fires
+/// to the moment the core runs: a client's bytes, a new connection, a glommio timer, and a
+/// message from another thread (how the store thread's replies, the owner core's channels,
+/// a reloaded dataset and a stop signal reach a core: flume channels whose wakers go through
+/// glommio's eventfd). The best trial must be within 2 ms (the source really wakes the core)
+/// and the worst within 100 ms (nothing is left for a later, unrelated wake-up: with no
+/// other timer on this executor, a lost wake-up waits for the test's one-second bound).
+#[test]
+fn every_wake_up_source_reaches_a_parked_core_within_milliseconds() {
+    for taskrun in [TaskRun::Coop, TaskRun::Defer] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let results = on_executor(async move {
+            let ring = Ring::with_buffers(taskrun, 16).expect("ring");
+            let driver = glommio::spawn_local(ring.clone().drive());
+            ring.start_accepting(listener.as_raw_fd());
+            let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
+            let pause = Duration::from_millis(15);
+
+            let mut late = Vec::new();
+            for _ in 0..TRIALS {
+                let started = Instant::now();
+                glommio::timer::sleep(pause).await;
+                late.push(started.elapsed().saturating_sub(pause));
+            }
+            results.push(("a timer", late));
+
+            let mut late = Vec::new();
+            for _ in 0..TRIALS {
+                let (tx, rx) = flume::bounded(1);
+                std::thread::spawn(move || {
+                    std::thread::sleep(pause);
+                    let _ = tx.send(Instant::now());
+                });
+                let sent = within_a_second(async { rx.recv_async().await.expect("message") }).await;
+                late.push(sent.elapsed());
+            }
+            results.push(("a message from another thread", late));
+
+            let mut late = Vec::new();
+            let mut clients = Vec::new();
+            for _ in 0..TRIALS {
+                let (tx, rx) = std::sync::mpsc::channel();
+                clients.push(std::thread::spawn(move || {
+                    std::thread::sleep(pause);
+                    let _ = tx.send(Instant::now());
+                    TcpStream::connect(addr).expect("connect")
+                }));
+                let fd = within_a_second(ring.accept()).await.expect("accept");
+                late.push(rx.recv().expect("connect time").elapsed());
+                drop(ring.stream(fd));
+            }
+            for client in clients {
+                drop(client.join().expect("client"));
+            }
+            results.push(("a new connection", late));
+
+            let (tx, rx) = std::sync::mpsc::channel();
+            let client = std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                for _ in 0..TRIALS {
+                    std::thread::sleep(pause);
+                    let _ = tx.send(Instant::now());
+                    s.write_all(b"x").expect("send");
+                }
+                s
+            });
+            let mut stream = ring.stream(ring.accept().await.expect("accept"));
+            let mut late = Vec::new();
+            let mut byte = [0; 1];
+            for _ in 0..TRIALS {
+                let n = within_a_second(stream.read(&mut byte)).await.expect("read");
+                assert_eq!(n, 1);
+                late.push(rx.recv().expect("send time").elapsed());
+            }
+            drop(stream);
+            drop(client.join().expect("client"));
+            results.push(("a client's bytes", late));
+
+            finish(ring, driver).await;
+            drop(listener);
+            results
+        });
+        for (source, late) in results {
+            let best = late.iter().min().copied().unwrap_or_default();
+            let worst = late.iter().max().copied().unwrap_or_default();
+            assert!(
+                best < Duration::from_millis(2),
+                "{taskrun:?}: {source} woke the core {best:?} late at best ({late:?})"
+            );
+            assert!(
+                worst < Duration::from_millis(100),
+                "{taskrun:?}: {source} woke the core {worst:?} late at worst ({late:?})"
+            );
+        }
+    }
 }
