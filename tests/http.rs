@@ -705,3 +705,49 @@ fn idle_connections_give_their_grown_buffers_back() {
     );
     drop(idle);
 }
+
+/// Rounds of 64 fresh connections opened at once, each sending requests one after another
+/// (what `wrk -c64` does at the start of every run): no request is left waiting, as it would
+/// be behind a lost wake-up of an accept or a receive. Before each core parked on its own
+/// ring, a completion on tally's ring reached glommio's loop through an eventfd, and that
+/// wake-up sometimes came hundreds of milliseconds after the completions were posted (an
+/// instrumented build: the ring's driver woke after 711 ms with all 64 requests waiting in its
+/// completion queue). This test did not catch that (it passed 5 of 5 runs on that build: the
+/// stall needed wrk's rate; `bench/churn.sh` shows it); it guards the new park's wake-ups. The
+/// bound is far above a healthy round's slowest request (a few ms) and below those stalls.
+#[test]
+fn rounds_of_fresh_connections_are_never_left_waiting() {
+    use std::sync::{Arc, Barrier};
+    const CONNECTIONS: usize = 64;
+    let s = server(&["--cores", "1"]);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..8 {
+        let barrier = Arc::new(Barrier::new(CONNECTIONS));
+        let clients: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let (barrier, addr) = (barrier.clone(), s.addr);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
+                    let mut worst = Duration::ZERO;
+                    for _ in 0..50 {
+                        let sent = Instant::now();
+                        c.write_all(HEALTH).expect("write");
+                        assert_eq!(read_response(&mut c).expect("response").status, 200);
+                        worst = worst.max(sent.elapsed());
+                    }
+                    worst
+                })
+            })
+            .collect();
+        for client in clients {
+            slowest = slowest.max(client.join().expect("client"));
+        }
+    }
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a request waited {slowest:?}"
+    );
+}
