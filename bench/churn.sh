@@ -77,31 +77,6 @@ stop_tally() {
     wait "$TALLY_PID" || echo "bench: tally exited with $?" >&2
 }
 
-start_nginx() {
-    mkdir -p "$OUT/nginx"
-    cat >"$OUT/nginx/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $PWD/$OUT/nginx/nginx.pid;
-error_log $PWD/$OUT/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $PWD/$OUT/nginx;
-    server {
-        listen 127.0.0.1:$NGINX_PORT reuseport;
-        location / { default_type application/json; return 200 '{"healthy":true}'; }
-    }
-}
-EOF
-    taskset -c "$SERVER_CPU" nginx -c "$PWD/$OUT/nginx/nginx.conf" -p "$PWD/$OUT/nginx" &
-    NGINX_PID=$!
-    PIDS+=("$NGINX_PID")
-    wait_http "http://127.0.0.1:$NGINX_PORT$HEALTH"
-}
-
 : >"$OUT/results.txt"
 : >"$OUT/tally.log"
 echo "server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU; $ROUNDS rounds of ${DURATION}s, $CONNECTIONS fresh connections each"
@@ -123,7 +98,8 @@ for path in $PATHS; do
     if [ -n "$BASELINE_BIN" ]; then tally_rounds "base-$path" "$BASELINE_BIN" --io "$path"; fi
 done
 if command -v nginx >/dev/null; then
-    start_nginx
+    start_nginx "$NGINX_PORT" "$OUT/nginx"
+    PIDS+=("$NGINX_PID")
     for _ in $(seq 1 "$ROUNDS"); do round nginx-health "http://127.0.0.1:$NGINX_PORT$HEALTH"; done
     kill -TERM "$NGINX_PID"
     wait "$NGINX_PID" 2>/dev/null || true

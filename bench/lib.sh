@@ -22,3 +22,35 @@ pick_cpus() {
     SERVER_CPU=${SERVER_CPU:-${cpus[0]}}
     LOAD_CPU=${LOAD_CPU:-${cpus[1]}}
 }
+
+# start_nginx PORT DIR: nginx pinned to SERVER_CPU (master_process off, one worker, no access
+# log) answering every request with a fixed 200 '{"healthy":true}', the reference for "the
+# HTTP limit of this machine"; sets NGINX_PID once it answers. Its files go in DIR.
+start_nginx() {
+    local port=$1 dir=$PWD/$2
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $dir;
+    server {
+        listen 127.0.0.1:$port reuseport;
+        location / {
+            default_type application/json;
+            return 200 '{"healthy":true}';
+        }
+    }
+}
+CONF
+    taskset -c "$SERVER_CPU" nginx -c "$dir/nginx.conf" -p "$dir" &
+    NGINX_PID=$!
+    wait_http "http://127.0.0.1:$port/api/v1/system/health"
+}
