@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 PORT=${PORT:-18086}
 IO=${IO:-uring}
+BIN=${BIN:-target/release/tally}   # BIN=/path/to/old/tally measures another build
 DURATION=${DURATION:-20}
 pick_cpus
 command -v wrk >/dev/null || { echo "post_under_flood: wrk is missing (apt-get install wrk)" >&2; exit 1; }
@@ -24,7 +25,7 @@ cleanup() {
     rm -rf "$DATA"
 }
 trap cleanup EXIT
-taskset -c "$SERVER_CPU" target/release/tally --listen "127.0.0.1:$PORT" --cores 1 --io "$IO" \
+taskset -c "$SERVER_CPU" "$BIN" --listen "127.0.0.1:$PORT" --cores 1 --io "$IO" \
     --data-dir "$DATA" --log warn >"$DATA/tally.log" 2>&1 &
 PID=$!
 wait_http "http://127.0.0.1:$PORT/api/v1/system/health"
