@@ -28,12 +28,11 @@ const IO_MEMORY_BYTES: usize = 64 * 1024;
 
 /// How long the tasks of a core run before glommio looks at its own ring again (timers, the
 /// store thread's replies, other cores' messages) even though tasks are still runnable.
-/// glommio's default is 100 ms, and on the ring path a flood of pipelined requests keeps a
-/// task runnable all the time (the ring's driver yields after every pass that found
-/// completions): a counter POST then waited up to the whole 100 ms for its commit's reply
-/// (`bench/post_under_flood.sh`, the build before and this one back to back: p99 35 ms, max
-/// 118 ms; with 2 ms: p99 12 ms, max 14 ms, the rest being PostgreSQL's share of two saturated
-/// CPUs). Each expiry costs one trip through glommio's reactor, ~500 a second under full load.
+/// glommio's default is 100 ms, and a flood of pipelined requests can keep tasks runnable for
+/// long stretches: a counter POST then waited up to the whole 100 ms for its commit's reply
+/// (`bench/post_under_flood.sh` measures it). With tally's park hook the timer is armed only
+/// when none is pending (vendor/glommio/TALLY-PATCH.md), so it costs at most one kernel entry
+/// per period while the core is busy and none while it sleeps.
 pub(crate) const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What a core thread receives from [`spawn_all`].

@@ -563,6 +563,10 @@ impl Ring {
         loop {
             let reaped = self.reap();
             if self.stopping.get() && self.sockets.borrow().iter().all(Option::is_none) {
+                // The last closes are queued, not yet submitted: no park will do it now.
+                if !self.uring.borrow_mut().submission().is_empty() {
+                    self.submit();
+                }
                 break;
             }
             if reaped > 0 {

@@ -476,3 +476,44 @@ fn every_wake_up_source_reaches_a_parked_core_within_milliseconds() {
         }
     }
 }
+
+/// A response larger than the socket can take: its quiet first send (MSG_DONTWAIT) must end
+/// within the kernel entry that issued it, with the bytes it took, and the rest go as plain
+/// sends that wait for the client to read. Checks every byte arrives in order, and that no
+/// send posted a completion after the ring had counted it over (which would mean the kernel
+/// kept a quiet send waiting, and used its buffer, after tally took it back).
+#[test]
+fn a_response_larger_than_the_socket_takes_arrives_whole_after_a_quiet_first_send() {
+    const BYTES: usize = 8 * 1024 * 1024;
+    for taskrun in [TaskRun::Coop, TaskRun::Defer] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            // Not reading yet: the server's first send fills the socket and stops short.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut got = Vec::with_capacity(BYTES);
+            s.read_to_end(&mut got).expect("read");
+            got
+        });
+        let late = on_executor(async move {
+            let ring = Ring::with_buffers(taskrun, 16).expect("ring");
+            let driver = glommio::spawn_local(ring.clone().drive());
+            ring.start_accepting(listener.as_raw_fd());
+            let mut stream = ring.stream(ring.accept().await.expect("accept"));
+            stream.write_all(&pattern(9, BYTES)).await.expect("write");
+            drop(stream);
+            let late = ring.late_sends.get();
+            finish(ring, driver).await;
+            drop(listener);
+            late
+        });
+        let got = client.join().expect("client");
+        assert_eq!(got.len(), BYTES, "{taskrun:?}: bytes received");
+        assert!(got == pattern(9, BYTES), "{taskrun:?}: the bytes differ");
+        assert_eq!(
+            late, 0,
+            "{taskrun:?}: a send completed after it was counted over"
+        );
+    }
+}

@@ -1498,6 +1498,14 @@ impl LocalExecutor {
                         break t.unwrap();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
+                            // tally's patch (TALLY-PATCH.md): never sleep with tasks ready to
+                            // run. `run_task_queues` returns false without running anything
+                            // when a preemption is already pending as it starts (a completion
+                            // on the latency ring, posted by any kernel entry since the last
+                            // poll), and the tasks it did not run would wait out the sleep.
+                            if !this.queues.borrow().active_executors.is_empty() {
+                                break;
+                            }
                             if pre_time.elapsed() > spin_before_park {
                                 this.parker
                                     .park()
