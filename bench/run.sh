@@ -215,32 +215,8 @@ one_round() {
 
     if [[ " $WORKLOADS " == *" nginx "* ]]; then
         if command -v nginx >/dev/null; then
-            mkdir -p "$OUT/nginx"
-            cat >"$OUT/nginx/nginx.conf" <<EOF
-    daemon off;
-    master_process off;
-    worker_processes 1;
-    pid $PWD/$OUT/nginx/nginx.pid;
-    error_log $PWD/$OUT/nginx/error.log warn;
-    events { worker_connections 4096; }
-    http {
-        access_log off;
-        keepalive_requests 10000000;
-        keepalive_timeout 75s;
-        client_body_temp_path $PWD/$OUT/nginx;
-        server {
-            listen 127.0.0.1:$NGINX_PORT reuseport;
-            location / {
-                default_type application/json;
-                return 200 '{"healthy":true}';
-            }
-        }
-    }
-EOF
-            taskset -c "$SERVER_CPU" nginx -c "$PWD/$OUT/nginx/nginx.conf" -p "$PWD/$OUT/nginx" &
-            NGINX_PID=$!
+            start_nginx "$NGINX_PORT" "$OUT/nginx"
             PIDS+=("$NGINX_PID")
-            wait_http "http://127.0.0.1:$NGINX_PORT$HEALTH"
             load nginx-fixed-200 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH"
             CONNS=1 load nginx-fixed-200-1c "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH"
             load nginx-fixed-200-pipelined-16 "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT$HEALTH" -s bench/pipeline.lua -- 16
