@@ -62,23 +62,7 @@ PY
     tail -n 1 "$OUT/results.txt"
 }
 
-start_tally() { # bin, extra args...
-    local bin=$1
-    shift
-    taskset -c "$SERVER_CPU" "$bin" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/data" \
-        --log warn "$@" >>"$OUT/tally.log" 2>&1 &
-    TALLY_PID=$!
-    PIDS+=("$TALLY_PID")
-    wait_http "http://127.0.0.1:$PORT$HEALTH"
-}
-
-stop_tally() {
-    kill -TERM "$TALLY_PID"
-    wait "$TALLY_PID" || echo "bench: tally exited with $?" >&2
-}
-
 : >"$OUT/results.txt"
-: >"$OUT/tally.log"
 echo "server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU; $ROUNDS rounds of ${DURATION}s, $CONNECTIONS fresh connections each"
 echo "name p99_ms max_ms requests errors"
 # Each server serves all its rounds from one start, so start-up work counts once, in round 1,
@@ -86,7 +70,7 @@ echo "name p99_ms max_ms requests errors"
 tally_rounds() { # tag, bin, args...
     local tag=$1 bin=$2
     shift 2
-    start_tally "$bin" "$@"
+    launch_tally "$bin" "$OUT/data" "$OUT/$tag.log" "$@"
     for _ in $(seq 1 "$ROUNDS"); do
         round "$tag-health" "http://127.0.0.1:$PORT$HEALTH"
         round "$tag-lookup" "http://127.0.0.1:$PORT/get_value" -s bench/kv.lua -- "$OUT/keys.txt" 1

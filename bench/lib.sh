@@ -54,3 +54,21 @@ CONF
     NGINX_PID=$!
     wait_http "http://127.0.0.1:$port/api/v1/system/health"
 }
+
+# launch_tally BIN DATA_DIR LOG_FILE [tally args...]: BIN pinned to SERVER_CPU with one core on
+# 127.0.0.1:$PORT (LOG_LEVEL, default warn); sets TALLY_PID, added to PIDS, once health answers.
+launch_tally() {
+    local bin=$1 data=$2 log=$3
+    shift 3
+    taskset -c "$SERVER_CPU" "$bin" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$data" \
+        --log "${LOG_LEVEL:-warn}" "$@" >"$log" 2>&1 &
+    TALLY_PID=$!
+    PIDS+=("$TALLY_PID")
+    wait_http "http://127.0.0.1:$PORT/api/v1/system/health"
+}
+
+# stop_tally: SIGTERM to TALLY_PID, and waits for it to exit.
+stop_tally() {
+    kill -TERM "$TALLY_PID"
+    wait "$TALLY_PID" || echo "bench: tally exited with $?" >&2
+}

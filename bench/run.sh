@@ -99,16 +99,7 @@ start_tally() { # name, extra args...
     local name=$1
     shift
     # A baseline keeps its own data directory: an older build may keep another schema.
-    taskset -c "$SERVER_CPU" "$RUN_BIN" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/${TAG}data" \
-        --log "${LOG_LEVEL:-warn}" "$@" >"$OUT/tally-$name.log" 2>&1 &
-    TALLY_PID=$!
-    PIDS+=("$TALLY_PID")
-    wait_http "http://127.0.0.1:$PORT/api/v1/system/health"
-}
-
-stop_tally() {
-    kill -TERM "$TALLY_PID"
-    wait "$TALLY_PID" || echo "bench: tally exited with $?" >&2
+    launch_tally "$RUN_BIN" "$OUT/${TAG}data" "$OUT/tally-$name.log" "$@"
 }
 
 echo "server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU, $CONNECTIONS connections, ${DURATION}s per load"

@@ -66,11 +66,7 @@ start_tally() { # tag, bin, args...
     local tag=$1 bin=$2
     shift 2
     rm -rf "$OUT/data"
-    taskset -c "$SERVER_CPU" "$bin" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$OUT/data" \
-        --log warn "$@" >"$OUT/$tag.log" 2>&1 &
-    TALLY_PID=$!
-    PIDS+=("$TALLY_PID")
-    wait_http "http://127.0.0.1:$PORT$HEALTH"
+    launch_tally "$bin" "$OUT/data" "$OUT/$tag.log" "$@"
     sleep 1
 }
 
@@ -78,11 +74,11 @@ echo "server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU, health, ${DURATION}s per 
 for path in $PATHS; do
     start_tally "tally-$path" "$BIN" --io "$path"
     count "tally-$path" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
-    kill -TERM "$TALLY_PID"; wait "$TALLY_PID" || true
+    stop_tally
     if [ -n "$BASELINE_BIN" ]; then
         start_tally "base-$path" "$BASELINE_BIN" --io "$path"
         count "base-$path" "$TALLY_PID" "http://127.0.0.1:$PORT$HEALTH"
-        kill -TERM "$TALLY_PID"; wait "$TALLY_PID" || true
+        stop_tally
     fi
 done
 if command -v nginx >/dev/null; then

@@ -676,7 +676,8 @@ fn dockerignore_keeps_build_output_and_local_state_out() {
             ".dockerignore should exclude {wanted}"
         );
     }
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "src/"] {
+    // vendor/: the patched glommio that Cargo.toml's [patch.crates-io] builds from.
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "src/", "vendor", "vendor/"] {
         assert!(
             !patterns.contains(&needed),
             ".dockerignore must not exclude {needed}"
