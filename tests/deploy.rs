@@ -677,7 +677,14 @@ fn dockerignore_keeps_build_output_and_local_state_out() {
         );
     }
     // vendor/: the patched glommio that Cargo.toml's [patch.crates-io] builds from.
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "src/", "vendor", "vendor/"] {
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "src/",
+        "vendor",
+        "vendor/",
+    ] {
         assert!(
             !patterns.contains(&needed),
             ".dockerignore must not exclude {needed}"
