@@ -412,18 +412,12 @@ impl Ring {
     }
 
     /// Ends the quiet sends that were issued and posted no failure: they sent everything.
-    fn settle_quiet_sends(&self) {
+    /// Returns how many it took off the list (which is in `submitted` order).
+    fn settle_quiet_sends(&self) -> usize {
         let submitted = self.submitted.get();
-        let mut done = Vec::new();
-        self.quiet_sends.borrow_mut().retain(|&(index, epoch)| {
-            if epoch < submitted {
-                done.push((index, epoch));
-                false
-            } else {
-                true
-            }
-        });
-        for (index, epoch) in done {
+        let mut quiet_sends = self.quiet_sends.borrow_mut();
+        let issued = quiet_sends.partition_point(|&(_, epoch)| epoch < submitted);
+        for (index, epoch) in quiet_sends.drain(..issued) {
             if let Some(socket) = self.socket(index) {
                 let mut socket = socket.borrow_mut();
                 if socket.sending && socket.quiet_epoch == Some(epoch) {
@@ -432,6 +426,7 @@ impl Ring {
                 }
             }
         }
+        issued
     }
 
     fn send_ended(&self, socket: &mut Socket) {
@@ -564,9 +559,7 @@ impl Ring {
             let reaped = self.reap();
             if self.stopping.get() && self.sockets.borrow().iter().all(Option::is_none) {
                 // The last closes are queued, not yet submitted: no park will do it now.
-                if !self.uring.borrow_mut().submission().is_empty() {
-                    self.submit();
-                }
+                self.submit_queued();
                 break;
             }
             if reaped > 0 {
@@ -625,11 +618,7 @@ impl Ring {
             }
         }
         self.completions.set(batch);
-        if !self.quiet_sends.borrow().is_empty() {
-            let before = self.quiet_sends.borrow().len();
-            self.settle_quiet_sends();
-            reaped += before - self.quiet_sends.borrow().len();
-        }
+        reaped += self.settle_quiet_sends();
         self.buffers.publish();
         self.rearm_starved();
         reaped
@@ -645,6 +634,13 @@ impl Ring {
             if !matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) {
                 log::error!("io_uring submit failed: {err}");
             }
+        }
+    }
+
+    /// Submits what is queued, if anything.
+    fn submit_queued(&self) {
+        if !self.uring.borrow_mut().submission().is_empty() {
+            self.submit();
         }
     }
 
@@ -871,9 +867,7 @@ impl ParkHook for Ring {
         self.parks.set(self.parks.get() + 1);
         if self.has_completions() {
             // Work for the driver already: hand the queue to the kernel, without waiting.
-            if !self.uring.borrow_mut().submission().is_empty() {
-                self.submit();
-            }
+            self.submit_queued();
             self.kick();
             return Ok(());
         }
