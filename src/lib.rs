@@ -4,18 +4,18 @@
 //! Where a byte goes:
 //! - [`server`] owns the executors (one per core), their listeners and the connection loop.
 //! - [`http`] turns bytes into requests and responses into bytes; it knows no routes.
-//! - [`routes`] maps method + path to a handler.
+//! - [`api`] maps method + path to an endpoint, which reads its request JSON, asks the
+//!   domain and writes its response JSON.
 //! - [`kv`] holds the dataset and the per-core lookup replicas (no sockets).
 //! - [`counter`] batches increments per core, commits them from the owner core through
 //!   [`counter::store`], the only code that speaks to PostgreSQL, on a side runtime.
 //! - [`postgres`] runs the embedded PostgreSQL cluster used when no database URL is given.
 
-pub mod app;
+pub mod api;
 pub mod config;
 pub mod counter;
 pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod postgres;
-pub mod routes;
 pub mod server;

@@ -1,10 +1,10 @@
 //! Read-only UUID key/value lookups: the dataset (loaded once from a file, or the built-in
-//! sample), the per-core replicas built from it, and the `/get_value` body to outcome step.
-//! Knows nothing of sockets or HTTP; the route maps a [`Lookup`] to a status and body.
+//! sample) and the per-core replicas built from it. Knows nothing of sockets, HTTP or request
+//! bodies: `api::kv` parses `/get_value` and asks a [`Replica`].
 //!
 //! - [`load`] reads `.json`, `.jsonl`/`.ndjson` and `.csv` files into a [`Dataset`];
 //!   [`sample`] generates one; [`write`] writes one back out.
-//! - [`Replica::build`] runs on each core's thread; [`lookup`] answers from it with no
+//! - [`Replica::build`] runs on each core's thread; [`Replica::get`] answers from it with no
 //!   allocation and no cross-core traffic.
 //! - `reload`: a new dataset while serving ([`Reloader`], [`ReloadTrigger`]): parsed on its
 //!   own thread, a replica built for each core and swapped in between requests; [`watch`]
@@ -15,7 +15,6 @@ mod bench;
 mod dataset;
 mod json;
 mod load;
-mod lookup;
 mod reload;
 mod replica;
 mod sample;
@@ -28,13 +27,14 @@ mod write;
 pub use dataset::{Dataset, MAX_VALUE_BYTES};
 pub use json::write_json_string;
 pub use load::{load, LoadError, Position};
-pub use lookup::{lookup, Lookup, LookupScratch};
 pub use reload::{
     end_idle_priority, reload_channel, reload_peak_bytes, ReloadError, ReloadReason,
     ReloadRequests, ReloadStatus, ReloadTrigger, Reloader, Requested, Swap, Swapped,
 };
 pub use replica::Replica;
 pub use sample::{sample, DEFAULT_SAMPLE_PAIRS, DEFAULT_SEED, MAX_SAMPLE_PAIRS};
+#[cfg(test)]
+pub(crate) use uuid_v4::format_uuid;
 pub use uuid_v4::parse_uuid_v4;
 pub use watch::{watch, WatchError};
 pub use write::{write, write_jsonl};

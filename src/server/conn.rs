@@ -3,7 +3,7 @@
 //!
 //! The loop reads into a buffer that holds at most one request's head and body (so a client
 //! cannot make it grow without bound), frames requests with [`http::parse`], lets
-//! [`routes::dispatch`] answer them from the core's [`App`](crate::app::App) and appends the
+//! [`api::dispatch`] answer them from the core's [`App`](crate::api::App) and appends the
 //! responses to one output buffer, written once it holds [`MAX_PENDING_OUTPUT_BYTES`] or the
 //! buffered requests are all answered (so output is bounded too). Counter increments are
 //! answered after their commit; responses keep request order (RFC 9112 §9.3.2). Writes have a
@@ -13,12 +13,12 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::api::{self, KeyField, Reply, Request, Route};
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
 use crate::http::{
     self, BodyLocation, Head, HttpDate, HttpError, Method, Parsed, Persistence, ResponseHead,
     Status,
 };
-use crate::routes::{self, KeyField, Reply, Request, Route};
 
 use super::context::ConnContext;
 use super::registry::{Interrupt, Phase, Slot};
@@ -77,15 +77,9 @@ struct Conn {
 
 struct Deferred {
     at: usize,
-    ticket: Pending,
+    pending: api::counter::Pending,
     persistence: Persistence,
     head_only: bool,
-}
-
-/// An increment waiting for its commit.
-enum Pending {
-    Plain(crate::counter::Ticket),
-    Keyed(crate::counter::KeyedTicket),
 }
 
 /// What to do after a batch of responses is written.
@@ -374,32 +368,16 @@ impl Conn {
             authorization,
             idempotency_key,
         };
-        match routes::dispatch(&ctx.app, request, &mut self.response_body) {
-            Reply::Now {
-                status,
-                content_type,
-                allow,
-            } => {
-                let response = ResponseHead {
-                    status,
-                    content_type,
-                    persistence,
-                    head_only,
-                    allow,
-                    extra_header: None,
-                };
-                http::write_response(&mut self.wbuf, &response, date, &self.response_body);
-                self.answered.push((Route::metric_index(route), status));
+        match api::dispatch(&ctx.app, request, &mut self.response_body) {
+            Reply::Now(response) => {
+                let head = response.head(persistence, head_only);
+                http::write_response(&mut self.wbuf, &head, date, &self.response_body);
+                self.answered
+                    .push((Route::metric_index(route), response.status));
             }
-            Reply::Increment(ticket) => self.deferred.push(Deferred {
+            Reply::Later(pending) => self.deferred.push(Deferred {
                 at: self.wbuf.len(),
-                ticket: Pending::Plain(ticket),
-                persistence,
-                head_only,
-            }),
-            Reply::KeyedIncrement(ticket) => self.deferred.push(Deferred {
-                at: self.wbuf.len(),
-                ticket: Pending::Keyed(ticket),
+                pending,
                 persistence,
                 head_only,
             }),
@@ -424,34 +402,12 @@ impl Conn {
             out.extend_from_slice(&self.wbuf[copied..deferred.at]);
             copied = deferred.at;
             self.response_body.clear();
-            let (reply, extra_header) = match deferred.ticket {
-                Pending::Plain(ticket) => (
-                    routes::increment_reply(ticket.await, &mut self.response_body),
-                    None,
-                ),
-                Pending::Keyed(ticket) => {
-                    routes::keyed_increment_reply(ticket.await, &mut self.response_body)
-                }
-            };
-            if let Reply::Now {
-                status,
-                content_type,
-                allow,
-            } = reply
-            {
-                let response = ResponseHead {
-                    status,
-                    content_type,
-                    persistence: deferred.persistence,
-                    head_only: deferred.head_only,
-                    allow,
-                    extra_header,
-                };
-                let date = self.ctx.date.borrow();
-                http::write_response(&mut out, &response, &date, &self.response_body);
-                self.answered
-                    .push((Route::metric_index(Some(Route::Counter)), status));
-            }
+            let response = deferred.pending.answer(&mut self.response_body).await;
+            let head = response.head(deferred.persistence, deferred.head_only);
+            let date = self.ctx.date.borrow();
+            http::write_response(&mut out, &head, &date, &self.response_body);
+            self.answered
+                .push((Route::metric_index(Some(Route::Counter)), response.status));
         }
         out.extend_from_slice(&self.wbuf[copied..]);
         let written = write_before_deadline(&self.ctx, &self.slot, stream, &out).await;

@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::app::App;
+use crate::api::App;
 use crate::http::{HttpDate, Limits};
 
 use super::registry::Registry;

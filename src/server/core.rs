@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::app::{App, Shared};
+use crate::api::{App, Instance};
 use crate::counter::{self, CorePort, CounterCore, OwnerPort, Wiring};
 use crate::http::HttpDate;
 use crate::kv::{Dataset, Replica, Swap, Swapped};
@@ -39,7 +39,7 @@ pub(crate) const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_
 struct CoreStart {
     id: usize,
     config: ServerConfig,
-    shared: Arc<Shared>,
+    shared: Arc<Instance>,
     dataset: Arc<Dataset>,
     port: CorePort,
     /// Core 0 only: the counter's owner side.
@@ -89,7 +89,7 @@ impl Cores {
 /// Starts one pinned executor thread per configured CPU.
 pub fn spawn_all(
     config: &ServerConfig,
-    shared: &Arc<Shared>,
+    shared: &Arc<Instance>,
     dataset: Arc<Dataset>,
     wiring: Wiring,
     listeners: Vec<OwnedFd>,
@@ -259,7 +259,7 @@ impl CoreIo {
 
 /// Builds this core's replica (on this core's thread, so its memory is local to it) and its
 /// side of the counter. The core's reference to the parsed dataset is dropped here.
-fn build_app(id: usize, shared: Arc<Shared>, dataset: Arc<Dataset>, port: CorePort) -> App {
+fn build_app(id: usize, shared: Arc<Instance>, dataset: Arc<Dataset>, port: CorePort) -> App {
     let started = Instant::now();
     let replica = Replica::build(&dataset);
     drop(dataset);

@@ -4,7 +4,7 @@
 //! - [`run`] (this file): bind every listener first (so a bad address fails before anything
 //!   starts), start one thread per core, hand their stop channels to the [`Shutdown`] that
 //!   `main` installed before start-up, wait for them all.
-//! - `core`: one core's life in named steps: build its [`App`](crate::app::App), serve,
+//! - `core`: one core's life in named steps: build its [`App`](crate::api::App), serve,
 //!   drain, finish the counter.
 //! - `accept`: the accept loop and the connection cap. `conn`: one connection.
 //! - `context`: what connections on a core share (limits, timeouts, Date, registry).
@@ -45,12 +45,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::{AdminToken, Shared};
+use crate::api::{AdminToken, Instance, Route};
 use crate::counter::{CounterShared, Wiring};
 use crate::http::Limits;
 use crate::kv::{self, Dataset, ReloadRequests, ReloadStatus, ReloadTrigger, Reloader, Replica};
 use crate::metrics::CoreMetrics;
-use crate::routes::Route;
 
 /// What the server is told to do; built from the command line by `config`, or by a test.
 #[derive(Clone, Debug)]
@@ -151,7 +150,7 @@ pub fn run(
     } = services;
     let listeners = bind_listeners(config)?;
     let shared = Arc::new(
-        Shared::new(
+        Instance::new(
             config
                 .cpus
                 .iter()

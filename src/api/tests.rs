@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use super::counter::{committed, idempotency_key, keyed_committed};
 use super::*;
-use crate::app::{App, Shared};
 use crate::counter::store::{self, StoreConfig, StoreHandle};
-use crate::counter::{CounterCore, CounterShared};
+use crate::counter::KeyOutcome;
+use crate::counter::{self, CounterCore, CounterShared};
 use crate::kv::{self, Replica};
 use crate::metrics::CoreMetrics;
 
@@ -36,13 +37,13 @@ fn fixture() -> Fixture {
     let store = store::spawn(StoreConfig::new(NO_DATABASE)).expect("the store thread starts");
     let counter = Arc::new(CounterShared::new(store.clone(), 0));
     let port = counter::wire(1).cores.pop().expect("one core's port");
-    let shared = Arc::new(Shared::new(
+    let instance = Arc::new(Instance::new(
         vec![CoreMetrics::new(Route::METRIC_LABELS)],
         counter,
     ));
     let app = App::new(
         0,
-        shared,
+        instance,
         Replica::build(&dataset),
         CounterCore::new(port, 0),
     );
@@ -65,8 +66,10 @@ fn call(
     let mut out = Vec::new();
     let request = Request::new(method, Route::from_path(path.as_bytes()), &mut body);
     match dispatch(&f.app, request, &mut out) {
-        Reply::Now { status, allow, .. } => (status, String::from_utf8(out).expect("UTF-8"), allow),
-        Reply::Increment(_) | Reply::KeyedIncrement(_) => {
+        Reply::Now(Response { status, allow, .. }) => {
+            (status, String::from_utf8(out).expect("UTF-8"), allow)
+        }
+        Reply::Later(_) => {
             panic!("{path} was answered with an increment ticket")
         }
     }
@@ -179,7 +182,7 @@ fn a_valid_increment_waits_for_its_commit_and_a_bad_body_is_400() {
         let mut body = body.as_bytes().to_vec();
         let request = Request::new(Method::Post, Some(Route::Counter), &mut body);
         let reply = dispatch(&f.app, request, &mut Vec::new());
-        assert!(matches!(reply, Reply::Increment(_)));
+        assert!(matches!(reply, Reply::Later(_)));
     }
     assert_eq!(
         call(&f, Method::Post, "/api/v1/counter", r#"{"by":0}"#).0,
@@ -190,23 +193,11 @@ fn a_valid_increment_waits_for_its_commit_and_a_bad_body_is_400() {
 #[test]
 fn a_failed_commit_is_503_and_a_committed_one_gives_the_count() {
     let mut out = Vec::new();
-    let reply = increment_reply(Err(counter::CommitError::Timeout), &mut out);
-    assert!(matches!(
-        reply,
-        Reply::Now {
-            status: Status::ServiceUnavailable,
-            ..
-        }
-    ));
+    let response = committed(Err(counter::CommitError::Timeout), &mut out);
+    assert_eq!(response.status, Status::ServiceUnavailable);
     out.clear();
-    let reply = increment_reply(Ok(42), &mut out);
-    assert!(matches!(
-        reply,
-        Reply::Now {
-            status: Status::Ok,
-            ..
-        }
-    ));
+    let response = committed(Ok(42), &mut out);
+    assert_eq!(response, Response::json(Status::Ok));
     assert_eq!(out, br#"{"count":42}"#);
 }
 
@@ -264,35 +255,15 @@ fn an_idempotency_key_is_1_to_255_visible_ascii_and_one_field() {
 #[test]
 fn keyed_outcomes_map_to_200_a_marked_replay_and_422() {
     let mut out = Vec::new();
-    let (reply, extra) = keyed_increment_reply(Ok(KeyOutcome::Counted(7)), &mut out);
-    assert!(
-        matches!(
-            reply,
-            Reply::Now {
-                status: Status::Ok,
-                ..
-            }
-        ) && extra.is_none()
-    );
+    let response = keyed_committed(Ok(KeyOutcome::Counted(7)), &mut out);
+    assert_eq!(response, Response::json(Status::Ok));
     assert_eq!(out, br#"{"count":7}"#);
     out.clear();
-    let (reply, extra) = keyed_increment_reply(Ok(KeyOutcome::Replayed(7)), &mut out);
-    assert!(matches!(
-        reply,
-        Reply::Now {
-            status: Status::Ok,
-            ..
-        }
-    ));
-    assert_eq!(extra, Some(REPLAYED_HEADER));
+    let response = keyed_committed(Ok(KeyOutcome::Replayed(7)), &mut out);
+    assert_eq!(response.status, Status::Ok);
+    assert_eq!(response.extra_header, Some(REPLAYED_HEADER));
     assert_eq!(out, br#"{"count":7}"#);
     out.clear();
-    let (reply, _) = keyed_increment_reply(Ok(KeyOutcome::Mismatch), &mut out);
-    assert!(matches!(
-        reply,
-        Reply::Now {
-            status: Status::UnprocessableContent,
-            ..
-        }
-    ));
+    let response = keyed_committed(Ok(KeyOutcome::Mismatch), &mut out);
+    assert_eq!(response.status, Status::UnprocessableContent);
 }

@@ -1,9 +1,9 @@
 //! The application as handlers see it: no sockets, no executors, no connection state.
 //!
 //! [`App`] is one core's value (its key/value replica, its side of the counter, its metrics),
-//! built on that core and used only there; [`Shared`] is what every core's `App` points to
-//! (the counter's store, every core's metrics, readiness). Handlers in `routes` take an `&App`,
-//! so a unit test builds one directly and calls them without a listener or a binary.
+//! built on that core and used only there; [`Instance`] is what every core's `App` points to
+//! (the counter's store, every core's metrics, readiness). Endpoints take an `&App`, so a unit
+//! test builds one directly and calls them without a listener or a binary.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -13,11 +13,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::counter::{CounterCore, CounterShared};
-use crate::kv::{self, Lookup, LookupScratch, ReloadStatus, ReloadTrigger, Replica};
+use crate::kv::{ReloadStatus, ReloadTrigger, Replica};
 use crate::metrics::{self, CoreMetrics};
 
-/// State shared by every core (read-mostly; metrics are written each by its own core).
-pub struct Shared {
+use super::kv::{lookup, Lookup, LookupScratch};
+
+/// This instance: what every core's [`App`] shares (read-mostly; metrics are written each by
+/// its own core).
+pub struct Instance {
     /// One entry per core, indexed by core id.
     pub metrics: Vec<CoreMetrics>,
     pub counter: Arc<CounterShared>,
@@ -33,10 +36,10 @@ pub struct Shared {
     pub admin_token: Option<AdminToken>,
 }
 
-impl Shared {
+impl Instance {
     /// `metrics` has one entry per core.
     pub fn new(metrics: Vec<CoreMetrics>, counter: Arc<CounterShared>) -> Self {
-        Shared {
+        Instance {
             metrics,
             counter,
             kv_ready_cores: AtomicUsize::new(0),
@@ -98,7 +101,7 @@ impl Shared {
 /// One core's application state.
 pub struct App {
     pub core: usize,
-    pub shared: Arc<Shared>,
+    pub instance: Arc<Instance>,
     /// Borrowed for one lookup at a time (never across an await), so a reload's
     /// [`swap_replica`](App::swap_replica), which runs between requests, always gets it.
     replica: RefCell<Replica>,
@@ -111,17 +114,17 @@ impl App {
     /// Builds core `core`'s state and counts its replica as ready.
     pub fn new(
         core: usize,
-        shared: Arc<Shared>,
+        instance: Arc<Instance>,
         replica: Replica,
         counter: Rc<CounterCore>,
     ) -> App {
-        let metrics = &shared.metrics[core];
+        let metrics = &instance.metrics[core];
         metrics.kv_replica_bytes.set(replica.memory_bytes() as u64);
         metrics.kv_replica_pairs.set(replica.len() as u64);
-        shared.kv_ready_cores.fetch_add(1, Ordering::AcqRel);
+        instance.kv_ready_cores.fetch_add(1, Ordering::AcqRel);
         App {
             core,
-            shared,
+            instance,
             replica: RefCell::new(replica),
             kv_scratch: RefCell::new(LookupScratch::new()),
             counter,
@@ -130,18 +133,14 @@ impl App {
 
     /// This core's metrics.
     pub fn metrics(&self) -> &CoreMetrics {
-        &self.shared.metrics[self.core]
+        &self.instance.metrics[self.core]
     }
 
     /// Answers a `/get_value` body from this core's replica and gives the outcome to `answer`
     /// (the value borrows the replica, which stays borrowed only for that call).
     pub fn lookup<R>(&self, body: &mut [u8], answer: impl FnOnce(Lookup<'_>) -> R) -> R {
         let replica = self.replica.borrow();
-        answer(kv::lookup(
-            &replica,
-            &mut self.kv_scratch.borrow_mut(),
-            body,
-        ))
+        answer(lookup(&replica, &mut self.kv_scratch.borrow_mut(), body))
     }
 
     /// Puts `new` in place of this core's replica and returns the old one. Called between

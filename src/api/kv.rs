@@ -1,13 +1,31 @@
-//! `POST /get_value` bodies to a lookup outcome: parse with simd-json into reused buffers, check
-//! the key is a UUID v4, look it up in this core's replica. No allocation once the scratch
-//! buffers have grown to the body size.
+//! `POST /get_value` with `{"key": "<UUID v4>"}`: 200 `{"value": ...}`, 404 for a key not in
+//! the dataset, 422 for a key that is not a UUID v4, 400 for a body that is not such an
+//! object. The body is parsed with simd-json into per-core reused buffers (no allocation once
+//! they have grown to the body size) and the key looked up in this core's replica.
 
 use simd_json::{Buffers, Node, Tape};
 
-use super::parse_uuid_v4;
-use super::replica::Replica;
+use crate::http::Status;
+use crate::kv::{parse_uuid_v4, write_json_string, Replica};
 
-/// What a `/get_value` body asks for, as the route maps it to a status.
+use super::{message, App, Response};
+
+/// `POST /get_value`.
+pub fn get_value(app: &App, body: &mut [u8], out: &mut Vec<u8>) -> Response {
+    app.lookup(body, |lookup| match lookup {
+        Lookup::Found(value) => {
+            out.extend_from_slice(b"{\"value\":");
+            write_json_string(out, value);
+            out.push(b'}');
+            Response::json(Status::Ok)
+        }
+        Lookup::NotFound => message(out, Status::NotFound, "key not found"),
+        Lookup::NotUuidV4 => message(out, Status::UnprocessableContent, "key is not a UUID v4"),
+        Lookup::BadRequest(why) => message(out, Status::BadRequest, why),
+    })
+}
+
+/// What a `/get_value` body asks for, before it becomes a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup<'a> {
     /// 200: the value of the key.
@@ -113,7 +131,7 @@ mod tests {
         let (key, value) = dataset.iter().next().expect("non-empty");
         Fixture {
             replica: Replica::build(&dataset),
-            key: String::from_utf8(crate::kv::uuid_v4::format_uuid(key).to_vec()).expect("ASCII"),
+            key: uuid::Uuid::from_u128(key).hyphenated().to_string(),
             value: value.to_owned(),
         }
     }
