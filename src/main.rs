@@ -13,7 +13,7 @@ use clap::Parser;
 use tally::config::{self, Cli, Command, SampleArgs, ServeArgs};
 use tally::counter::{self, store, CounterShared};
 use tally::postgres::{EmbeddedError, EmbeddedPostgres};
-use tally::{kv, server};
+use tally::{compose, kv, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -119,11 +119,11 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     })
     .context("starting the store thread")?;
     let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));
-    let services = server::Services {
+    let services = compose::Services {
         dataset,
         counter,
         wiring: counter::wire(cpus.len()),
-        kv_reload: server::KvReload {
+        kv_reload: compose::KvReload {
             path: cfg.kv_data.clone(),
             max_bytes: cfg.kv_reload_max_bytes,
             trigger: reload_trigger,
@@ -132,7 +132,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         },
     };
     // A signal that came meanwhile stops the cores as soon as they start.
-    let served = server::run(&cfg.server_config(cpus), services, &shutdown);
+    let served = compose::run(&cfg.server_config(cpus), services, &shutdown);
     // A reload still running must not hold up the exit (see `end_idle_priority`).
     kv::end_idle_priority();
     store.shutdown();

@@ -7,7 +7,8 @@ use std::path::Path;
 /// Top-level modules from the top (start-up) to the bottom (bytes); a module may use only
 /// modules of a lower rank. Modules of equal rank know nothing of each other.
 const LAYERS: &[(&str, u8)] = &[
-    ("main", 9),
+    ("main", 10),
+    ("compose", 9),
     ("config", 8),
     ("server", 7),
     ("api", 6),

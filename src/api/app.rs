@@ -108,6 +108,8 @@ pub struct App {
     /// simd-json's reusable buffers for `/get_value` bodies (no allocation per lookup).
     kv_scratch: RefCell<LookupScratch>,
     pub counter: Rc<CounterCore>,
+    /// Core 0 only: the counter's owner loop, awaited by [`App::finish`].
+    owner: RefCell<Option<glommio::Task<()>>>,
 }
 
 impl App {
@@ -117,6 +119,7 @@ impl App {
         instance: Arc<Instance>,
         replica: Replica,
         counter: Rc<CounterCore>,
+        owner: Option<glommio::Task<()>>,
     ) -> App {
         let metrics = &instance.metrics[core];
         metrics.kv_replica_bytes.set(replica.memory_bytes() as u64);
@@ -128,7 +131,27 @@ impl App {
             replica: RefCell::new(replica),
             kv_scratch: RefCell::new(LookupScratch::new()),
             counter,
+            owner: RefCell::new(owner),
         }
+    }
+
+    /// The core stops serving: sends its last increments to the owner; increments after this
+    /// fail at once.
+    pub fn close(&self) {
+        self.counter.close();
+    }
+
+    /// On the owner core, waits (at most `limit`) for the owner to commit what every core sent;
+    /// it ends once every core has closed. Elsewhere returns at once.
+    pub async fn finish(&self, limit: std::time::Duration) {
+        let Some(owner) = self.owner.borrow_mut().take() else {
+            return;
+        };
+        let timeout = async {
+            glommio::timer::sleep(limit).await;
+            log::error!("the counter's owner did not finish draining; exiting anyway");
+        };
+        futures_lite::future::or(owner, timeout).await;
     }
 
     /// This core's metrics.

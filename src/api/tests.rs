@@ -46,6 +46,7 @@ fn fixture() -> Fixture {
         instance,
         Replica::build(&dataset),
         CounterCore::new(port, 0),
+        None,
     );
     Fixture {
         app,

@@ -10,7 +10,7 @@ use crate::http::{HttpDate, Limits};
 use super::registry::Registry;
 
 pub struct ConnContext {
-    pub app: App,
+    pub app: std::rc::Rc<App>,
     pub limits: Limits,
     /// Request timeout in whole seconds of the registry's coarse clock.
     pub request_timeout_secs: u64,

@@ -4,8 +4,8 @@
 //! - [`run`] (this file): bind every listener first (so a bad address fails before anything
 //!   starts), start one thread per core, hand their stop channels to the [`Shutdown`] that
 //!   `main` installed before start-up, wait for them all.
-//! - `core`: one core's life in named steps: build its [`App`](crate::api::App), serve,
-//!   drain, finish the counter.
+//! - `executor`: one core's thread and executor, its life in named steps: build its
+//!   [`App`](crate::api::App) from the parts [`CoreApps`] gave, serve, drain, finish.
 //! - `accept`: the accept loop and the connection cap. `conn`: one connection.
 //! - `context`: what connections on a core share (limits, timeouts, Date, registry).
 //! - `registry`: open connections and their deadlines. `listener`, `signals`, `uring`: the
@@ -18,7 +18,7 @@
 mod accept;
 mod conn;
 mod context;
-mod core;
+mod executor;
 mod listener;
 mod registry;
 mod ring;
@@ -41,15 +41,11 @@ pub enum IoPath {
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Duration;
 
-use crate::api::{AdminToken, Instance, Route};
-use crate::counter::{CounterShared, Wiring};
+use crate::api::{AdminToken, App};
 use crate::http::Limits;
-use crate::kv::{self, Dataset, ReloadRequests, ReloadStatus, ReloadTrigger, Reloader, Replica};
-use crate::metrics::CoreMetrics;
 
 /// What the server is told to do; built from the command line by `config`, or by a test.
 #[derive(Clone, Debug)]
@@ -102,23 +98,17 @@ pub enum ServerError {
     CorePanicked { core: usize },
 }
 
-/// Everything [`run`] needs besides its configuration.
-pub struct Services {
-    pub dataset: Arc<Dataset>,
-    pub counter: Arc<CounterShared>,
-    pub wiring: Wiring,
-    pub kv_reload: KvReload,
-}
-
-/// How the key/value dataset is reloaded while serving (`kv::reload`).
-pub struct KvReload {
-    /// The `--kv-data` file; `None` for the built-in sample (nothing to reload).
-    pub path: Option<PathBuf>,
-    /// `--kv-reload-max-bytes`.
-    pub max_bytes: Option<u64>,
-    pub trigger: ReloadTrigger,
-    pub requests: ReloadRequests,
-    pub status: Arc<ReloadStatus>,
+/// What the cores serve, from the composition root (`compose`): the server starts a thread
+/// and an executor per core and builds each core's [`App`] there, knowing nothing of what it
+/// holds.
+pub struct CoreApps<G, P> {
+    /// One per core, in core order: a guard the core's thread keeps on its stack until it ends
+    /// (so it is released however the thread ends, a panic included), and the parts its
+    /// [`App`] is built from.
+    pub starts: Vec<(G, P)>,
+    /// Builds core `core`'s App from its parts, on its executor, starting the application's
+    /// own tasks there.
+    pub build: fn(P, usize) -> Rc<App>,
 }
 
 /// The CPUs this process may run on (respects `taskset` and container cpusets), ascending.
@@ -137,60 +127,22 @@ pub fn allowed_cpus() -> Result<Vec<usize>, ServerError> {
 
 /// Runs the server until `shutdown` sees SIGTERM/SIGINT (at once if it saw one already) and a
 /// graceful drain.
-pub fn run(
+pub fn run<G: Send + 'static, P: Send + 'static>(
     config: &ServerConfig,
-    services: Services,
+    apps: CoreApps<G, P>,
     shutdown: &Shutdown,
 ) -> Result<(), ServerError> {
-    let Services {
-        dataset,
-        counter,
-        wiring,
-        kv_reload,
-    } = services;
     let listeners = bind_listeners(config)?;
-    let shared = Arc::new(
-        Instance::new(
-            config
-                .cpus
-                .iter()
-                .map(|_| CoreMetrics::new(Route::METRIC_LABELS))
-                .collect(),
-            counter,
-        )
-        .with_kv_reload(kv_reload.status.clone(), kv_reload.trigger.clone())
-        .with_admin_token(config.admin_token.clone()),
-    );
     let (stop_senders, stop_receivers): (Vec<_>, Vec<_>) =
         config.cpus.iter().map(|_| flume::bounded::<()>(1)).unzip();
     shutdown.attach(&stop_senders);
-
-    let pairs = dataset.len();
-    let (swap_senders, swap_receivers): (Vec<_>, Vec<_>) =
-        config.cpus.iter().map(|_| flume::bounded(1)).unzip();
-    start_reloader(
-        config,
-        kv_reload,
-        Replica::bytes_for(&dataset),
-        swap_senders,
-    )?;
     ring_flags::set_enabled(config.ring_taskrun_flags);
-    let cores = core::spawn_all(
-        config,
-        &shared,
-        dataset,
-        wiring,
-        listeners,
-        stop_receivers,
-        swap_receivers,
-    )?;
-    // The cores hold the only references to the parsed dataset now; it is freed once the last
-    // replica is built (at 10M pairs that is ~0.4 GB).
+    let cores = executor::spawn_all(config, apps, listeners, stop_receivers)?;
     let mut failure = cores.wait_started();
     match &failure {
         None => {
             log::info!(
-                "tally listening on {} with {} core(s) (CPUs {:?}), {pairs} key/value pairs",
+                "tally listening on {} with {} core(s) (CPUs {:?})",
                 config.listen,
                 config.cpus.len(),
                 config.cpus,
@@ -203,32 +155,6 @@ pub fn run(
         failure.get_or_insert(err);
     }
     failure.map_or(Ok(()), Err)
-}
-
-/// Starts the key/value reload thread, if there is a file to reload. Requests made before it
-/// runs (a SIGHUP during start-up) wait in the channel and are served first.
-fn start_reloader(
-    config: &ServerConfig,
-    kv_reload: KvReload,
-    replica_bytes: usize,
-    swaps: Vec<flume::Sender<kv::Swap>>,
-) -> Result<(), ServerError> {
-    let Some(path) = kv_reload.path else {
-        return Ok(());
-    };
-    Reloader {
-        path,
-        max_bytes: kv_reload.max_bytes,
-        cpus: config.cpus.clone(),
-        cores: swaps,
-        status: kv_reload.status,
-        replica_bytes: replica_bytes as u64,
-    }
-    .spawn(kv_reload.requests)
-    .map_err(|source| ServerError::Thread {
-        name: "tally-kv-reload".into(),
-        source,
-    })
 }
 
 /// Says which setup flags glommio's rings got, and why not when the kernel refused them.

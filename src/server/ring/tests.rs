@@ -11,7 +11,7 @@ use super::{Ring, TaskRun};
 use crate::server::stream::Stream;
 
 fn on_executor<T: 'static>(test: impl std::future::Future<Output = T> + 'static) -> T {
-    on_executor_preempting_every(crate::server::core::PREEMPT_TIMER, test)
+    on_executor_preempting_every(crate::server::executor::PREEMPT_TIMER, test)
 }
 
 fn on_executor_preempting_every<T: 'static>(
@@ -358,7 +358,7 @@ fn a_flooded_ring_still_lets_timers_and_other_threads_in_within_the_preemption_p
     // Measured: ~1 ms and ~3 ms late; with glommio's default period (100 ms) 101 ms and
     // 101 ms. The bound is far from both, so a loaded machine does not make it flaky.
     let bound = Duration::from_millis(50);
-    let (timer_late, message_late) = lateness_under_flood(crate::server::core::PREEMPT_TIMER);
+    let (timer_late, message_late) = lateness_under_flood(crate::server::executor::PREEMPT_TIMER);
     assert!(timer_late < bound, "a 1 ms timer fired {timer_late:?} late");
     assert!(
         message_late < bound,

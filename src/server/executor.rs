@@ -1,26 +1,23 @@
-//! One core's life, in the order it happens: build the core's [`App`] (its key/value replica
-//! and its side of the counter), start its background tasks, accept and serve until told to
-//! stop, drain its connections, hand its last increments to the owner, and (on the owner
-//! core) wait for the owner to commit what every core sent.
+//! One core's executor thread, its life in the order it happens: build the core's [`App`]
+//! (with the parts the composition root gave), accept and serve until told to stop, drain its
+//! connections, close the App (its last increments go to the owner), and let it finish (on the
+//! owner core: wait for the owner to commit what every core sent).
 
 use std::future::Future;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::api::{App, Instance};
-use crate::counter::{self, CorePort, CounterCore, OwnerPort, Wiring};
+use crate::api::App;
 use crate::http::HttpDate;
-use crate::kv::{Dataset, Replica, Swap, Swapped};
 
 use super::context::ConnContext;
 use super::registry::Registry;
 use super::ring::{self, Ring};
-use super::{accept, uring, IoPath, ServerConfig, ServerError};
+use super::{accept, uring, CoreApps, IoPath, ServerConfig, ServerError};
 
 /// Locked memory glommio gets for its registered I/O buffers. Sockets do not use them, and a
 /// small value keeps tally inside the default 8 MiB `ulimit -l` of most systems.
@@ -36,18 +33,13 @@ const IO_MEMORY_BYTES: usize = 64 * 1024;
 pub(crate) const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What a core thread receives from [`spawn_all`].
-struct CoreStart {
+struct CoreStart<P> {
     id: usize,
     config: ServerConfig,
-    shared: Arc<Instance>,
-    dataset: Arc<Dataset>,
-    port: CorePort,
-    /// Core 0 only: the counter's owner side.
-    owner: Option<OwnerPort>,
+    parts: P,
+    build: fn(P, usize) -> Rc<App>,
     stop: flume::Receiver<()>,
     listener: OwnedFd,
-    /// New replicas from the key/value reload thread.
-    swaps: flume::Receiver<Swap>,
 }
 
 type Started = flume::Sender<Result<usize, ServerError>>;
@@ -87,43 +79,34 @@ impl Cores {
 }
 
 /// Starts one pinned executor thread per configured CPU.
-pub fn spawn_all(
+pub fn spawn_all<G: Send + 'static, P: Send + 'static>(
     config: &ServerConfig,
-    shared: &Arc<Instance>,
-    dataset: Arc<Dataset>,
-    wiring: Wiring,
+    apps: CoreApps<G, P>,
     listeners: Vec<OwnedFd>,
     stops: Vec<flume::Receiver<()>>,
-    swaps: Vec<flume::Receiver<Swap>>,
 ) -> Result<Cores, ServerError> {
     let (started_tx, started) = flume::unbounded();
-    let mut owner = Some(wiring.owner);
     let mut threads = Vec::with_capacity(config.cpus.len());
-    let per_core = listeners
-        .into_iter()
-        .zip(wiring.cores)
-        .zip(stops)
-        .zip(swaps);
-    for (id, (((listener, port), stop), swaps)) in per_core.enumerate() {
+    let per_core = apps.starts.into_iter().zip(listeners).zip(stops);
+    for (id, (((guard, parts), listener), stop)) in per_core.enumerate() {
         let start = CoreStart {
             id,
             config: config.clone(),
-            shared: shared.clone(),
-            dataset: dataset.clone(),
-            port,
-            owner: if id == 0 { owner.take() } else { None },
+            parts,
+            build: apps.build,
             stop,
             listener,
-            swaps,
         };
-        let thread = spawn_core(start, config.cpus[id], started_tx.clone())?;
+        let thread = spawn_core(guard, start, config.cpus[id], started_tx.clone())?;
         threads.push((id, thread));
     }
     Ok(Cores { threads, started })
 }
 
-fn spawn_core(
-    mut start: CoreStart,
+/// Starts core `start.id`'s thread; `guard` stays on its stack until the thread ends.
+fn spawn_core<G: Send + 'static, P: Send + 'static>(
+    guard: G,
+    start: CoreStart<P>,
     cpu: usize,
     started: Started,
 ) -> Result<JoinHandle<()>, ServerError> {
@@ -132,12 +115,9 @@ fn spawn_core(
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            // On this thread's stack, so however the thread ends (a panic in any task
-            // included) the other cores stop waiting for the owner (`counter::OwnerLease`).
-            let _owner_lease = start
-                .owner
-                .as_mut()
-                .map(|port| port.lease(&start.shared.counter));
+            // Dropped however the thread ends: glommio leaks the tasks of an executor that
+            // panicked, so what must be released then cannot live in a task.
+            let _guard = guard;
             let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&name)
                 .io_memory(IO_MEMORY_BYTES)
@@ -159,24 +139,18 @@ fn spawn_core(
         })
 }
 
-async fn core_main(start: CoreStart, started: Started) {
+async fn core_main<P>(start: CoreStart<P>, started: Started) {
     let CoreStart {
         id,
         config,
-        shared,
-        dataset,
-        port,
-        owner,
+        parts,
+        build,
         stop,
         listener,
-        swaps,
     } = start;
-    let owner =
-        owner.map(|port| glommio::spawn_local(counter::run_owner(port, shared.counter.clone())));
-    let app = build_app(id, shared, dataset, port);
-    let ctx = Rc::new(connection_context(app, &config));
-    start_background_tasks(&ctx);
-    glommio::spawn_local(swap_replicas(ctx.clone(), swaps)).detach();
+    let app = build(parts, id);
+    let ctx = Rc::new(connection_context(app.clone(), &config));
+    glommio::spawn_local(ctx.clone().run_sweeper()).detach();
 
     let io = CoreIo::open(id, &config, listener);
     let _ = started.send(Ok(id));
@@ -191,13 +165,8 @@ async fn core_main(start: CoreStart, started: Started) {
     drain(&ctx, config.shutdown_grace).await;
     io.close(id).await;
     drop(ctx);
-    if let Some(owner) = owner {
-        // The owner ends once every core has closed its CounterCore (dropping its sender).
-        // Bounded, so a core that died without closing cannot keep the process alive.
-        if within(2 * config.shutdown_grace, owner).await.is_none() {
-            log::error!("the counter's owner did not finish draining; exiting anyway");
-        }
-    }
+    // Bounded, so a core that died without closing cannot keep the process alive.
+    app.finish(2 * config.shutdown_grace).await;
 }
 
 /// How this core's connections do their I/O (`--io`), with what must be closed after them.
@@ -257,23 +226,7 @@ impl CoreIo {
     }
 }
 
-/// Builds this core's replica (on this core's thread, so its memory is local to it) and its
-/// side of the counter. The core's reference to the parsed dataset is dropped here.
-fn build_app(id: usize, shared: Arc<Instance>, dataset: Arc<Dataset>, port: CorePort) -> App {
-    let started = Instant::now();
-    let replica = Replica::build(&dataset);
-    drop(dataset);
-    log::info!(
-        "core {id}: key/value replica of {} pairs, {} bytes, built in {:?}",
-        replica.len(),
-        replica.memory_bytes(),
-        started.elapsed()
-    );
-    let counter = CounterCore::new(port, shared.counter.max_batch);
-    App::new(id, shared, replica, counter)
-}
-
-fn connection_context(app: App, config: &ServerConfig) -> ConnContext {
+fn connection_context(app: Rc<App>, config: &ServerConfig) -> ConnContext {
     ConnContext {
         app,
         limits: config.limits,
@@ -288,37 +241,9 @@ fn connection_context(app: App, config: &ServerConfig) -> ConnContext {
     }
 }
 
-/// The counter's batcher and reply tasks, and the once-a-second sweeper.
-fn start_background_tasks(ctx: &Rc<ConnContext>) {
-    let counter = &ctx.app.counter;
-    glommio::spawn_local(counter.clone().run_batcher()).detach();
-    glommio::spawn_local(counter.clone().run_replies()).detach();
-    glommio::spawn_local(ctx.clone().run_sweeper()).detach();
-}
-
-/// Swaps in each replica the reload thread sends, between two requests (this task runs only
-/// when no handler does), and hands the old one back to be freed off this core. Ends with the
-/// core: a replica sent during the drain is dropped with the channel, and shutdown does not
-/// wait for it.
-async fn swap_replicas(ctx: Rc<ConnContext>, swaps: flume::Receiver<Swap>) {
-    while let Ok(Swap { replica, done }) = swaps.recv_async().await {
-        let (pairs, bytes) = (replica.len(), replica.memory_bytes());
-        let old = ctx.app.swap_replica(replica);
-        log::info!(
-            "core {}: key/value replica of {pairs} pairs, {bytes} bytes swapped in",
-            ctx.app.core
-        );
-        // If the reload thread gave up waiting, the old replica comes back and is freed here.
-        let _ = done.send(Swapped {
-            core: ctx.app.core,
-            old,
-        });
-    }
-}
-
 /// Closes idle connections now and lets busy ones finish their requests within the grace
-/// period; then closes those still waiting to read, sends this core's last increments to the
-/// owner, and waits (bounded again) for the answers to go out.
+/// period; then closes those still waiting to read, closes the App (this core's last
+/// increments go to the owner), and waits (bounded again) for the answers to go out.
 async fn drain(ctx: &ConnContext, grace: Duration) {
     ctx.shutting_down.set(true);
     ctx.registry.close_idle();
@@ -330,7 +255,7 @@ async fn drain(ctx: &ConnContext, grace: Duration) {
         );
         ctx.registry.close_all_reading();
     }
-    ctx.app.counter.close();
+    ctx.app.close();
     if within(grace, ctx.registry.until_empty()).await.is_none() {
         log::warn!(
             "core {}: {} connection(s) still waiting for the counter; leaving them",
