@@ -76,7 +76,13 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     // SIGHUP reloads the dataset; handled from here on, so one during start-up does not kill
     // tally (it is served once the cores run).
     let (reload_trigger, reload_requests) = kv::reload_channel(cfg.kv_data.as_deref());
-    server::reload_on_hangup(reload_trigger.clone(), cpus.last().copied())?;
+    let on_hangup = reload_trigger.clone();
+    server::on_hangup(
+        move || {
+            on_hangup.request(kv::ReloadReason::Signal);
+        },
+        cpus.last().copied(),
+    )?;
     let load_started = Instant::now();
     let dataset = Arc::new(load_dataset(cfg.kv_data.as_deref())?);
     let kv_status = Arc::new(kv::ReloadStatus::initial(

@@ -28,7 +28,7 @@ mod stream;
 pub mod uring;
 
 pub use ring::TaskRun;
-pub use signals::{reload_on_hangup, Shutdown};
+pub use signals::{on_hangup, Shutdown};
 
 /// Which sockets connections use (`--io`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::ServerError;
-use crate::kv::{ReloadReason, ReloadTrigger};
 
 /// The installed handlers; dropping it ends the signal thread.
 pub struct Shutdown {
@@ -107,9 +106,12 @@ pub fn stop_all(stops: &[flume::Sender<()>]) {
 }
 
 /// Installs the SIGHUP handler (from now on SIGHUP no longer ends tally) and a thread, pinned to
-/// `cpu` if given, that turns each SIGHUP into a reload request. The request only queues (see
-/// [`ReloadTrigger::request`]), so a SIGHUP during start-up or drain blocks nothing.
-pub fn reload_on_hangup(trigger: ReloadTrigger, cpu: Option<usize>) -> Result<(), ServerError> {
+/// `cpu` if given, that calls `on_hangup` for each SIGHUP. It runs on that thread, so it must
+/// not block for long: the dataset's reload only queues a request.
+pub fn on_hangup(
+    on_hangup: impl Fn() + Send + 'static,
+    cpu: Option<usize>,
+) -> Result<(), ServerError> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .map_err(ServerError::Signals)?;
     let name = "tally-sighup";
@@ -118,7 +120,7 @@ pub fn reload_on_hangup(trigger: ReloadTrigger, cpu: Option<usize>) -> Result<()
         .spawn(move || {
             pin_current_thread(name, cpu);
             for _ in signals.forever() {
-                trigger.request(ReloadReason::Signal);
+                on_hangup();
             }
         })
         .map(drop)
