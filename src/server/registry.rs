@@ -35,6 +35,8 @@ pub struct Slot {
     /// Coarse-clock second after which the connection is closed; meaningless when Busy.
     deadline: Cell<u64>,
     timed_out: Cell<bool>,
+    /// The connection was past a deadline at least once (`timed_out` is cleared by `rearm`).
+    ever_timed_out: Cell<bool>,
     /// The sweeper asked this idle connection to give its buffers back (see `Registry::sweep`),
     /// or it holds none.
     trim: Cell<bool>,
@@ -51,6 +53,11 @@ impl Slot {
 
     pub fn timed_out(&self) -> bool {
         self.timed_out.get()
+    }
+
+    /// Whether the connection was ever past a deadline (for the timed-out metric).
+    pub fn ever_timed_out(&self) -> bool {
+        self.ever_timed_out.get()
     }
 
     /// Resolves once the sweeper has found this connection past its deadline (or the core
@@ -103,6 +110,7 @@ impl Slot {
     /// Marks the connection timed out and wakes its task.
     fn interrupt(&self) {
         self.timed_out.set(true);
+        self.ever_timed_out.set(true);
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
@@ -158,6 +166,7 @@ impl Registry {
             phase: Cell::new(Phase::Idle),
             deadline: Cell::new(idle_deadline),
             timed_out: Cell::new(false),
+            ever_timed_out: Cell::new(false),
             trim: Cell::new(false),
             waker: Cell::new(None),
             index: Cell::new(slots.len()),
