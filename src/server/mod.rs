@@ -8,8 +8,14 @@
 //!   drain, finish the counter.
 //! - `accept`: the accept loop and the connection cap. `conn`: one connection.
 //! - `context`: what connections on a core share (limits, timeouts, Date, registry).
-//! - `registry`: open connections and their deadlines. `listener`, `signals`, `uring`: the
-//!   listening socket, SIGTERM/SIGINT ([`Shutdown`]), the io_uring availability check.
+//! - `registry`: open connections and their deadlines. `listener`, `signals`: the listening
+//!   socket, SIGTERM/SIGINT ([`Shutdown`]).
+//! - `stream`: the `Stream` trait a connection reads and writes through, and glommio's
+//!   socket behind it (`--io glommio`). `tally_ring`: tally's own io_uring ring per core
+//!   (`--io uring`, the default): its buffers, socket table, stream, driver and park hook.
+//! - `io_uring_support`: whether this process may use io_uring at all, checked before any
+//!   executor starts. `glommio_ring_flags`: the COOP_TASKRUN setup flags added to glommio's
+//!   own rings (not tally's).
 //!
 //! Threads: core `i` runs on `cpus[i]` (glommio pins it). The store thread (tokio-postgres)
 //! is pinned by `main` next to the owner core; the signal thread sleeps in `sigwaitinfo` and is
@@ -19,16 +25,16 @@ mod accept;
 mod conn;
 mod context;
 mod core;
+pub mod glommio_ring_flags;
+pub mod io_uring_support;
 mod listener;
 mod registry;
-mod ring;
-pub mod ring_flags;
 mod signals;
 mod stream;
-pub mod uring;
+mod tally_ring;
 
-pub use ring::TaskRun;
 pub use signals::{reload_on_hangup, Shutdown};
+pub use tally_ring::TaskRun;
 
 /// Which sockets connections use (`--io`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,7 +73,7 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// In-flight requests get this long to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
-    /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `ring_flags`).
+    /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `glommio_ring_flags`).
     pub ring_taskrun_flags: bool,
     /// Which sockets the connections use.
     pub io: IoPath,
@@ -89,7 +95,7 @@ pub enum ServerError {
     #[error("cannot determine the CPUs this process may run on")]
     NoCpus,
     #[error(transparent)]
-    IoUring(#[from] uring::UringError),
+    IoUring(#[from] io_uring_support::UringError),
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start thread {name}")]
@@ -175,7 +181,7 @@ pub fn run(
         Replica::bytes_for(&dataset),
         swap_senders,
     )?;
-    ring_flags::set_enabled(config.ring_taskrun_flags);
+    glommio_ring_flags::set_enabled(config.ring_taskrun_flags);
     let cores = core::spawn_all(
         config,
         &shared,
@@ -234,7 +240,7 @@ fn start_reloader(
 
 /// Says which setup flags glommio's rings got, and why not when the kernel refused them.
 fn log_ring_flags(requested: bool) {
-    let (with_flags, refused) = ring_flags::ring_counts();
+    let (with_flags, refused) = glommio_ring_flags::ring_counts();
     if !requested {
         log::info!("io_uring rings without COOP_TASKRUN (--io-ring-taskrun-flags false)");
     } else if refused > 0 {

@@ -1,5 +1,5 @@
 //! What a connection reads from and writes to: glommio's `TcpStream` (`--io glommio`) or a
-//! socket on tally's own ring (`--io uring`, [`super::ring::RingStream`]). The connection
+//! socket on tally's own ring (`--io uring`, [`super::tally_ring::RingStream`]). The connection
 //! logic in `conn` is written once against this trait.
 
 use std::io;
