@@ -1,6 +1,8 @@
 //! What a connection reads from and writes to: glommio's `TcpStream` (`--io glommio`) or a
 //! socket on tally's own ring (`--io uring`, [`super::tally_ring::RingStream`]). The connection
 //! logic in `conn` is written once against this trait.
+//!
+//! May touch: the connection's socket only.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -58,10 +60,9 @@ impl Stream for GlommioStream {
     /// is answered at once and their next requests arrive together. So after such a batch,
     /// first let the other woken connections write their answers, then try a plain
     /// non-blocking recv(2): the next request is usually there, and no poll is needed.
-    /// Measured with 256 connections POSTing (bench/run.sh counter, 3 runs each): 55-63k req/s
-    /// and 14-18 us of CPU per request before, 71-84k req/s and 10-12 us after. For lookups,
-    /// where connections wake one at a time, the same trick measured no better than glommio's
-    /// read, so it is not used there.
+    /// `BASELINE_ARGS="--io glommio" bench/run.sh counter` (256 connections POSTing) measures
+    /// what it saves (docs/benchmarks.md). For lookups, where connections wake one at a time,
+    /// the same trick measured no better than glommio's read, so it is not used there.
     async fn read_after_commit(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         futures_lite::future::yield_now().await;
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes and the descriptor is this

@@ -54,9 +54,10 @@ pub(super) struct Socket {
     pub(super) recv: Recv,
     /// The connection once held `MAX_HELD_BUFFERS`: it receives one buffer per request from
     /// now on. A multishot receive runs up to 32 times in a row inside the kernel while its
-    /// socket has data (and again within the same kernel entry when it is re-queued), so a
-    /// client that sends far ahead of what its connection reads could take the whole pool
-    /// between two looks at the completions.
+    /// socket has data (`MULTISHOT_MAX_RETRY` in the kernel's io_uring/net.c), and again
+    /// within the same kernel entry when it is re-queued, so a client that sends far ahead of
+    /// what its connection reads could take the whole pool between two looks at the
+    /// completions.
     pub(super) capped: bool,
     /// The peer closed (a receive of 0 bytes), or receiving failed.
     pub(super) eof: bool,
