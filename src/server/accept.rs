@@ -11,7 +11,8 @@ use glommio::net::TcpListener;
 
 use super::conn;
 use super::context::ConnContext;
-use super::stream::{GlommioStream, Stream};
+use super::glommio_stream::GlommioStream;
+use super::stream::Stream;
 use super::tally_ring::Ring;
 
 /// Pause after a failed accept (EMFILE, ENOBUFS and friends) rather than spinning on it.

@@ -10,9 +10,10 @@
 //! - `context`: what connections on a core share (limits, timeouts, Date, registry).
 //! - `registry`: open connections and their deadlines. `listener`, `signals`: the listening
 //!   socket, SIGTERM/SIGINT ([`Shutdown`]).
-//! - `stream`: the `Stream` trait a connection reads and writes through, and glommio's
-//!   socket behind it (`--io glommio`). `tally_ring`: tally's own io_uring ring per core
-//!   (`--io uring`, the default): its buffers, socket table, stream, driver and park hook.
+//! - `stream`: the `Stream` trait a connection reads and writes through; behind it,
+//!   `glommio_stream` (glommio's sockets, `--io glommio`) or `tally_ring`: tally's own
+//!   io_uring ring per core (`--io uring`, the default) with its buffers, socket table,
+//!   stream, driver and park hook.
 //! - `io_uring_support`: whether this process may use io_uring at all, checked before any
 //!   executor starts. `glommio_ring_flags`: the COOP_TASKRUN setup flags added to glommio's
 //!   own rings (not tally's).
@@ -26,6 +27,7 @@ mod conn;
 mod context;
 mod core;
 pub mod glommio_ring_flags;
+mod glommio_stream;
 pub mod io_uring_support;
 mod listener;
 mod registry;
