@@ -9,7 +9,7 @@
 //! Touches only loopback sockets, threads of its own and the ring's test-only counters.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -67,11 +67,7 @@ fn pattern(id: u8, len: usize) -> Vec<u8> {
 }
 
 /// Connects `clients` senders of `bytes` each; every one waits for "ok" after sending.
-fn senders(
-    addr: std::net::SocketAddr,
-    clients: u8,
-    bytes: usize,
-) -> Vec<std::thread::JoinHandle<[u8; 2]>> {
+fn senders(addr: SocketAddr, clients: u8, bytes: usize) -> Vec<std::thread::JoinHandle<[u8; 2]>> {
     (0..clients)
         .map(|id| {
             std::thread::spawn(move || {
@@ -381,6 +377,8 @@ fn a_flooded_ring_still_lets_timers_and_other_threads_in_within_the_preemption_p
 
 /// Trials per wake-up source.
 const TRIALS: usize = 5;
+/// How long each source waits before it fires: long enough that the core is parked by then.
+const PAUSE: Duration = Duration::from_millis(15);
 
 /// `fut`'s output; panics after a second (a lost wake-up, which the test reports as such
 /// rather than hanging).
@@ -392,25 +390,25 @@ async fn within_a_second<T>(fut: impl std::future::Future<Output = T>) -> T {
     .await
 }
 
-/// How late each of [`TRIALS`] glommio timers of `pause` fired.
-async fn timer_lateness(pause: Duration) -> Vec<Duration> {
+/// How late each of [`TRIALS`] glommio timers of [`PAUSE`] fired.
+async fn timer_lateness() -> Vec<Duration> {
     let mut late = Vec::new();
     for _ in 0..TRIALS {
         let started = Instant::now();
-        glommio::timer::sleep(pause).await;
-        late.push(started.elapsed().saturating_sub(pause));
+        glommio::timer::sleep(PAUSE).await;
+        late.push(started.elapsed().saturating_sub(PAUSE));
     }
     late
 }
 
-/// How long each of [`TRIALS`] messages, sent by another thread after `pause`, took to reach
-/// the core.
-async fn message_lateness(pause: Duration) -> Vec<Duration> {
+/// How long each of [`TRIALS`] messages, sent by another thread after [`PAUSE`], took to
+/// reach the core.
+async fn message_lateness() -> Vec<Duration> {
     let mut late = Vec::new();
     for _ in 0..TRIALS {
         let (tx, rx) = flume::bounded(1);
         std::thread::spawn(move || {
-            std::thread::sleep(pause);
+            std::thread::sleep(PAUSE);
             let _ = tx.send(Instant::now());
         });
         let sent = within_a_second(async { rx.recv_async().await.expect("message") }).await;
@@ -419,18 +417,14 @@ async fn message_lateness(pause: Duration) -> Vec<Duration> {
     late
 }
 
-/// How long each of [`TRIALS`] connections, made after `pause`, took to be accepted.
-async fn connection_lateness(
-    ring: &Rc<Ring>,
-    addr: std::net::SocketAddr,
-    pause: Duration,
-) -> Vec<Duration> {
+/// How long each of [`TRIALS`] connections, made after [`PAUSE`], took to be accepted.
+async fn connection_lateness(ring: &Rc<Ring>, addr: SocketAddr) -> Vec<Duration> {
     let mut late = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..TRIALS {
         let (tx, rx) = std::sync::mpsc::channel();
         clients.push(std::thread::spawn(move || {
-            std::thread::sleep(pause);
+            std::thread::sleep(PAUSE);
             let _ = tx.send(Instant::now());
             TcpStream::connect(addr).expect("connect")
         }));
@@ -444,17 +438,13 @@ async fn connection_lateness(
     late
 }
 
-/// How long each of [`TRIALS`] bytes, sent by one client `pause` apart, took to be read.
-async fn client_bytes_lateness(
-    ring: &Rc<Ring>,
-    addr: std::net::SocketAddr,
-    pause: Duration,
-) -> Vec<Duration> {
+/// How long each of [`TRIALS`] bytes, sent by one client [`PAUSE`] apart, took to be read.
+async fn client_bytes_lateness(ring: &Rc<Ring>, addr: SocketAddr) -> Vec<Duration> {
     let (tx, rx) = std::sync::mpsc::channel();
     let client = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).expect("connect");
         for _ in 0..TRIALS {
-            std::thread::sleep(pause);
+            std::thread::sleep(PAUSE);
             let _ = tx.send(Instant::now());
             s.write_all(b"x").expect("send");
         }
@@ -487,21 +477,11 @@ fn every_wake_up_source_reaches_a_parked_core_within_milliseconds() {
         let addr = listener.local_addr().expect("addr");
         let results = on_executor(async move {
             let (ring, driver) = start_ring(taskrun, 16, &listener);
-            let pause = Duration::from_millis(15);
             let results = vec![
-                ("a timer", timer_lateness(pause).await),
-                (
-                    "a message from another thread",
-                    message_lateness(pause).await,
-                ),
-                (
-                    "a new connection",
-                    connection_lateness(&ring, addr, pause).await,
-                ),
-                (
-                    "a client's bytes",
-                    client_bytes_lateness(&ring, addr, pause).await,
-                ),
+                ("a timer", timer_lateness().await),
+                ("a message from another thread", message_lateness().await),
+                ("a new connection", connection_lateness(&ring, addr).await),
+                ("a client's bytes", client_bytes_lateness(&ring, addr).await),
             ];
             finish(ring, driver).await;
             drop(listener);
