@@ -66,7 +66,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         bail!("--admin-token / TALLY_ADMIN_TOKEN is empty: an empty token would let anyone in");
     }
     raise_open_file_limit();
-    server::uring::check()?;
+    server::io_uring_support::check()?;
     let cpus = choose_cpus(cfg.cores)?;
     let owner_cpu = cpus[0];
     // Before any start-up work: `docker stop` during a first start (initdb can take seconds)

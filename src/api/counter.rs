@@ -1,6 +1,10 @@
 //! `/api/v1/counter`: GET reads the count; POST increments it by 1 or by `{"by": n}`, once per
 //! `Idempotency-Key` when one is sent, and is answered after the commit with `{"count": N}`.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use crate::counter::{self, CommitError, KeyOutcome, KeyedTicket, Ticket};
 use crate::http::Status;
 
@@ -46,18 +50,36 @@ pub fn increment(app: &App, request: Request<'_>, out: &mut Vec<u8>) -> Reply {
     }
 }
 
-/// An increment waiting for its commit.
+/// An increment waiting for its commit: a future of its outcome, which then
+/// [responds](Committed::respond).
 pub enum Pending {
     Plain(Ticket),
     Keyed(KeyedTicket),
 }
 
-impl Pending {
-    /// Waits for the commit and writes the response's body into `out`.
-    pub async fn answer(self, out: &mut Vec<u8>) -> Response {
+/// What became of an increment.
+pub enum Committed {
+    Plain(Result<i64, CommitError>),
+    Keyed(Result<KeyOutcome, CommitError>),
+}
+
+impl Future for Pending {
+    type Output = Committed;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Committed> {
+        match self.get_mut() {
+            Pending::Plain(ticket) => Pin::new(ticket).poll(cx).map(Committed::Plain),
+            Pending::Keyed(ticket) => Pin::new(ticket).poll(cx).map(Committed::Keyed),
+        }
+    }
+}
+
+impl Committed {
+    /// Writes the response's body into `out`.
+    pub fn respond(self, out: &mut Vec<u8>) -> Response {
         match self {
-            Pending::Plain(ticket) => committed(ticket.await, out),
-            Pending::Keyed(ticket) => keyed_committed(ticket.await, out),
+            Committed::Plain(result) => committed(result, out),
+            Committed::Keyed(result) => keyed_committed(result, out),
         }
     }
 }

@@ -11,8 +11,9 @@ use glommio::net::TcpListener;
 
 use super::conn;
 use super::context::ConnContext;
-use super::ring::Ring;
-use super::stream::{GlommioStream, Stream};
+use super::glommio_stream::GlommioStream;
+use super::stream::Stream;
+use super::tally_ring::Ring;
 
 /// Pause after a failed accept (EMFILE, ENOBUFS and friends) rather than spinning on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -99,7 +100,7 @@ async fn connection_task<S: Stream>(ctx: Rc<ConnContext>, stream: S) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ring::RingStream;
+    use super::super::tally_ring::RingStream;
     use super::*;
 
     /// The size of the future `f` returns, without calling it.

@@ -16,8 +16,8 @@ use crate::http::HttpDate;
 
 use super::context::ConnContext;
 use super::registry::Registry;
-use super::ring::{self, Ring};
-use super::{accept, uring, CoreApps, IoPath, ServerConfig, ServerError};
+use super::tally_ring::{self, Ring};
+use super::{accept, io_uring_support, CoreApps, IoPath, ServerConfig, ServerError};
 
 /// Locked memory glommio gets for its registered I/O buffers. Sockets do not use them, and a
 /// small value keeps tally inside the default 8 MiB `ulimit -l` of most systems.
@@ -128,7 +128,7 @@ fn spawn_core<G: Send + 'static, P: Send + 'static>(
                 Err(err) => {
                     let _ = started.send(Err(ServerError::Executor {
                         core: id,
-                        reason: format!("{err} ({})", uring::HINT),
+                        reason: format!("{err} ({})", io_uring_support::HINT),
                     }));
                 }
             }
@@ -218,7 +218,7 @@ impl CoreIo {
         {
             drop(listener);
             ring.finish();
-            if within(ring::FINISH_WAIT, driver).await.is_none() {
+            if within(tally_ring::FINISH_WAIT, driver).await.is_none() {
                 log::warn!("core {id}: the ring still had requests in flight at exit");
                 std::mem::forget(ring);
             }

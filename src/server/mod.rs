@@ -8,8 +8,15 @@
 //!   [`App`](crate::api::App) from the parts [`CoreApps`] gave, serve, drain, finish.
 //! - `accept`: the accept loop and the connection cap. `conn`: one connection.
 //! - `context`: what connections on a core share (limits, timeouts, Date, registry).
-//! - `registry`: open connections and their deadlines. `listener`, `signals`, `uring`: the
-//!   listening socket, SIGTERM/SIGINT ([`Shutdown`]), the io_uring availability check.
+//! - `registry`: open connections and their deadlines. `listener`, `signals`: the listening
+//!   socket, SIGTERM/SIGINT ([`Shutdown`]).
+//! - `stream`: the `Stream` trait a connection reads and writes through; behind it,
+//!   `glommio_stream` (glommio's sockets, `--io glommio`) or `tally_ring`: tally's own
+//!   io_uring ring per core (`--io uring`, the default) with its buffers, socket table,
+//!   stream, driver and park hook.
+//! - `io_uring_support`: whether this process may use io_uring at all, checked before any
+//!   executor starts. `glommio_ring_flags`: the COOP_TASKRUN setup flags added to glommio's
+//!   own rings (not tally's).
 //!
 //! Threads: core `i` runs on `cpus[i]` (glommio pins it). The store thread (tokio-postgres)
 //! is pinned by `main` next to the owner core; the signal thread sleeps in `sigwaitinfo` and is
@@ -19,16 +26,17 @@ mod accept;
 mod conn;
 mod context;
 mod executor;
+pub mod glommio_ring_flags;
+mod glommio_stream;
+pub mod io_uring_support;
 mod listener;
 mod registry;
-mod ring;
-pub mod ring_flags;
 mod signals;
 mod stream;
-pub mod uring;
+mod tally_ring;
 
-pub use ring::TaskRun;
 pub use signals::{on_hangup, Shutdown};
+pub use tally_ring::TaskRun;
 
 /// Which sockets connections use (`--io`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -62,7 +70,7 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// In-flight requests get this long to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
-    /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `ring_flags`).
+    /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `glommio_ring_flags`).
     pub ring_taskrun_flags: bool,
     /// Which sockets the connections use.
     pub io: IoPath,
@@ -84,7 +92,7 @@ pub enum ServerError {
     #[error("cannot determine the CPUs this process may run on")]
     NoCpus,
     #[error(transparent)]
-    IoUring(#[from] uring::UringError),
+    IoUring(#[from] io_uring_support::UringError),
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start thread {name}")]
@@ -136,7 +144,7 @@ pub fn run<G: Send + 'static, P: Send + 'static>(
     let (stop_senders, stop_receivers): (Vec<_>, Vec<_>) =
         config.cpus.iter().map(|_| flume::bounded::<()>(1)).unzip();
     shutdown.attach(&stop_senders);
-    ring_flags::set_enabled(config.ring_taskrun_flags);
+    glommio_ring_flags::set_enabled(config.ring_taskrun_flags);
     let cores = executor::spawn_all(config, apps, listeners, stop_receivers)?;
     let mut failure = cores.wait_started();
     match &failure {
@@ -159,7 +167,7 @@ pub fn run<G: Send + 'static, P: Send + 'static>(
 
 /// Says which setup flags glommio's rings got, and why not when the kernel refused them.
 fn log_ring_flags(requested: bool) {
-    let (with_flags, refused) = ring_flags::ring_counts();
+    let (with_flags, refused) = glommio_ring_flags::ring_counts();
     if !requested {
         log::info!("io_uring rings without COOP_TASKRUN (--io-ring-taskrun-flags false)");
     } else if refused > 0 {

@@ -39,7 +39,6 @@ pub(super) enum Next {
     Close,
 }
 
-#[derive(Default)]
 pub(super) struct Batch {
     /// The batch's responses, in request order, with gaps kept for deferred ones.
     out: Vec<u8>,
@@ -53,7 +52,7 @@ pub(super) struct Batch {
     /// batch is written (two clock reads per batch, not per request).
     answered: Vec<(usize, Status)>,
     /// When the read that completed this batch's requests returned (request durations).
-    arrived: Option<Instant>,
+    arrived: Instant,
     /// The last batch waited for a commit (see `Stream::read_after_commit`).
     waited_for_commit: bool,
 }
@@ -66,9 +65,21 @@ struct Deferred {
 }
 
 impl Batch {
+    pub fn new() -> Batch {
+        Batch {
+            out: Vec::new(),
+            body: Vec::new(),
+            deferred: Vec::new(),
+            assembled: Vec::new(),
+            answered: Vec::new(),
+            arrived: Instant::now(),
+            waited_for_commit: false,
+        }
+    }
+
     /// The requests about to be answered arrived now.
     pub fn arrived(&mut self) {
-        self.arrived = Some(Instant::now());
+        self.arrived = Instant::now();
     }
 
     /// Whether the last batch written waited for a commit; cleared by asking.
@@ -204,7 +215,7 @@ impl Batch {
             out.extend_from_slice(&self.out[copied..deferred.at]);
             copied = deferred.at;
             self.body.clear();
-            let response = deferred.pending.answer(&mut self.body).await;
+            let response = deferred.pending.await.respond(&mut self.body);
             let head = response.head(deferred.persistence, deferred.head_only);
             http::write_response(&mut out, &head, &date.borrow(), &self.body);
             self.answered
@@ -232,9 +243,7 @@ impl Batch {
         if self.answered.is_empty() {
             return;
         }
-        let elapsed = self
-            .arrived
-            .map_or_else(Default::default, |at| at.elapsed());
+        let elapsed = self.arrived.elapsed();
         for (route, status) in self.answered.drain(..) {
             metrics.record_request(route, status, elapsed);
         }
@@ -254,7 +263,7 @@ impl Batch {
     pub fn release(&mut self) {
         *self = Batch {
             waited_for_commit: self.waited_for_commit,
-            ..Batch::default()
+            ..Batch::new()
         };
     }
 }

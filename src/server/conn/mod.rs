@@ -55,7 +55,7 @@ pub async fn serve<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
         state: State::Idle { deadline },
         slot,
         input: Input::default(),
-        batch: Batch::default(),
+        batch: Batch::new(),
     };
     if let Err(err) = conn.run(&mut stream).await {
         log::debug!("connection closed: {err}");

@@ -1,5 +1,9 @@
 //! Checks, before any executor starts, that this process can use io_uring, and says what to
 //! change when it cannot. glommio has no epoll fallback, and its own failures are terse.
+//!
+//! May touch: the process's memlock limit (read), `/proc/sys/kernel/io_uring_disabled`, and
+//! one throwaway ring, closed at once. Not tally's ring (`tally_ring`), not glommio's flags
+//! (`glommio_ring_flags`).
 
 /// Locked memory glommio needs at the least (it refuses to start below this).
 const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
