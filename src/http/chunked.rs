@@ -10,8 +10,9 @@
 //! buffer without bound by never ending a chunk-size or trailer line. Lines end with CRLF only,
 //! as in the head (see `head.rs`): a bare LF is an error (RFC 9112 §2.2, §7.1).
 
-use super::head::{is_field_name, trim_ows};
-use super::request::{HttpError, Limits};
+use super::error::HttpError;
+use super::limits::Limits;
+use super::token::{is_field_name, trim_ows};
 
 /// A chunk-size line longer than this (hex digits plus extensions) is rejected.
 const MAX_CHUNK_LINE_BYTES: usize = 256;

@@ -8,7 +8,9 @@
 
 use std::ops::Range;
 
-use super::request::{HttpError, Limits, MAX_HEADERS_CAP};
+use super::error::HttpError;
+use super::limits::{Limits, MAX_HEADERS_CAP};
+use super::token::trim_ows;
 
 /// The methods tally routes on; anything else is `Other` (and gets 405 or 404).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -417,23 +419,4 @@ fn parse_content_length(v: &[u8]) -> Result<usize, HttpError> {
         n = n * 10 + usize::from(b - b'0');
     }
     Ok(n)
-}
-
-/// `field-name = token` (RFC 9110 §5.1, §5.6.2): one or more `tchar`.
-pub(super) fn is_field_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Strips optional whitespace (`OWS`, RFC 9110 §5.6.3: spaces and tabs) from both ends.
-pub(super) fn trim_ows(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
 }
