@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory per idle keep-alive connection on each --io path (README.md, "Limits and errors"):
+# Memory per idle keep-alive connection on each --io path (docs/api.md, "Memory per connection"):
 # tally --cores 1 on a fresh data dir, 10,000 connections that send one request each and then
 # idle, then (fresh server) 10,000 that never send.
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Counter POST latency on an idle server and beside a flood of pipelined requests: how long the
-# store thread's replies wait for a core that is busy serving (README.md, Architecture,
-# "Connection I/O"). tally --cores 1 on CPU 0, wrk and the POST client on CPU 1.
+# store thread's replies wait for a core that is busy serving (docs/architecture.md,
+# "One event loop per core"). tally --cores 1 on CPU 0, wrk and the POST client on CPU 1.
 #
 #   bench/post_under_flood.sh               # --io uring (IO=glommio for glommio's sockets)
 set -euo pipefail

@@ -149,7 +149,7 @@ tally_workloads() {
 }
 
 # reload_workload: lookups on a RELOAD_PAIRS dataset, steady, then across a SIGHUP reload of
-# the same file (README.md, Reloading the dataset), with the binary $RUN_BIN and row names
+# the same file (docs/api.md, "Reloading the dataset"), with the binary $RUN_BIN and row names
 # prefixed $TAG. The server (--cores 1) and its reload threads share SERVER_CPU (no spare CPU,
 # as with the default --cores); wrk has LOAD_CPU. The load leaves CPU headroom, as a deployment
 # would: each of wrk's connections pauses RELOAD_PAUSE_MS (default 1) between requests. A

@@ -365,7 +365,7 @@ fn a_row_lowered_outside_tally_gives_503_and_not_ready_until_the_operator_raises
     assert!(server.log_text().contains("went backwards"));
     assert_eq!(server.post("/api/v1/counter", "").status, 503);
 
-    // README.md, Operations: raise the row to at least the highest value returned.
+    // docs/operations.md, "When the counter row goes backwards": raise the row to at least the highest value returned.
     execute(
         &cluster,
         &format!("UPDATE tally_counter SET count = GREATEST(count, {highest})"),

@@ -612,7 +612,7 @@ fn a_client_reading_a_byte_a_second_is_cut_off() {
     }
 }
 
-/// README.md "Limits and errors": the most one connection holds with the default limits, given
+/// docs/api.md, "Memory per connection": the most one connection holds with the default limits, given
 /// the largest response R: read buffer 140 KiB, decoded body 64 KiB, pending output 32 KiB + R
 /// (twice with counter increments, plus their 256 responses), response scratch R, batch
 /// bookkeeping.
@@ -678,7 +678,7 @@ fn clients_pipelining_without_reading_stay_within_the_stated_memory_per_connecti
 #[test]
 fn idle_connections_give_their_grown_buffers_back() {
     const CLIENTS: usize = 64;
-    /// README.md: an idle connection keeps its buffers at their initial 4 KiB.
+    /// docs/api.md: an idle connection keeps its buffers at their initial 4 KiB.
     const STATED_IDLE_BYTES: usize = 24 * 1024;
     let s = server(&[]);
     let big = post_with_body(64 * 1024);

@@ -128,7 +128,7 @@ async fn a_row_lowered_below_a_returned_count_is_refused_until_raised_again() {
     assert!(store.row_lowered().is_some());
     assert_eq!(store.stats().commit_errors_row_lowered, 3);
 
-    // The operator raises it to the highest count returned (README.md, Operations).
+    // The operator raises it to the highest count returned (docs/operations.md, "When the counter row goes backwards").
     sql.batch_execute("UPDATE tally_counter SET count = GREATEST(count, 8)")
         .await
         .expect("raise the row");
@@ -263,7 +263,7 @@ async fn a_stopped_postgres_fails_adds_and_is_reconnected_to_when_back() {
 }
 
 /// A restart of PostgreSQL shorter than the commit timeout costs no increment: one sent while
-/// it is down waits for the reconnection and commits then (README.md, "API": 503 only when
+/// it is down waits for the reconnection and commits then (docs/api.md, "Endpoints": 503 only when
 /// PostgreSQL stays away past the commit timeout).
 #[test]
 fn an_increment_sent_while_postgres_restarts_waits_for_it_and_commits() {

@@ -4,7 +4,10 @@
 use crate::http::{Method, Status};
 use crate::kv;
 
-use super::{message, method_not_allowed, App, Request, Response, Route};
+use super::app::App;
+use super::reply::Request;
+use super::response::{message, method_not_allowed, Response};
+use super::routes::Route;
 
 /// `POST /admin/kv/reload`: 202 once the reload is queued: the answer does not wait for a
 /// parse that takes seconds on a large dataset. The body gives the generation and failure

@@ -16,7 +16,7 @@ use crate::counter::{CounterCore, CounterShared};
 use crate::kv::{ReloadStatus, ReloadTrigger, Replica};
 use crate::metrics::{self, CoreMetrics};
 
-use super::kv::{lookup, Lookup, LookupScratch};
+use super::lookup::{lookup, Lookup, LookupScratch};
 
 /// This instance: what every core's [`App`] shares (read-mostly; metrics are written each by
 /// its own core).

@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use super::kv::{lookup, Lookup, LookupScratch};
+use super::lookup::{lookup, Lookup, LookupScratch};
 use crate::kv::*;
 
 const LOOKUPS: usize = 2_000_000;

@@ -4,7 +4,8 @@ use crate::http::response::CONTENT_TYPE_METRICS;
 use crate::http::Status;
 use crate::kv;
 
-use super::{App, Response};
+use super::app::App;
+use super::response::Response;
 
 /// Always 200 while the process serves.
 pub fn health(out: &mut Vec<u8>) -> Response {

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::counter::{committed, idempotency_key, keyed_committed};
+use super::counter::idempotency_key;
+use super::pending::{committed, keyed_committed};
 use super::*;
 use crate::counter::store::{self, StoreConfig, StoreHandle};
 use crate::counter::KeyOutcome;

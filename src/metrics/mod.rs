@@ -6,6 +6,9 @@
 //! no locked read-modify-write on the request path); `/metrics` reads every core's copy.
 
 pub mod process;
+mod text;
+
+pub use text::{write_header, write_single};
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,11 +16,11 @@ use std::time::Duration;
 
 use crate::http::Status;
 
-/// A counter written by one core only.
+/// One metric's value (a count or a gauge) written by one core only.
 #[derive(Default)]
-pub struct Counter(AtomicU64);
+pub struct CoreValue(AtomicU64);
 
-impl Counter {
+impl CoreValue {
     #[inline]
     pub fn add(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
@@ -41,12 +44,12 @@ const DURATION_BOUNDS_MICROS: [u64; 14] = [
     5_000_000,
 ];
 
-/// One route's request durations on one core (single writer, like [`Counter`]).
+/// One route's request durations on one core (single writer, like [`CoreValue`]).
 #[derive(Default)]
 struct DurationHistogram {
-    buckets: [Counter; DURATION_BOUNDS_MICROS.len()],
-    sum_micros: Counter,
-    count: Counter,
+    buckets: [CoreValue; DURATION_BOUNDS_MICROS.len()],
+    sum_micros: CoreValue,
+    count: CoreValue,
 }
 
 impl DurationHistogram {
@@ -67,15 +70,15 @@ pub struct CoreMetrics {
     /// Metric label of each route index; the last one is for requests no route matched.
     route_labels: &'static [&'static str],
     /// Requests answered, indexed by `route * Status::COUNT + status.index()`.
-    requests: Box<[Counter]>,
+    requests: Box<[CoreValue]>,
     /// Request durations by route index.
     durations: Box<[DurationHistogram]>,
-    pub open_connections: Counter,
-    pub accepted_connections: Counter,
-    pub refused_connections: Counter,
-    pub timed_out_connections: Counter,
-    pub kv_replica_bytes: Counter,
-    pub kv_replica_pairs: Counter,
+    pub open_connections: CoreValue,
+    pub accepted_connections: CoreValue,
+    pub refused_connections: CoreValue,
+    pub timed_out_connections: CoreValue,
+    pub kv_replica_bytes: CoreValue,
+    pub kv_replica_pairs: CoreValue,
 }
 
 impl CoreMetrics {
@@ -88,17 +91,17 @@ impl CoreMetrics {
         CoreMetrics {
             route_labels,
             requests: (0..route_labels.len() * Status::COUNT)
-                .map(|_| Counter::default())
+                .map(|_| CoreValue::default())
                 .collect(),
             durations: (0..route_labels.len())
                 .map(|_| DurationHistogram::default())
                 .collect(),
-            open_connections: Counter::default(),
-            accepted_connections: Counter::default(),
-            refused_connections: Counter::default(),
-            timed_out_connections: Counter::default(),
-            kv_replica_bytes: Counter::default(),
-            kv_replica_pairs: Counter::default(),
+            open_connections: CoreValue::default(),
+            accepted_connections: CoreValue::default(),
+            refused_connections: CoreValue::default(),
+            timed_out_connections: CoreValue::default(),
+            kv_replica_bytes: CoreValue::default(),
+            kv_replica_pairs: CoreValue::default(),
         }
     }
 
@@ -114,17 +117,6 @@ impl CoreMetrics {
     fn requests(&self, route: usize, status: Status) -> u64 {
         self.requests[route * Status::COUNT + status.index()].get()
     }
-}
-
-/// Appends a metric's `# HELP` and `# TYPE` lines (Prometheus text format 0.0.4).
-pub fn write_header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Appends a metric with one unlabelled sample.
-pub fn write_single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    write_header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Appends the Prometheus text for all cores' metrics to `out`.

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::write_header;
+use super::text::write_header;
 
 /// Appends the `process_*` metrics; a value `/proc` cannot give is left out, not invented.
 pub fn render(out: &mut String) {

@@ -109,7 +109,7 @@ mod tests {
     }
 
     /// Every open connection holds its task: 10,000 idle ones must fit in 20 MB with room for
-    /// their bookkeeping (README.md, "Limits and errors"), and a flood past the cap must not
+    /// their bookkeeping (docs/api.md, "Memory per connection"), and a flood past the cap must not
     /// cost a buffer per refused connection.
     #[test]
     fn connection_tasks_stay_small() {

@@ -6,6 +6,8 @@
 //!   `main` installed before start-up, wait for them all.
 //! - `executor`: one core's thread and executor, its life in named steps: build its
 //!   [`App`](crate::api::App) from the parts [`CoreApps`] gave, serve, drain, finish.
+//! - `config`, `error`: what the server is told ([`ServerConfig`], [`CoreApps`]) and why it
+//!   fails ([`ServerError`]).
 //! - `accept`: the accept loop and the connection cap. `conn`: one connection.
 //! - `context`: what connections on a core share (limits, timeouts, Date, registry).
 //! - `registry`: open connections and their deadlines. `listener`, `signals`: the listening
@@ -20,11 +22,13 @@
 //!
 //! Threads: core `i` runs on `cpus[i]` (glommio pins it). The store thread (tokio-postgres)
 //! is pinned by `main` next to the owner core; the signal thread sleeps in `sigwaitinfo` and is
-//! pinned to the last CPU (README.md, Architecture).
+//! pinned to the last CPU (docs/architecture.md, "Threads").
 
 mod accept;
+mod config;
 mod conn;
 mod context;
+mod error;
 mod executor;
 pub mod glommio_ring_flags;
 mod glommio_stream;
@@ -35,89 +39,12 @@ mod signals;
 mod stream;
 mod tally_ring;
 
+pub use config::{CoreApps, IoPath, ServerConfig};
+pub use error::ServerError;
 pub use signals::{on_hangup, Shutdown};
 pub use tally_ring::TaskRun;
 
-/// Which sockets connections use (`--io`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum IoPath {
-    /// tally's own io_uring ring per core (`ring`).
-    Uring,
-    /// glommio's `TcpStream`.
-    Glommio,
-}
-
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::rc::Rc;
-use std::time::Duration;
-
-use crate::api::{AdminToken, App};
-use crate::http::Limits;
-
-/// What the server is told to do; built from the command line by `config`, or by a test.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    /// One core per CPU, in this order; core 0 (on `cpus[0]`) owns the counter.
-    pub cpus: Vec<usize>,
-    pub limits: Limits,
-    /// Open connections per core; one beyond it gets 503 and is closed.
-    pub max_connections_per_core: usize,
-    /// A client has this long to send a whole request once it started one (408 after).
-    pub request_timeout: Duration,
-    /// An idle keep-alive connection is closed after this long.
-    pub idle_timeout: Duration,
-    /// In-flight requests get this long to finish after SIGTERM/SIGINT.
-    pub shutdown_grace: Duration,
-    /// Create glommio's rings with COOP_TASKRUN | TASKRUN_FLAG (see `glommio_ring_flags`).
-    pub ring_taskrun_flags: bool,
-    /// Which sockets the connections use.
-    pub io: IoPath,
-    /// How tally's ring (`IoPath::Uring`) runs completions.
-    pub io_taskrun: TaskRun,
-    /// Opens the admin routes to requests that present it.
-    pub admin_token: Option<AdminToken>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The cause is the `source`, not part of the message: `main` prints the whole chain, and a
-    /// message that repeated it would say it twice.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot determine the CPUs this process may run on")]
-    NoCpus,
-    #[error(transparent)]
-    IoUring(#[from] io_uring_support::UringError),
-    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
-    Signals(std::io::Error),
-    #[error("cannot start thread {name}")]
-    Thread {
-        name: String,
-        source: std::io::Error,
-    },
-    #[error("core {core} failed to start: {reason}")]
-    Executor { core: usize, reason: String },
-    #[error("core {core}'s thread panicked")]
-    CorePanicked { core: usize },
-}
-
-/// What the cores serve, from the composition root (`compose`): the server starts a thread
-/// and an executor per core and builds each core's [`App`] there, knowing nothing of what it
-/// holds.
-pub struct CoreApps<G, P> {
-    /// One per core, in core order: a guard the core's thread keeps on its stack until it ends
-    /// (so it is released however the thread ends, a panic included), and the parts its
-    /// [`App`] is built from.
-    pub starts: Vec<(G, P)>,
-    /// Builds core `core`'s App from its parts, on its executor, starting the application's
-    /// own tasks there.
-    pub build: fn(P, usize) -> Rc<App>,
-}
 
 /// The CPUs this process may run on (respects `taskset` and container cpusets), ascending.
 pub fn allowed_cpus() -> Result<Vec<usize>, ServerError> {

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use crate::api::{self, counter::Pending, KeyField, Reply, Request, Route};
+use crate::api::{self, pending::Pending, KeyField, Reply, Request, Route};
 use crate::http::response::{write_message_body, CONTENT_TYPE_JSON, CONTINUE};
 use crate::http::{
     self, BodyLocation, Head, HttpDate, Method, Parsed, Persistence, ResponseHead, Status,

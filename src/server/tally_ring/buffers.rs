@@ -76,7 +76,7 @@ impl BufferRing {
         }
         // Fault the pool in now: the kernel takes buffers round the ring, so all of it becomes
         // resident soon under load anyway. Counted once at start-up, it is a fixed cost per
-        // core (README.md, Memory), not growth that looks like a per-connection leak.
+        // core (docs/api.md, "Memory per connection"), not growth that looks like a per-connection leak.
         // SAFETY: `memory` is a fresh allocation of `memory_layout.size()` bytes.
         unsafe { std::ptr::write_bytes(memory, 0, memory_layout.size()) };
         let ring = BufferRing {

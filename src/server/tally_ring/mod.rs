@@ -65,6 +65,7 @@ use buffers::BufferRing;
 pub use driver::FINISH_WAIT;
 pub use setup::TaskRun;
 use sockets::Socket;
+#[cfg(test)]
 pub use stream::RingStream;
 
 /// `user_data`: the operation in the top bits, the socket's table index below.

@@ -20,13 +20,13 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Waker;
 
 use io_uring::{opcode, types};
 
-use super::{user_data, Ring, RingStream, OP_IGNORED};
+use super::{user_data, Ring, OP_IGNORED};
 
 /// A received buffer not yet copied out by its connection.
 pub(super) struct Held {
@@ -79,9 +79,8 @@ pub(super) struct Socket {
 }
 
 impl Ring {
-    /// Takes an accepted socket into the table and starts receiving on it.
-    pub fn stream(self: &Rc<Self>, fd: OwnedFd) -> RingStream {
-        let fd = fd.into_raw_fd();
+    /// Takes an accepted socket into the table (ownership of `fd` moves into it).
+    pub(super) fn insert_socket(&self, fd: RawFd) -> Rc<RefCell<Socket>> {
         let index = self.free.borrow_mut().pop().unwrap_or_else(|| {
             let mut sockets = self.sockets.borrow_mut();
             sockets.push(None);
@@ -106,8 +105,7 @@ impl Ring {
             released: false,
         }));
         self.sockets.borrow_mut()[index] = Some(socket.clone());
-        self.arm_recv(&mut socket.borrow_mut());
-        RingStream::new(self.clone(), socket)
+        socket
     }
 
     /// The socket at `index`, if it is still in the table (a completion may name one that

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::task::Poll;
 
@@ -23,6 +23,15 @@ use super::Ring;
 pub struct RingStream {
     ring: Rc<Ring>,
     socket: Rc<RefCell<Socket>>,
+}
+
+impl Ring {
+    /// Takes an accepted socket into the table and starts receiving on it.
+    pub fn stream(self: &Rc<Self>, fd: OwnedFd) -> RingStream {
+        let socket = self.insert_socket(fd.into_raw_fd());
+        self.arm_recv(&mut socket.borrow_mut());
+        RingStream::new(self.clone(), socket)
+    }
 }
 
 impl RingStream {

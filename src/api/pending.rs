@@ -1,0 +1,90 @@
+//! An increment's answer, which waits for its commit: [`Pending`] is the future of its outcome,
+//! [`Committed::respond`] writes the response (the count, a marked replay, or 503).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::counter::{CommitError, KeyOutcome, KeyedTicket, Ticket};
+use crate::http::Status;
+
+use super::response::{message, Response};
+
+/// The response header marking a replayed answer.
+pub const REPLAYED_HEADER: &str = "Idempotency-Replayed: true";
+
+/// An increment waiting for its commit: a future of its outcome, which then
+/// [responds](Committed::respond).
+pub enum Pending {
+    Plain(Ticket),
+    Keyed(KeyedTicket),
+}
+
+/// What became of an increment.
+pub enum Committed {
+    Plain(Result<i64, CommitError>),
+    Keyed(Result<KeyOutcome, CommitError>),
+}
+
+impl Future for Pending {
+    type Output = Committed;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Committed> {
+        match self.get_mut() {
+            Pending::Plain(ticket) => Pin::new(ticket).poll(cx).map(Committed::Plain),
+            Pending::Keyed(ticket) => Pin::new(ticket).poll(cx).map(Committed::Keyed),
+        }
+    }
+}
+
+impl Committed {
+    /// Writes the response's body into `out`.
+    pub fn respond(self, out: &mut Vec<u8>) -> Response {
+        match self {
+            Committed::Plain(result) => committed(result, out),
+            Committed::Keyed(result) => keyed_committed(result, out),
+        }
+    }
+}
+
+/// The response to a committed (or failed) increment.
+pub(super) fn committed(result: Result<i64, CommitError>, out: &mut Vec<u8>) -> Response {
+    match result {
+        Ok(count) => count_body(out, count),
+        Err(err) => {
+            log::debug!("increment not confirmed: {err}");
+            message(
+                out,
+                Status::ServiceUnavailable,
+                "the increment was not confirmed by the store",
+            )
+        }
+    }
+}
+
+/// The response to a keyed increment: a replay is marked with [`REPLAYED_HEADER`].
+pub(super) fn keyed_committed(
+    result: Result<KeyOutcome, CommitError>,
+    out: &mut Vec<u8>,
+) -> Response {
+    match result {
+        Ok(KeyOutcome::Counted(count)) => count_body(out, count),
+        Ok(KeyOutcome::Replayed(count)) => Response {
+            extra_header: Some(REPLAYED_HEADER),
+            ..count_body(out, count)
+        },
+        Ok(KeyOutcome::Mismatch) => message(
+            out,
+            Status::UnprocessableContent,
+            "this Idempotency-Key was used with another body (by)",
+        ),
+        Err(err) => committed(Err(err), out),
+    }
+}
+
+pub(super) fn count_body(out: &mut Vec<u8>, count: i64) -> Response {
+    out.extend_from_slice(b"{\"count\":");
+    out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
+    out.push(b'}');
+    Response::json(Status::Ok)
+}
