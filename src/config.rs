@@ -162,8 +162,8 @@ pub struct ServeArgs {
     pub io: IoPath,
 
     /// How tally's ring runs completions: `defer` (SINGLE_ISSUER|DEFER_TASKRUN: run by the
-    /// core's own wait on the ring, measured ~10% less CPU per request at one connection;
-    /// falls back to coop where refused) or `coop` (COOP_TASKRUN: run at the core's next
+    /// core's own wait on the ring, without interrupting the core; docs/benchmarks.md has its
+    /// cost against coop; falls back to coop where refused) or `coop` (COOP_TASKRUN: run at the core's next
     /// kernel entry of any kind).
     #[arg(long, env = "TALLY_IO_TASKRUN", value_enum, default_value_t = TaskRunArg::Defer)]
     pub io_taskrun: TaskRunArg,

@@ -1,12 +1,12 @@
 //! JSON text without simd-json: the escaping writer used by responses and dataset files, and
 //! the small strict reader (RFC 8259) the `.json` and `.jsonl` loaders use.
 //!
-//! The loaders keep this reader because simd-json measured worse on them (10,000,000 pairs,
-//! `kv::bench`, commits "keep the hand-written JSON Lines reader" and "keep the hand-written
-//! .json reader"): on the `.json` object its whole-document tape took peak RSS from 1.12 GB to
-//! 1.74 GB with no gain in time; on JSON Lines, one tiny document a line was 5-9% slower and
-//! its error offsets cannot place a column. This reader decodes each value straight into the
-//! dataset's arena in one pass.
+//! The loaders keep this reader because simd-json measured worse on them (`kv::bench` on
+//! 10,000,000 pairs; the figures are in commits "keep the hand-written JSON Lines reader" and
+//! "keep the hand-written .json reader"): on the `.json` object its whole-document tape costs
+//! far more peak memory with no gain in time; on JSON Lines, one tiny document a line was
+//! slower and its error offsets cannot place a column. This reader decodes each value straight
+//! into the dataset's arena in one pass.
 
 /// Bytes that must be escaped inside a JSON string (RFC 8259 section 7): `"`, `\` and the
 /// control characters U+0000 to U+001F.

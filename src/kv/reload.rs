@@ -564,8 +564,8 @@ impl Drop for IdleThread {
 
 /// Gives the reload's SCHED_IDLE threads normal priority back, at shutdown: a process has
 /// exited only once every thread has, and a SCHED_IDLE thread on a busy CPU can wait seconds
-/// for the moment of CPU it needs to do so (measured: a 1M-pair reload during the drain, with
-/// the test suite keeping both CPUs busy, delayed the exit by 4.7 s after "stopped").
+/// for the moment of CPU it needs to do so (a reload during the drain, with both CPUs busy,
+/// was seen to delay the exit by seconds after "stopped").
 pub fn end_idle_priority() {
     let Ok(threads) = IDLE_THREADS.lock() else {
         return;
