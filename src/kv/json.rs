@@ -275,6 +275,23 @@ impl<'t> Reader<'t> {
         self.skip_value_at_depth(scratch, 0)
     }
 
+    /// After an item of an object or array: `true` at the container's `close` (consumed),
+    /// `false` after a `,` (and the whitespace after it).
+    fn end_of_items(&mut self, close: u8, error: &'static str) -> Result<bool, SyntaxError> {
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                self.skip_whitespace();
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.pos += 1;
+                Ok(true)
+            }
+            _ => Err(self.error(error)),
+        }
+    }
+
     fn skip_value_at_depth(
         &mut self,
         scratch: &mut String,
@@ -299,16 +316,8 @@ impl<'t> Reader<'t> {
                     self.skip_whitespace();
                     self.skip_value_at_depth(scratch, depth + 1)?;
                     self.skip_whitespace();
-                    match self.peek() {
-                        Some(b',') => {
-                            self.pos += 1;
-                            self.skip_whitespace();
-                        }
-                        Some(b'}') => {
-                            self.pos += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(self.error("expected ',' or '}' in an object")),
+                    if self.end_of_items(b'}', "expected ',' or '}' in an object")? {
+                        return Ok(());
                     }
                 }
             }
@@ -322,16 +331,8 @@ impl<'t> Reader<'t> {
                 loop {
                     self.skip_value_at_depth(scratch, depth + 1)?;
                     self.skip_whitespace();
-                    match self.peek() {
-                        Some(b',') => {
-                            self.pos += 1;
-                            self.skip_whitespace();
-                        }
-                        Some(b']') => {
-                            self.pos += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(self.error("expected ',' or ']' in an array")),
+                    if self.end_of_items(b']', "expected ',' or ']' in an array")? {
+                        return Ok(());
                     }
                 }
             }

@@ -247,22 +247,30 @@ fn connection_context(app: Rc<App>, config: &ServerConfig) -> ConnContext {
 async fn drain(ctx: &ConnContext, grace: Duration) {
     ctx.shutting_down.set(true);
     ctx.registry.close_idle();
-    if within(grace, ctx.registry.until_empty()).await.is_none() {
-        log::warn!(
-            "core {}: {} connection(s) still open after the grace period; closing them",
-            ctx.app.core,
-            ctx.registry.len()
-        );
+    if !all_closed_within(
+        ctx,
+        grace,
+        "still open after the grace period; closing them",
+    )
+    .await
+    {
         ctx.registry.close_all_reading();
     }
     ctx.app.close();
-    if within(grace, ctx.registry.until_empty()).await.is_none() {
+    all_closed_within(ctx, grace, "still waiting for their answers; leaving them").await;
+}
+
+/// Whether every connection closed within `limit`; if not, says how many are `left`.
+async fn all_closed_within(ctx: &ConnContext, limit: Duration, left: &str) -> bool {
+    let closed = within(limit, ctx.registry.until_empty()).await.is_some();
+    if !closed {
         log::warn!(
-            "core {}: {} connection(s) still waiting for the counter; leaving them",
+            "core {}: {} connection(s) {left}",
             ctx.app.core,
             ctx.registry.len()
         );
     }
+    closed
 }
 
 /// `fut`'s output, or `None` if it takes longer than `limit`.

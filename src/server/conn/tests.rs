@@ -219,9 +219,12 @@ fn on_executor<T>(test: impl std::future::Future<Output = T>) -> T {
         .run(test)
 }
 
-/// Serves `client` on its own task.
-fn spawn_conn<const LENDS: bool>(core: &Core, client: &Client) -> glommio::Task<()> {
-    glommio::spawn_local(super::serve(core.ctx.clone(), client.stream::<LENDS>()))
+/// A core (see [`core`]) and one connection to it, served on its own task.
+fn connect<const LENDS: bool>(request_timeout_secs: u64) -> (Core, Client, glommio::Task<()>) {
+    let core = core(request_timeout_secs);
+    let client = Client::default();
+    let task = glommio::spawn_local(super::serve(core.ctx.clone(), client.stream::<LENDS>()));
+    (core, client, task)
 }
 
 /// Lets the connection's task run until it waits.
@@ -256,9 +259,7 @@ fn statuses(output: &str) -> Vec<&str> {
 #[test]
 fn pipelined_requests_are_answered_in_order_with_one_write() {
     on_executor(async {
-        let core = core(10);
-        let client = Client::default();
-        let task = spawn_conn::<false>(&core, &client);
+        let (_core, client, task) = connect::<false>(10);
         let lookup = format!(
             "POST /get_value HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{{}}{HEALTH}GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
         );
@@ -275,9 +276,7 @@ fn pipelined_requests_are_answered_in_order_with_one_write() {
 #[test]
 fn a_deep_pipeline_is_written_in_bounded_batches_and_every_request_answered() {
     on_executor(async {
-        let core = core(10);
-        let client = Client::default();
-        let task = spawn_conn::<false>(&core, &client);
+        let (_core, client, task) = connect::<false>(10);
         let requests = 2_000;
         // Sent in pieces no larger than the read buffer, as a socket would deliver them.
         let all = HEALTH.repeat(requests);
@@ -304,9 +303,7 @@ fn a_deep_pipeline_is_written_in_bounded_batches_and_every_request_answered() {
 #[test]
 fn continue_is_sent_once_before_the_body_and_the_request_then_answered() {
     on_executor(async {
-        let core = core(10);
-        let client = Client::default();
-        let task = spawn_conn::<false>(&core, &client);
+        let (_core, client, task) = connect::<false>(10);
         client.send(b"POST /get_value HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
         settle().await;
         assert_eq!(client.output(), "HTTP/1.1 100 Continue\r\n\r\n");
@@ -327,9 +324,7 @@ fn continue_is_sent_once_before_the_body_and_the_request_then_answered() {
 #[test]
 fn a_request_not_finished_before_its_deadline_is_answered_408_and_the_close_lingers() {
     on_executor(async {
-        let core = core(1);
-        let client = Client::default();
-        let task = spawn_conn::<false>(&core, &client);
+        let (core, client, task) = connect::<false>(1);
         client.send(b"GET /api/v1/system/health HTTP/1.1\r\nHo");
         // Deadline: the request timeout after its first byte, on the sweeper's coarse clock.
         let answered = eventually(Duration::from_secs(5), || !client.writes().is_empty()).await;
@@ -352,9 +347,7 @@ fn a_request_not_finished_before_its_deadline_is_answered_408_and_the_close_ling
 #[test]
 fn a_malformed_request_is_answered_400_then_the_connection_lingers_and_closes() {
     on_executor(async {
-        let core = core(10);
-        let client = Client::default();
-        let task = spawn_conn::<false>(&core, &client);
+        let (_core, client, task) = connect::<false>(10);
         client.send(format!("{HEALTH}NOT HTTP\r\n\r\n{HEALTH}").as_bytes());
         settle().await;
         let output = client.output();
@@ -368,9 +361,7 @@ fn a_malformed_request_is_answered_400_then_the_connection_lingers_and_closes() 
 #[test]
 fn an_idle_connection_gives_its_buffers_back_when_the_sweeper_asks_and_serves_again() {
     on_executor(async {
-        let core = core(10);
-        let client = Client::default();
-        let task = spawn_conn::<true>(&core, &client);
+        let (core, client, task) = connect::<true>(10);
         client.send(HEALTH.as_bytes());
         settle().await;
         assert_eq!(statuses(&client.output()), ["200"]);
@@ -391,9 +382,7 @@ fn an_idle_connection_gives_its_buffers_back_when_the_sweeper_asks_and_serves_ag
 #[test]
 fn an_increment_is_answered_after_its_commit_in_its_place_in_the_batch() {
     on_executor(async {
-        let core = core(10);
-        let client = Client::default();
-        let task = spawn_conn::<false>(&core, &client);
+        let (_core, client, task) = connect::<false>(10);
         let post = "POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
         client.send(format!("{HEALTH}{post}{HEALTH}").as_bytes());
         // No database: the commit is refused or times out, and the increment gets a 503; the
