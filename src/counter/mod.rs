@@ -20,7 +20,9 @@
 //! once and refuse new ones, and readiness turns false.
 
 pub mod store;
-pub mod tls;
+
+/// TLS to PostgreSQL lives beside the connecting code, in `store::tls`; the old path stays.
+pub use store::tls;
 
 #[cfg(test)]
 mod batching_tests;

@@ -46,7 +46,9 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Socket, Statement};
 
-use super::tls::Connector;
+use tls::Connector;
+
+pub mod tls;
 
 pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -1544,7 +1546,7 @@ fn classify(error: &tokio_postgres::Error) -> CommitError {
 /// Connects, checks durability settings, creates the schema if missing and prepares the two
 /// statements, all within `connect_timeout`.
 async fn connect(config: &StoreConfig, highest_seen: i64) -> Result<Connection, String> {
-    let (url, tls) = super::tls::split_connection_string(&config.url)
+    let (url, tls) = tls::split_connection_string(&config.url)
         .map_err(|error| format!("invalid database URL: {error}"))?;
     let mut pg_config: tokio_postgres::Config = url
         .parse()
