@@ -69,6 +69,8 @@ impl Store<'_> {
         let _ = reply.send(result);
     }
 
+    /// Sends the batch `id` and waits for its result, within the deadline less the part kept
+    /// for settling. `Timeout` or `Unknown` leave the batch in doubt.
     async fn commit(
         &self,
         connection: &Connection,
@@ -77,6 +79,37 @@ impl Store<'_> {
         keyed: &[KeyedIncrement],
         deadline: Instant,
     ) -> Result<Committed, CommitError> {
+        self.may_send(connection, deadline).await?;
+        // A quarter of the timeout is kept to settle the batch if its outcome is lost.
+        let statement_deadline = deadline - self.config.commit_timeout / 4;
+        if !keyed.is_empty() {
+            return self
+                .commit_keyed(connection, id, delta, keyed, statement_deadline)
+                .await;
+        }
+        let answer = tokio::time::timeout_at(
+            statement_deadline.into(),
+            self.run_unkeyed(connection, id, delta),
+        )
+        .await;
+        let (count, marked) = match answer {
+            Err(_elapsed) => return Err(CommitError::Timeout),
+            Ok(result) => result?,
+        };
+        self.recreate_row_if_unmarked(connection, marked).await;
+        self.confirm(count, delta).map(|count| Committed {
+            unkeyed_end: count,
+            keyed: Vec::new(),
+        })
+    }
+
+    /// Whether the batch may go out at all: in time, on an open connection, and not while the
+    /// row is lowered. Refused here, nothing was sent.
+    async fn may_send(
+        &self,
+        connection: &Connection,
+        deadline: Instant,
+    ) -> Result<(), CommitError> {
         if Instant::now() >= deadline {
             return Err(CommitError::Unavailable(
                 "waited past the commit timeout before it could be sent".into(),
@@ -95,49 +128,45 @@ impl Store<'_> {
                 return Err(lowered.into());
             }
         }
-        // A quarter of the timeout is kept to settle the batch if its outcome is lost.
-        let statement_deadline = deadline - self.config.commit_timeout / 4;
-        if !keyed.is_empty() {
-            let client = &connection.client;
-            // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
-            let transaction = async {
-                let (begin, lock, run, commit) = tokio::join!(
-                    client.batch_execute("BEGIN"),
-                    client.query_opt(&connection.lock_row, &[]),
-                    self.run_keyed(connection, id, delta, keyed),
-                    client.batch_execute("COMMIT"),
-                );
-                begin.map_err(|error| classify(&error))?;
-                lock.map_err(|error| classify(&error))?;
-                let (count, added, committed, marked) = run?;
-                commit.map_err(|error| classify(&error))?;
-                Ok::<_, CommitError>((count, added, committed, marked))
-            };
-            let (count, added, committed, marked) =
-                match tokio::time::timeout_at(statement_deadline.into(), transaction).await {
-                    Err(_elapsed) => return Err(CommitError::Timeout),
-                    Ok(result) => result?,
-                };
-            self.recreate_row_if_unmarked(connection, marked).await;
-            return self.confirm(count, added).map(|_| committed);
-        }
-        let answer = tokio::time::timeout_at(
-            statement_deadline.into(),
-            self.run_unkeyed(connection, id, delta),
-        )
-        .await;
-        let (count, marked) = match answer {
-            Err(_elapsed) => return Err(CommitError::Timeout),
-            Ok(result) => result?,
-        };
-        self.recreate_row_if_unmarked(connection, marked).await;
-        self.confirm(count, delta).map(|count| Committed {
-            unkeyed_end: count,
-            keyed: Vec::new(),
-        })
+        Ok(())
     }
 
-    /// Runs [`ADD`]: the count after the batch, and whether this store's row recorded it.
+    /// A batch with keyed increments: [`ADD_KEYED`](super::sql::ADD_KEYED) in a transaction behind
+    /// the row lock.
+    async fn commit_keyed(
+        &self,
+        connection: &Connection,
+        id: i64,
+        delta: i64,
+        keyed: &[KeyedIncrement],
+        statement_deadline: Instant,
+    ) -> Result<Committed, CommitError> {
+        let client = &connection.client;
+        // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
+        let transaction = async {
+            let (begin, lock, run, commit) = tokio::join!(
+                client.batch_execute("BEGIN"),
+                client.query_opt(&connection.lock_row, &[]),
+                self.run_keyed(connection, id, delta, keyed),
+                client.batch_execute("COMMIT"),
+            );
+            begin.map_err(|error| classify(&error))?;
+            lock.map_err(|error| classify(&error))?;
+            let (count, added, committed, marked) = run?;
+            commit.map_err(|error| classify(&error))?;
+            Ok::<_, CommitError>((count, added, committed, marked))
+        };
+        let (count, added, committed, marked) =
+            match tokio::time::timeout_at(statement_deadline.into(), transaction).await {
+                Err(_elapsed) => return Err(CommitError::Timeout),
+                Ok(result) => result?,
+            };
+        self.recreate_row_if_unmarked(connection, marked).await;
+        self.confirm(count, added).map(|_| committed)
+    }
+
+    /// Runs [`ADD`](super::sql::ADD): the count after the batch, and whether this store's row
+    /// recorded it.
     pub(super) async fn run_unkeyed(
         &self,
         connection: &Connection,
@@ -181,8 +210,8 @@ impl Store<'_> {
         }
     }
 
-    /// Runs [`ADD_KEYED`] (the row lock must be held): the count after the batch, what it
-    /// added, each key's outcome, and whether this store's row recorded the batch.
+    /// Runs [`ADD_KEYED`](super::sql::ADD_KEYED) (the row lock must be held): the count after the
+    /// batch, what it added, each key's outcome, and whether this store's row recorded the batch.
     pub(super) async fn run_keyed(
         &self,
         connection: &Connection,
@@ -220,24 +249,7 @@ impl Store<'_> {
             let count: i64 = row.try_get(4).map_err(unreadable)?;
             seen.push((pos, by, count));
         }
-        let mut seen = seen.into_iter().peekable();
-        let mut added = delta;
-        let mut outcomes = Vec::with_capacity(keyed.len());
-        for (pos, increment) in (1..).zip(keyed) {
-            outcomes.push(match seen.next_if(|&(at, _, _)| at == pos) {
-                Some((_, by, count)) if by == increment.by => KeyOutcome::Replayed(count),
-                Some(_) => KeyOutcome::Mismatch,
-                None => {
-                    added += increment.by;
-                    KeyOutcome::Counted(unkeyed_end + (added - delta))
-                }
-            });
-        }
-        if seen.next().is_some() {
-            return Err(CommitError::Unknown(
-                "the keyed batch answered a key position out of range".into(),
-            ));
-        }
+        let (added, outcomes) = key_outcomes(keyed, delta, unkeyed_end, seen)?;
         let count = unkeyed_end + (added - delta);
         let committed = Committed {
             unkeyed_end,
@@ -257,5 +269,75 @@ impl Store<'_> {
             CommitError::RowLowered { .. } => &stats.commit_errors_row_lowered,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What each keyed increment of a batch became, from the keys [`ADD_KEYED`](super::sql::ADD_KEYED)
+/// found `seen` before (position from 1, ascending; its `by`; its count): replayed, a mismatch, or
+/// counted now, after the unkeyed `delta` ending at `unkeyed_end`, in order. Also the batch's
+/// total, `delta` plus the counted `by`s.
+fn key_outcomes(
+    keyed: &[KeyedIncrement],
+    delta: i64,
+    unkeyed_end: i64,
+    seen: Vec<(i64, i64, i64)>,
+) -> Result<(i64, Vec<KeyOutcome>), CommitError> {
+    let mut seen = seen.into_iter().peekable();
+    let mut added = delta;
+    let mut outcomes = Vec::with_capacity(keyed.len());
+    for (pos, increment) in (1..).zip(keyed) {
+        outcomes.push(match seen.next_if(|&(at, _, _)| at == pos) {
+            Some((_, by, count)) if by == increment.by => KeyOutcome::Replayed(count),
+            Some(_) => KeyOutcome::Mismatch,
+            None => {
+                added += increment.by;
+                KeyOutcome::Counted(unkeyed_end + (added - delta))
+            }
+        });
+    }
+    if seen.next().is_some() {
+        return Err(CommitError::Unknown(
+            "the keyed batch answered a key position out of range".into(),
+        ));
+    }
+    Ok((added, outcomes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed(bys: &[i64]) -> Vec<KeyedIncrement> {
+        (0..)
+            .zip(bys)
+            .map(|(i, &by)| KeyedIncrement {
+                key: format!("k{i}").into(),
+                by,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fresh_keys_count_after_the_unkeyed_delta_in_order_and_seen_ones_replay_or_mismatch() {
+        // Unkeyed 3 ends at 10; key 2 was seen with by 5 (count 4), key 3 with another by.
+        let (added, outcomes) =
+            key_outcomes(&keyed(&[2, 5, 1, 4]), 3, 10, vec![(2, 5, 4), (3, 7, 6)])
+                .expect("positions in range");
+        assert_eq!(added, 3 + 2 + 4);
+        assert_eq!(
+            outcomes,
+            [
+                KeyOutcome::Counted(12),
+                KeyOutcome::Replayed(4),
+                KeyOutcome::Mismatch,
+                KeyOutcome::Counted(16),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_seen_position_past_the_batch_is_an_unknown_outcome() {
+        let result = key_outcomes(&keyed(&[1]), 0, 5, vec![(2, 1, 3)]);
+        assert!(matches!(result, Err(CommitError::Unknown(_))));
     }
 }

@@ -12,7 +12,7 @@ use super::sql::{
     INSERT_INSTANCE, INSERT_ROW, LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, SCHEMA_LOCK_KEY, SWEEP_KEYS,
 };
 use super::tls::{self, Connector};
-use super::{StoreConfig, CLOSE_TIMEOUT};
+use super::{StoreConfig, StoreError, CLOSE_TIMEOUT};
 
 /// One open connection with its prepared statements.
 pub(super) struct Connection {
@@ -48,49 +48,36 @@ impl Connection {
     }
 }
 
-/// Connects, checks durability settings, creates the schema if missing and prepares the two
+/// Connects, checks durability settings, creates the schema if missing and prepares the
 /// statements, all within `connect_timeout`.
-pub(super) async fn connect(config: &StoreConfig, highest_seen: i64) -> Result<Connection, String> {
-    let (url, tls) = tls::split_connection_string(&config.url)
-        .map_err(|error| format!("invalid database URL: {error}"))?;
+pub(super) async fn connect(
+    config: &StoreConfig,
+    highest_seen: i64,
+) -> Result<Connection, StoreError> {
+    let (url, tls) = tls::split_connection_string(&config.url).map_err(StoreError::InvalidUrl)?;
     let mut pg_config: tokio_postgres::Config = url
         .parse()
-        .map_err(|error| format!("invalid database URL: {error}"))?;
+        .map_err(|error: tokio_postgres::Error| StoreError::InvalidUrl(error.to_string()))?;
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("tally");
     }
     pg_config.connect_timeout(config.connect_timeout);
-    let connector = tls.apply(&mut pg_config)?;
+    let connector = tls.apply(&mut pg_config).map_err(StoreError::Tls)?;
     let set_up = async {
         let opened = match connector {
             Connector::Plain => open(&pg_config, NoTls).await,
             Connector::Rustls(rustls) => open(&pg_config, rustls).await,
         };
-        let (client, io, closed) = opened.map_err(|error| match error.as_db_error() {
-            Some(_) => error.to_string(),
-            // Transport and TLS failures: the cause (tokio-postgres's text omits it, e.g. why
-            // a certificate was refused) and the TLS settings in force.
-            None => {
-                let mut text = error.to_string();
-                let mut cause = std::error::Error::source(&error);
-                while let Some(inner) = cause {
-                    text.push_str(&format!(": {inner}"));
-                    cause = inner.source();
-                }
-                format!("{text} ({tls})")
-            }
+        let (client, io, closed) = opened.map_err(|source| StoreError::Open {
+            source,
+            tls: tls.clone(),
         })?;
         // If set-up fails below, dropping the client ends the I/O task.
         prepare(client, io, closed, highest_seen).await
     };
     tokio::time::timeout(config.connect_timeout, set_up)
         .await
-        .map_err(|_| {
-            format!(
-                "connecting and creating the schema took over {:?}",
-                config.connect_timeout
-            )
-        })?
+        .map_err(|_elapsed| StoreError::ConnectTimeout(config.connect_timeout))?
 }
 
 /// Opens a connection with `tls` and spawns the task that drives its socket.
@@ -113,38 +100,64 @@ where
     Ok((client, io, closed))
 }
 
+/// Makes a fresh session fit to commit: durable, with the schema and its statements.
 async fn prepare(
     client: Client,
     io: tokio::task::JoinHandle<()>,
     closed: oneshot::Receiver<()>,
     highest_seen: i64,
-) -> Result<Connection, String> {
-    let fail = |what: &str| {
-        let what = what.to_owned();
-        move |error: tokio_postgres::Error| format!("{what}: {error}")
-    };
-    // Commits must be durable before we answer 200 (README.md, "API"). `off` is the one setting
-    // that acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
+) -> Result<Connection, StoreError> {
+    insist_on_durability(&client).await?;
+    create_schema(&client, highest_seen).await?;
+    let statements = prepare_statements(&client).await?;
+    Ok(Connection {
+        client,
+        add: statements.add,
+        read: statements.read,
+        lock_row: statements.lock_row,
+        find_batch: statements.find_batch,
+        insert_instance: statements.insert_instance,
+        add_keyed: statements.add_keyed,
+        find_keys: statements.find_keys,
+        sweep_keys: statements.sweep_keys,
+        io,
+        closed,
+    })
+}
+
+/// The context for a failed set-up statement.
+fn set_up(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::SetUp { step, source }
+}
+
+/// Commits must be durable before we answer 200 (README.md, "API"). `off` is the one setting
+/// that acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
+async fn insist_on_durability(client: &Client) -> Result<(), StoreError> {
     let settings = client
         .query_one(
             "SELECT current_setting('synchronous_commit'), current_setting('fsync')",
             &[],
         )
         .await
-        .map_err(fail("reading durability settings"))?;
-    let synchronous_commit: String = settings.try_get(0).map_err(fail("synchronous_commit"))?;
-    let fsync: String = settings.try_get(1).map_err(fail("fsync"))?;
+        .map_err(set_up("reading durability settings"))?;
+    let synchronous_commit: String = settings.try_get(0).map_err(set_up("synchronous_commit"))?;
+    let fsync: String = settings.try_get(1).map_err(set_up("fsync"))?;
     if synchronous_commit == "off" {
         log::warn!("the database has synchronous_commit = off; tally sets it on for its session");
         client
             .batch_execute("SET synchronous_commit = on")
             .await
-            .map_err(fail("setting synchronous_commit"))?;
+            .map_err(set_up("setting synchronous_commit"))?;
     }
     if fsync == "off" {
         log::warn!("the PostgreSQL server runs with fsync = off: a crash can lose commits");
     }
+    Ok(())
+}
 
+/// Creates the tables if missing (serialised between processes), sets the session's planner
+/// rule and makes sure the counter row exists, never below `highest_seen`.
+async fn create_schema(client: &Client, highest_seen: i64) -> Result<(), StoreError> {
     // `SET LOCAL`: no "already exists, skipping" notice in the log at every connect.
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
@@ -154,20 +167,20 @@ async fn prepare(
     client
         .batch_execute(&create_schema)
         .await
-        .map_err(fail("creating table tally_counter"))?;
+        .map_err(set_up("creating table tally_counter"))?;
     // This session's statements all find their rows through an index (the sweep by TID), and
     // the keyed batch must: its plan is cached after five runs, and with a young, small keys
     // table the planner picks a hash join over a sequential scan of it, which the cached plan
-    // keeps while the table grows, until autovacuum's ANALYZE invalidates it (37 us of
-    // PostgreSQL per key instead of 7 in the first minute of a fresh data directory).
+    // keeps while the table grows, until autovacuum's ANALYZE invalidates it (several times
+    // the PostgreSQL time per key until then: measured in commit 786db6f).
     client
         .batch_execute("SET enable_seqscan = off")
         .await
-        .map_err(fail("setting enable_seqscan"))?;
+        .map_err(set_up("setting enable_seqscan"))?;
     let old_index = client
         .query_one(OLD_KEYS_TIME_INDEX, &[])
         .await
-        .map_err(fail("looking for the old keys index"))?;
+        .map_err(set_up("looking for the old keys index"))?;
     if old_index.try_get::<_, bool>(0).unwrap_or(false) {
         log::warn!(
             "the index tally_idempotency_created_at, which earlier tally versions pruned keys \
@@ -179,29 +192,42 @@ async fn prepare(
     client
         .execute(INSERT_ROW, &[&seed])
         .await
-        .map_err(fail("inserting the counter row"))?;
-    let add = client
-        .prepare_typed(ADD, &[Type::INT8, Type::INT8, Type::INT8])
-        .await
-        .map_err(fail("preparing the increment"))?;
-    let read = client
-        .prepare(READ)
-        .await
-        .map_err(fail("preparing the read"))?;
-    let lock_row = client
-        .prepare(LOCK_ROW)
-        .await
-        .map_err(fail("preparing the row lock"))?;
-    let find_batch = client
-        .prepare_typed(FIND_BATCH, &[Type::INT8])
-        .await
-        .map_err(fail("preparing the batch lookup"))?;
-    let insert_instance = client
-        .prepare_typed(INSERT_INSTANCE, &[Type::INT8])
-        .await
-        .map_err(fail("preparing the instance row"))?;
-    let add_keyed = client
-        .prepare_typed(
+        .map_err(set_up("inserting the counter row"))?;
+    Ok(())
+}
+
+/// The statements a [`Connection`] holds, prepared once per session.
+struct Statements {
+    add: Statement,
+    read: Statement,
+    lock_row: Statement,
+    find_batch: Statement,
+    insert_instance: Statement,
+    add_keyed: Statement,
+    find_keys: Statement,
+    sweep_keys: Statement,
+}
+
+async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
+    let prepare = |text: &'static str, types: &'static [Type], step: &'static str| async move {
+        client
+            .prepare_typed(text, types)
+            .await
+            .map_err(set_up(step))
+    };
+    Ok(Statements {
+        add: prepare(
+            ADD,
+            &[Type::INT8, Type::INT8, Type::INT8],
+            "preparing the increment",
+        )
+        .await?,
+        read: prepare(READ, &[], "preparing the read").await?,
+        lock_row: prepare(LOCK_ROW, &[], "preparing the row lock").await?,
+        find_batch: prepare(FIND_BATCH, &[Type::INT8], "preparing the batch lookup").await?,
+        insert_instance: prepare(INSERT_INSTANCE, &[Type::INT8], "preparing the instance row")
+            .await?,
+        add_keyed: prepare(
             ADD_KEYED,
             &[
                 Type::INT8,
@@ -211,28 +237,15 @@ async fn prepare(
                 Type::FLOAT8,
                 Type::INT8,
             ],
+            "preparing the keyed increment",
         )
-        .await
-        .map_err(fail("preparing the keyed increment"))?;
-    let find_keys = client
-        .prepare_typed(FIND_KEYS, &[Type::TEXT_ARRAY])
-        .await
-        .map_err(fail("preparing the key lookup"))?;
-    let sweep_keys = client
-        .prepare_typed(SWEEP_KEYS, &[Type::INT8, Type::INT8, Type::FLOAT8])
-        .await
-        .map_err(fail("preparing the key sweep"))?;
-    Ok(Connection {
-        client,
-        add,
-        read,
-        lock_row,
-        find_batch,
-        insert_instance,
-        add_keyed,
-        find_keys,
-        sweep_keys,
-        io,
-        closed,
+        .await?,
+        find_keys: prepare(FIND_KEYS, &[Type::TEXT_ARRAY], "preparing the key lookup").await?,
+        sweep_keys: prepare(
+            SWEEP_KEYS,
+            &[Type::INT8, Type::INT8, Type::FLOAT8],
+            "preparing the key sweep",
+        )
+        .await?,
     })
 }

@@ -42,7 +42,8 @@
 //! - `commit`: running a batch and answering it; `lowered_row`: the second guarantee;
 //! - `in_doubt`: settling a batch whose outcome was lost;
 //! - `sweep`: the retention of idempotency keys and of `tally_instances` rows;
-//! - `error`: [`CommitError`] and how PostgreSQL errors map onto it.
+//! - `error`: [`CommitError`] (what a caller of `add` is told) and [`StoreError`] (why
+//!   connecting or settling failed).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,7 +63,7 @@ mod sql;
 mod sweep;
 pub mod tls;
 
-pub use error::CommitError;
+pub use error::{CommitError, StoreError};
 use session::run_thread;
 
 pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,7 +230,7 @@ enum Request {
 struct Add {
     /// The unkeyed increments' sum.
     delta: i64,
-    /// Unique keys; empty for most batches, which then run the plain [`ADD`].
+    /// Unique keys; empty for most batches, which then run the plain [`ADD`](sql::ADD).
     keyed: Vec<KeyedIncrement>,
     /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
     deadline: Instant,

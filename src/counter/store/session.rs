@@ -12,7 +12,7 @@ use super::error::statement_was_rejected;
 use super::in_doubt::InDoubt;
 use super::outage::refuse_until_shutdown;
 use super::sweep::{Sweep, INSTANCE_TOUCH_INTERVAL, PRUNE_INTERVAL};
-use super::{Add, Request, Shared, StoreConfig};
+use super::{Add, Request, Shared, StoreConfig, StoreError};
 
 /// Reconnect back-off: doubles from the first to the last value after each failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -109,6 +109,8 @@ impl Store<'_> {
         }
     }
 
+    /// Connects, settles, serves until the connection is lost, and again, until shutdown.
+    /// Every failed attempt pauses by the back-off (see [`Store::back_off`]).
     async fn connect_and_serve(&mut self) {
         let mut backoff = BACKOFF_FIRST;
         loop {
@@ -119,68 +121,97 @@ impl Store<'_> {
             let Some(result) = self.refusing_requests_during(attempt).await else {
                 return;
             };
-            match result {
-                Ok(connection) => {
-                    self.shared.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    // Connected (and so ready) promises a known count: read it first, or a
-                    // GET right after /ready turned 200 could still get 503.
-                    if !self.refresh(&connection).await {
-                        connection.abandon();
-                        let pause = tokio::time::sleep(self.pause(backoff));
-                        if self.refusing_requests_during(pause).await.is_none() {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        continue;
-                    }
-                    if let Err(error) = self.settle_in_doubt(&connection).await {
-                        log::warn!("settling an in-doubt batch: {error}; reconnecting");
-                        connection.abandon();
-                        let pause = tokio::time::sleep(self.pause(backoff));
-                        if self.refusing_requests_during(pause).await.is_none() {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        continue;
-                    }
-                    backoff = BACKOFF_FIRST;
-                    self.outage_since.set(None);
-                    self.shared.connected.store(true, Ordering::Release);
-                    log::info!("connected to PostgreSQL");
-                    let served = self.serve(connection).await;
-                    self.shared.connected.store(false, Ordering::Release);
-                    match served {
-                        Served::ShutDown => return,
-                        Served::Lost => {
-                            self.outage_since.set(Some(Instant::now()));
-                            self.shared
-                                .stats
-                                .disconnects
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.last_error = "connection to PostgreSQL lost; reconnecting".into();
-                        }
-                    }
-                }
+            let ready = match result {
+                Ok(connection) => self.make_ready(connection).await,
                 Err(error) => {
-                    self.shared
-                        .stats
-                        .connect_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    if error != self.last_error {
-                        log::warn!("cannot connect to PostgreSQL (retrying): {error}");
-                    }
-                    self.last_error = error;
-                    let pause = tokio::time::sleep(self.pause(backoff));
-                    if self.refusing_requests_during(pause).await.is_none() {
+                    self.connect_failed(error);
+                    None
+                }
+            };
+            match ready {
+                Some(connection) => {
+                    backoff = BACKOFF_FIRST;
+                    if let Served::ShutDown = self.serve_until_lost(connection).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
+                None if self.back_off(&mut backoff).await => {}
+                None => return,
             }
         }
     }
 
-    async fn serve(&mut self, mut connection: Connection) -> Served {
+    /// Pauses before the next attempt (see [`Store::pause`]), answering requests meanwhile,
+    /// and doubles `backoff` up to [`BACKOFF_MAX`]; false on shutdown.
+    async fn back_off(&self, backoff: &mut Duration) -> bool {
+        let pause = tokio::time::sleep(self.pause(*backoff));
+        if self.refusing_requests_during(pause).await.is_none() {
+            return false;
+        }
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        true
+    }
+
+    fn connect_failed(&mut self, error: StoreError) {
+        self.shared
+            .stats
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let error = error.to_string();
+        if error != self.last_error {
+            log::warn!("cannot connect to PostgreSQL (retrying): {error}");
+        }
+        self.last_error = error;
+    }
+
+    /// A new connection, made fit to serve: the count read, the in-doubt batch settled.
+    /// `None` (the connection dropped) when either fails.
+    async fn make_ready(&self, connection: Connection) -> Option<Connection> {
+        self.shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+        // Connected (and so ready) promises a known count: read it first, or a GET right
+        // after /ready turned 200 could still get 503.
+        if !self.refresh(&connection).await {
+            connection.abandon();
+            return None;
+        }
+        if let Err(error) = self.settle_in_doubt(&connection).await {
+            log::warn!("settling an in-doubt batch: {error}; reconnecting");
+            connection.abandon();
+            return None;
+        }
+        Some(connection)
+    }
+
+    /// Serves on a ready connection, marked connected (for `/ready`) meanwhile.
+    async fn serve_until_lost(&mut self, connection: Connection) -> Served {
+        self.outage_since.set(None);
+        self.shared.connected.store(true, Ordering::Release);
+        log::info!("connected to PostgreSQL");
+        let served = self.serve(connection).await;
+        self.shared.connected.store(false, Ordering::Release);
+        if let Served::Lost = served {
+            self.outage_since.set(Some(Instant::now()));
+            self.shared
+                .stats
+                .disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            self.last_error = "connection to PostgreSQL lost; reconnecting".into();
+        }
+        served
+    }
+
+    /// Serves requests, refreshes and sweeps on `connection`; closes it politely on shutdown,
+    /// drops it at once when lost (its state is unknown).
+    async fn serve(&self, mut connection: Connection) -> Served {
+        let served = self.serve_on(&mut connection).await;
+        match served {
+            Served::Lost => connection.abandon(),
+            Served::ShutDown => connection.close().await,
+        }
+        served
+    }
+
+    async fn serve_on(&self, connection: &mut Connection) -> Served {
         let mut refresh = tokio::time::interval(self.config.refresh_interval);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
@@ -189,8 +220,7 @@ impl Store<'_> {
             // What waited for this connection goes first, in the order it arrived.
             let held = self.held.borrow_mut().pop_front();
             if let Some(add) = held {
-                if !self.run_add(&connection, add).await {
-                    connection.abandon();
+                if !self.run_add(connection, add).await {
                     return Served::Lost;
                 }
                 continue;
@@ -201,32 +231,23 @@ impl Store<'_> {
                 biased;
                 _ = &mut connection.closed => {
                     log::warn!("connection to PostgreSQL closed");
-                    connection.abandon();
                     return Served::Lost;
                 }
                 request = self.queue.recv_async() => match request {
                     Ok(Request::Add(add)) => {
-                        if !self.run_add(&connection, add).await {
-                            connection.abandon();
+                        if !self.run_add(connection, add).await {
                             return Served::Lost;
                         }
                     }
-                    Ok(Request::Shutdown) | Err(_) => {
-                        connection.close().await;
-                        return Served::ShutDown;
-                    }
+                    Ok(Request::Shutdown) | Err(_) => return Served::ShutDown,
                 },
                 _ = refresh.tick() => {
-                    if !self.refresh(&connection).await {
-                        connection.abandon();
+                    if !self.refresh(connection).await {
                         return Served::Lost;
                     }
                 }
-                _ = prune.tick() => match self.prune(&connection).await {
-                    None => {
-                        connection.abandon();
-                        return Served::Lost;
-                    }
+                _ = prune.tick() => match self.prune(connection).await {
+                    None => return Served::Lost,
                     // More expired rows are waiting: prune again after the next commit.
                     Some(true) => prune.reset_immediately(),
                     Some(false) => {}

@@ -41,18 +41,19 @@ pub(super) const LOCK_ROW: &str = "SELECT count FROM tally_counter WHERE id = 1 
 /// sees what the old session committed while we waited (one statement would not).
 pub(super) const FIND_BATCH: &str =
     "SELECT batch, count, keyed_delta FROM tally_instances WHERE id = $1";
-/// Rows of stores gone for [`INSTANCE_RETENTION`] (a small table: one row per store start).
+/// Rows of stores gone for [`INSTANCE_RETENTION`](super::sweep::INSTANCE_RETENTION) (a small table:
+/// one row per store start).
 pub(super) const PRUNE_INSTANCES: &str = "DELETE FROM tally_instances \
      WHERE seen_at < now() - make_interval(secs => $1)";
-/// Keeps an idle store's row from being pruned: at most once per [`INSTANCE_TOUCH_INTERVAL`].
+/// Keeps an idle store's row from being pruned: at most once per
+/// [`INSTANCE_TOUCH_INTERVAL`](super::sweep::INSTANCE_TOUCH_INTERVAL).
 pub(super) const TOUCH_INSTANCE: &str = "UPDATE tally_instances SET seen_at = now() WHERE id = $1";
 
 /// Idempotency keys and what their first request got (README.md, "API", Idempotency-Key).
 /// `batch_id` tells a settling store whether its in-doubt batch is the one that counted a key.
 /// The primary key is the table's only index: the expired keys are found by a sweep of the
-/// heap ([`SWEEP_KEYS`]), not through an index on `created_at`, which cost a third of a keyed
-/// batch (one more index entry and WAL record per key: 66 -> 50 kB of WAL and 1.6 -> 1.3 ms
-/// for a statement of 256 fresh keys, pgbench against a table of 1M keys).
+/// heap ([`SWEEP_KEYS`]), not through an index on `created_at`, which made every keyed batch
+/// dearer: one more index entry and WAL record per key (pgbench figures in commit 8423579).
 pub(super) const CREATE_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_idempotency \
      (key text PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, batch_id bigint NOT NULL, \
      created_at timestamptz NOT NULL DEFAULT now())";
@@ -62,9 +63,9 @@ pub(super) const CREATE_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_idempoten
 /// within the retention are not counted; the fresh ones count after the unkeyed delta `$1`, in
 /// the order given. Keys are unique in `$2`. A fresh key absent from the table is a plain
 /// `INSERT` (no other writer can insert it while we hold the lock; `ON CONFLICT` would cost a
-/// speculative insertion, one more WAL record per key: 1033 -> 777 records, 81 -> 70 kB of WAL
-/// and a third less time for a batch of 256 keys, pgbench); an expired key still present is
-/// overwritten by an upsert, which also covers a prune deleting it meanwhile.
+/// speculative insertion, one more WAL record per key: pgbench figures in commit 97aa6ec); an
+/// expired key still present is overwritten by an upsert, which also covers a prune deleting
+/// it meanwhile.
 /// Returns `unkeyed_end` and whether this store's row `$6` recorded the batch `$4`, then, for
 /// each key seen within the retention, its position (from 1) and what it got then: one row
 /// with a NULL position when there is none. The counts of fresh keys follow from the order

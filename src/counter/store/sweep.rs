@@ -8,25 +8,27 @@ use super::connect::Connection;
 use super::error::statement_was_rejected;
 use super::session::Store;
 use super::sql::{PRUNE_INSTANCES, TOUCH_INSTANCE};
+use super::StoreError;
 
 /// How long the row of a store that stopped writing is kept. A live store touches its row far
 /// more often, and its in-doubt batch is settled within a commit timeout.
 pub(super) const INSTANCE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub(super) const INSTANCE_TOUCH_INTERVAL: Duration = Duration::from_secs(3600);
-/// How often the sweep of expired idempotency keys ([`SWEEP_KEYS`]) takes its next slice; again
-/// at once, between commits, while it is behind its pace.
+/// How often the sweep of expired idempotency keys ([`SWEEP_KEYS`](super::sql::SWEEP_KEYS))
+/// takes its next slice; again at once, between commits, while it is behind its pace.
 pub(super) const PRUNE_INTERVAL: Duration = Duration::from_millis(250);
-/// Most pages of `tally_idempotency` one sweep statement reads (256 KiB, at most ~3,000 rows
-/// of short keys): ~1 ms from disk, so no DELETE holds the store's connection, or row locks,
-/// for long.
+/// Most pages of `tally_idempotency` one sweep statement reads (256 KiB of 8 KiB pages): a
+/// slice small enough that no DELETE holds the store's connection, or row locks, for long
+/// (its cost is measured in commit 8423579).
 const SWEEP_SLICE_PAGES: i64 = 32;
 /// The sweep goes over the whole table once per retention / this: an expired key is deleted
 /// at most a quarter of the retention after it expired (it counts again from its expiry
-/// anyway: [`ADD_KEYED`] checks `created_at`), and the sweep reads each stored row about this
-/// many times in its life, whatever the retention and the rate of keys.
+/// anyway: [`ADD_KEYED`](super::sql::ADD_KEYED) checks `created_at`), and the sweep reads each
+/// stored row about this many times in its life, whatever the retention and the rate of keys.
 pub(super) const SWEEPS_PER_RETENTION: f64 = 4.0;
 
-/// The sweep over `tally_idempotency` (see [`SWEEP_KEYS`]): a cursor over its pages, paced
+/// The sweep over `tally_idempotency` (see [`SWEEP_KEYS`](super::sql::SWEEP_KEYS)): a cursor
+/// over its pages, paced
 /// so that the whole table is read once per retention / [`SWEEPS_PER_RETENTION`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(super) struct Sweep {
@@ -70,8 +72,7 @@ impl Store<'_> {
         &self,
         connection: &Connection,
         insert: bool,
-    ) -> Result<(), String> {
-        let text = |error: tokio_postgres::Error| format!("keeping tally_instances: {error}");
+    ) -> Result<(), StoreError> {
         let client = &connection.client;
         let ours = if insert {
             client
@@ -80,12 +81,12 @@ impl Store<'_> {
         } else {
             client.execute(TOUCH_INSTANCE, &[&self.instance]).await
         };
-        ours.map_err(text)?;
+        ours.map_err(StoreError::InstanceUpkeep)?;
         let retention = INSTANCE_RETENTION.as_secs_f64();
         client
             .execute(PRUNE_INSTANCES, &[&retention])
             .await
-            .map_err(text)?;
+            .map_err(StoreError::InstanceUpkeep)?;
         self.instance_upkeep_at
             .set(Instant::now() + INSTANCE_TOUCH_INTERVAL);
         Ok(())
