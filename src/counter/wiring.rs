@@ -67,8 +67,10 @@ pub(super) struct CoreBatch {
 /// The owner's answer for one CoreBatch.
 pub(super) type BatchReply = Result<BatchAnswer, CommitError>;
 
+/// The owner's answer for a committed CoreBatch. `pub` only so that the tickets' `Place` can
+/// name it; this module is private, so it goes no further than `counter`.
 #[derive(Debug, Clone)]
-pub(super) struct BatchAnswer {
+pub struct BatchAnswer {
     /// The count just before the batch's first unkeyed increment.
     pub(super) base: i64,
     /// What became of each keyed increment, in order.
