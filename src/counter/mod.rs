@@ -21,7 +21,7 @@
 //!
 //! Where things are:
 //! - `wiring`: the channels between cores and owner, and the messages on them;
-//! - `batch`: a core's side, [`CounterCore`], and the [`Batch`](batch::Batch) its increments
+//! - `batch`: a core's side, [`CounterCore`], and the `Batch` its increments
 //!   join; `ticket`: what a request awaits;
 //! - `owner`: the owner loop ([`run_owner`]) and its [`OwnerLease`];
 //! - `shared`: [`CounterShared`], the instance-wide state; `metrics`: its `/metrics` lines;

@@ -27,7 +27,8 @@ pub struct CounterShared {
     pub failed_commits: AtomicU64,
     /// Increments received by the owner and not yet answered.
     pub pending_increments: AtomicU64,
-    /// `OWNER_*`: whether the owner core can commit (set by [`OwnerLease`] and `run_owner`).
+    /// `OWNER_*`: whether the owner core can commit (set by [`OwnerLease`](super::OwnerLease) and
+    /// `run_owner`).
     pub(super) owner: AtomicU8,
 }
 

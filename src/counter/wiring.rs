@@ -16,14 +16,16 @@ pub struct Wiring {
 pub struct OwnerPort {
     pub(super) batches: flume::Receiver<CoreBatch>,
     pub(super) replies: Vec<flume::Sender<BatchReply>>,
-    /// The only sender of every core's `owner_alive`; moves into the [`OwnerLease`].
+    /// The only sender of every core's `owner_alive`; moves into the
+    /// [`OwnerLease`](super::OwnerLease).
     pub(super) alive: Option<flume::Sender<Infallible>>,
 }
 
 /// What each core needs: a way to the owner and its own reply queue.
 pub struct CorePort {
     pub(super) id: usize,
-    /// Taken (dropped) by [`CounterCore::close`], so the owner knows when every core is done.
+    /// Taken (dropped) by [`CounterCore::close`](super::CounterCore::close), so the owner knows
+    /// when every core is done.
     pub(super) to_owner: RefCell<Option<flume::Sender<CoreBatch>>>,
     pub(super) replies: flume::Receiver<BatchReply>,
     /// Nothing is ever sent: it disconnects when the owner's lease (or port) is dropped.
