@@ -12,7 +12,11 @@ pub(super) static LATENCY_BOUNDS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0, 5.0,
 ];
 
+/// A `/metrics` value on one line: name, type, help text, value.
+type Line = (&'static str, &'static str, &'static str, u64);
+
 impl CounterShared {
+    /// Appends the counter's metrics in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         self.batch_size.render(
             "tally_counter_batch_size",
@@ -24,9 +28,15 @@ impl CounterShared {
             "Time from sending a transaction to the store until its result.",
             out,
         );
+        for (name, kind, help, value) in self.metric_lines() {
+            crate::metrics::write_single(out, name, kind, help, value);
+        }
+    }
+
+    /// The one-line values, in the order they are written: a table, one entry per metric.
+    fn metric_lines(&self) -> [Line; 16] {
         let stats = self.store.stats();
-        type Line = (&'static str, &'static str, &'static str, u64);
-        let lines: [Line; 14] = [
+        [
             (
                 "tally_counter_commits_total",
                 "counter",
@@ -111,23 +121,18 @@ impl CounterShared {
                 "Increments at the owner core awaiting their commit.",
                 self.pending_increments.load(Relaxed),
             ),
-        ];
-        for (name, kind, help, v) in lines {
-            crate::metrics::write_single(out, name, kind, help, v);
-        }
-        crate::metrics::write_single(
-            out,
-            "tally_counter_store_up",
-            "gauge",
-            "Whether the store connection is up.",
-            u64::from(self.store.is_connected()),
-        );
-        crate::metrics::write_single(
-            out,
-            "tally_counter_row_lowered",
-            "gauge",
-            "1 while the row is below a count this instance returned (increments refused).",
-            u64::from(self.store.row_lowered().is_some()),
-        );
+            (
+                "tally_counter_store_up",
+                "gauge",
+                "Whether the store connection is up.",
+                u64::from(self.store.is_connected()),
+            ),
+            (
+                "tally_counter_row_lowered",
+                "gauge",
+                "1 while the row is below a count this instance returned (increments refused).",
+                u64::from(self.store.row_lowered().is_some()),
+            ),
+        ]
     }
 }
