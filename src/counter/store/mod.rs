@@ -144,29 +144,53 @@ pub struct RowLowered {
     pub highest_returned: i64,
 }
 
-/// A snapshot of the store's counters, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
+/// Declares [`StoreStats`] and the atomics behind it (`Counters`, which the store thread adds
+/// to) from one list of fields, with the snapshot from one to the other: a counter cannot be
+/// added to one and forgotten in the other.
+macro_rules! store_counters {
+    ($($(#[doc = $doc:literal])* $field:ident,)*) => {
+        /// A snapshot of the store's counters, for `/metrics`.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct StoreStats {
+            $($(#[doc = $doc])* pub $field: u64,)*
+        }
+
+        #[derive(Default)]
+        struct Counters {
+            $($field: AtomicU64,)*
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> StoreStats {
+                StoreStats {
+                    $($field: self.$field.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+store_counters! {
     /// Committed `add`s (transactions).
-    pub commits: u64,
+    commits,
     /// Sum of the deltas of committed `add`s (increments made durable).
-    pub committed_delta_sum: u64,
-    pub commit_errors_unavailable: u64,
-    pub commit_errors_timeout: u64,
-    pub commit_errors_unknown: u64,
+    committed_delta_sum,
+    commit_errors_unavailable,
+    commit_errors_timeout,
+    commit_errors_unknown,
     /// Commits and `add`s refused because the row was below a count already returned.
-    pub commit_errors_row_lowered: u64,
+    commit_errors_row_lowered,
     /// Successful connections (the first one included).
-    pub connects: u64,
-    pub connect_failures: u64,
+    connects,
+    connect_failures,
     /// Connections lost or dropped after a timeout or unknown outcome.
-    pub disconnects: u64,
+    disconnects,
     /// Batches whose outcome was lost and then settled (found committed, or run again).
-    pub settled: u64,
+    settled,
     /// Keyed increments answered from an earlier request with the same key.
-    pub key_replays: u64,
+    key_replays,
     /// Keyed increments refused: the key was used with another `by`.
-    pub key_mismatches: u64,
+    key_mismatches,
 }
 
 /// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
@@ -202,22 +226,6 @@ impl Shared {
             highest_returned: self.highest_returned.load(Ordering::Acquire),
         })
     }
-}
-
-#[derive(Default)]
-struct Counters {
-    commits: AtomicU64,
-    committed_delta_sum: AtomicU64,
-    commit_errors_unavailable: AtomicU64,
-    commit_errors_timeout: AtomicU64,
-    commit_errors_unknown: AtomicU64,
-    commit_errors_row_lowered: AtomicU64,
-    connects: AtomicU64,
-    connect_failures: AtomicU64,
-    disconnects: AtomicU64,
-    settled: AtomicU64,
-    key_replays: AtomicU64,
-    key_mismatches: AtomicU64,
 }
 
 type Reply = oneshot::Sender<Result<Committed, CommitError>>;
@@ -331,22 +339,7 @@ impl StoreHandle {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let c = &self.shared.stats;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        StoreStats {
-            commits: get(&c.commits),
-            committed_delta_sum: get(&c.committed_delta_sum),
-            commit_errors_unavailable: get(&c.commit_errors_unavailable),
-            commit_errors_timeout: get(&c.commit_errors_timeout),
-            commit_errors_unknown: get(&c.commit_errors_unknown),
-            commit_errors_row_lowered: get(&c.commit_errors_row_lowered),
-            connects: get(&c.connects),
-            connect_failures: get(&c.connect_failures),
-            disconnects: get(&c.disconnects),
-            settled: get(&c.settled),
-            key_replays: get(&c.key_replays),
-            key_mismatches: get(&c.key_mismatches),
-        }
+        self.shared.stats.snapshot()
     }
 
     /// Answers the requests already queued, closes the connection and joins the thread. Blocks
