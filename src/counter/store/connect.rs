@@ -54,10 +54,9 @@ pub(super) async fn connect(
     config: &StoreConfig,
     highest_seen: i64,
 ) -> Result<Connection, StoreError> {
-    let (url, tls) = tls::split_connection_string(&config.url).map_err(StoreError::InvalidUrl)?;
-    let mut pg_config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|error: tokio_postgres::Error| StoreError::InvalidUrl(error.to_string()))?;
+    let (url, tls) =
+        tls::split_connection_string(&config.url).map_err(StoreError::InvalidTlsOptions)?;
+    let mut pg_config: tokio_postgres::Config = url.parse().map_err(StoreError::InvalidUrl)?;
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("tally");
     }

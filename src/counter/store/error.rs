@@ -53,9 +53,12 @@ impl From<RowLowered> for CommitError {
 /// `add` or an operator reading the log sees.
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
-    /// The connection string does not parse (its TLS options included).
+    /// The connection string's TLS options (`sslmode`, `sslrootcert`) do not parse.
     #[error("invalid database URL: {0}")]
-    InvalidUrl(String),
+    InvalidTlsOptions(String),
+    /// The rest of the connection string does not parse.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] tokio_postgres::Error),
     /// The TLS settings cannot be put in force (unreadable root certificates, for one).
     #[error("{0}")]
     Tls(String),

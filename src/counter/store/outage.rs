@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use super::session::{Store, BACKOFF_WHILE_WAITING};
 use super::{Add, CommitError, Counters, Request};
 
+/// For a store thread that could not start (no runtime): answers every `add` `Unavailable`
+/// with `reason` until shutdown or until the last handle is gone.
 pub(super) fn refuse_until_shutdown(
     queue: &flume::Receiver<Request>,
     reason: &str,
