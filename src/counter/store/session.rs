@@ -22,6 +22,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// rather than up to [`BACKOFF_MAX`] later, past the increment's deadline.
 pub(super) const BACKOFF_WHILE_WAITING: Duration = Duration::from_millis(200);
 
+/// The body of the `tally-store` thread: builds its runtime and runs the [`Store`] on it until
+/// shutdown (or, without a runtime, refuses every increment).
 pub(super) fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, shared: &Shared) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -71,6 +73,8 @@ enum Served {
     ShutDown,
 }
 
+/// The store thread's state. Every room (`commit`, `in_doubt`, `outage`, `sweep`, ...) adds
+/// its methods to it; only the store thread ever holds it, hence `Cell`s, not locks.
 pub(super) struct Store<'a> {
     pub(super) config: StoreConfig,
     pub(super) queue: flume::Receiver<Request>,
@@ -98,6 +102,8 @@ pub(super) struct Store<'a> {
 }
 
 impl Store<'_> {
+    /// Serves until shutdown, then answers whatever still waits: the in-doubt batch with its
+    /// unknown outcome, held increments with `Unavailable`.
     async fn run(mut self) {
         self.connect_and_serve().await;
         if let Some(batch) = self.in_doubt.take() {
