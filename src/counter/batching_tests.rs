@@ -3,8 +3,11 @@
 //! choosing, or an error. Runs on a real glommio executor, as the cores do.
 
 use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::wiring::{BatchAnswer, BatchReply, CoreBatch};
 use super::*;
 
 /// Locked memory for the test executor's registered buffers: these tests do no I/O, and

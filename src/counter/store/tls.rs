@@ -252,13 +252,16 @@ impl TlsOptions {
             _ => TransportMode::Require,
         });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
         let verifier: Arc<dyn ServerCertVerifier> = match (self.mode, &self.root_certs) {
-            (SslMode::Prefer, _) | (SslMode::Require, None) => Arc::new(AnyCertificate {
-                algorithms: provider.signature_verification_algorithms,
+            (SslMode::Prefer, _) | (SslMode::Require, None) => Arc::new(Lenient {
+                chain: None,
+                algorithms,
             }),
-            (SslMode::Require | SslMode::VerifyCa, roots) => {
-                Arc::new(ChainOnly(webpki_verifier(roots.as_ref(), &provider)?))
-            }
+            (SslMode::Require | SslMode::VerifyCa, roots) => Arc::new(Lenient {
+                chain: Some(webpki_verifier(roots.as_ref(), &provider)?),
+                algorithms,
+            }),
             (_, roots) => webpki_verifier(roots.as_ref(), &provider)?,
         };
         let config = ClientConfig::builder_with_provider(provider)
@@ -316,23 +319,37 @@ fn file_roots(path: &std::path::Path) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// `prefer`, and `require` without roots: encryption without authentication, as in libpq.
-/// The handshake's signatures are still checked, against whatever key the server shows.
+/// The modes that check less than WebPKI's full check, as libpq does.
+///
+/// Without a chain verifier (`prefer`, and `require` without roots): encryption without
+/// authentication. With one (`verify-ca`, and `require` with roots): the full WebPKI check,
+/// less the host name; webpki checks the name only once the chain is trusted, so a name error
+/// there means a trusted chain. Either way the handshake's signatures are checked, against
+/// the key the server shows, with the provider's algorithms (as `WebPkiServerVerifier` does).
 #[derive(Debug)]
-struct AnyCertificate {
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AnyCertificate {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -355,54 +372,6 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the full WebPKI check, less the host name. webpki checks the name only once
-/// the chain is trusted, so a name error here means a trusted chain.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }
 

@@ -1,0 +1,219 @@
+//! Settling a batch whose COMMIT outcome was lost (the module comment of `store` says how):
+//! on a fresh connection, under the counter row's lock, its id in this store's row of
+//! `tally_instances` says whether it committed; if not, it runs again in that transaction.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::connect::Connection;
+use super::session::Store;
+use super::{CommitError, Committed, KeyOutcome, KeyedIncrement, Reply, StoreError};
+
+/// A batch whose commit outcome was lost: settled on the next connection, or answered `why`
+/// at its deadline.
+pub(super) struct InDoubt {
+    pub(super) id: i64,
+    pub(super) delta: i64,
+    pub(super) keyed: Vec<KeyedIncrement>,
+    pub(super) deadline: Instant,
+    pub(super) reply: Reply,
+    /// `Timeout` or `Unknown`: what the caller is told if it cannot be settled in time.
+    pub(super) why: CommitError,
+}
+
+/// A settled batch: the count after it, what it added, what its callers get, and whether it
+/// had committed before (found) or ran now.
+struct Outcome {
+    count: i64,
+    added: i64,
+    committed: Committed,
+    committed_before: bool,
+}
+
+/// What settling an in-doubt batch came to.
+enum Settled {
+    /// Its result: committed before (found) or now (run again).
+    Answer(Result<Committed, CommitError>),
+    /// The settling itself failed; the connection is of no further use, try another.
+    Retry(StoreError),
+    /// The deadline passed: the caller was answered with the outcome unknown.
+    Expired,
+}
+
+impl Store<'_> {
+    /// Its deadline passed (or the store is shutting down) before it could be settled.
+    pub(super) fn answer_in_doubt(&self, batch: InDoubt) {
+        self.answer(batch.delta, batch.reply, Err(batch.why));
+    }
+
+    pub(super) fn in_doubt_deadline(&self) -> Option<Instant> {
+        let batch = self.in_doubt.take();
+        let deadline = batch.as_ref().map(|batch| batch.deadline);
+        self.in_doubt.set(batch);
+        deadline
+    }
+
+    /// Settles the in-doubt batch, if any, on a fresh connection (see the module comment);
+    /// with none, makes sure this store's row exists. `Err` when this connection could not: the
+    /// batch stays in doubt (or, [`StoreError::SettleExpired`], was answered unknown), and the
+    /// connection is spent.
+    pub(super) async fn settle_in_doubt(&self, connection: &Connection) -> Result<(), StoreError> {
+        let Some(batch) = self.in_doubt.take() else {
+            // Nothing in doubt: (re)creating the row cannot make a commit look absent.
+            return self.upkeep_instances(connection, true).await;
+        };
+        match self.settle(connection, &batch).await {
+            Settled::Answer(result) => {
+                self.answer(batch.delta, batch.reply, result);
+                Ok(())
+            }
+            Settled::Retry(error) => {
+                self.in_doubt.set(Some(batch));
+                Err(error)
+            }
+            Settled::Expired => {
+                self.answer_in_doubt(batch);
+                Err(StoreError::SettleExpired)
+            }
+        }
+    }
+
+    /// Settles `batch` within its deadline, and counts and logs how.
+    async fn settle(&self, connection: &Connection, batch: &InDoubt) -> Settled {
+        let settling = self.settle_transaction(connection, batch);
+        match tokio::time::timeout_at(batch.deadline.into(), settling).await {
+            Err(_elapsed) => Settled::Expired,
+            Ok(Err(error)) => Settled::Retry(error),
+            Ok(Ok(None)) => {
+                log::error!(
+                    "in-doubt batch {} cannot be settled: the row {} of tally_instances was \
+                     deleted (recreated now); its outcome stays unknown",
+                    batch.id,
+                    self.instance
+                );
+                Settled::Answer(Err(batch.why.clone()))
+            }
+            Ok(Ok(Some(found))) => {
+                let how = if found.committed_before {
+                    "had committed"
+                } else {
+                    "had not committed; ran it again"
+                };
+                log::info!("in-doubt batch {} settled: it {how}", batch.id);
+                self.shared.stats.settled.fetch_add(1, Ordering::Relaxed);
+                Settled::Answer(
+                    self.confirm(found.count, found.added)
+                        .map(|_| found.committed),
+                )
+            }
+        }
+    }
+
+    /// The settling transaction: waits for the row lock, then reads this store's row. `None`
+    /// when that row is gone (recreated now): the outcome cannot be known.
+    async fn settle_transaction(
+        &self,
+        connection: &Connection,
+        batch: &InDoubt,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let client = &connection.client;
+        client.batch_execute("BEGIN").await?;
+        // Waits for the old session's transaction, which held this lock, to end.
+        client.query_opt(&connection.lock_row, &[]).await?;
+        let found = client
+            .query_opt(&connection.find_batch, &[&self.instance])
+            .await?;
+        let outcome = match found {
+            // The row was deleted behind our back: whether the batch committed is lost.
+            // Recreate it (nothing else is in doubt now) and report the outcome unknown.
+            None => {
+                client
+                    .execute(&connection.insert_instance, &[&self.instance])
+                    .await?;
+                None
+            }
+            Some(row) if row.try_get::<_, Option<i64>>(0)? == Some(batch.id) => {
+                let count: i64 = row.try_get(1)?;
+                let keyed_delta: i64 = row.try_get(2)?;
+                let unkeyed_end = count - keyed_delta;
+                let keyed = self.find_keys(connection, batch).await?;
+                Some(Outcome {
+                    count,
+                    added: batch.delta + keyed_delta,
+                    committed: Committed { unkeyed_end, keyed },
+                    committed_before: true,
+                })
+            }
+            Some(_) => Some(self.run_again(connection, batch).await?),
+        };
+        client.batch_execute("COMMIT").await?;
+        Ok(outcome)
+    }
+
+    /// Runs a batch found not committed again, with its id, in the settling transaction.
+    async fn run_again(
+        &self,
+        connection: &Connection,
+        batch: &InDoubt,
+    ) -> Result<Outcome, StoreError> {
+        let (count, added, committed) = if batch.keyed.is_empty() {
+            let (count, _marked) = self.run_unkeyed(connection, batch.id, batch.delta).await?;
+            let committed = Committed {
+                unkeyed_end: count,
+                keyed: Vec::new(),
+            };
+            (count, batch.delta, committed)
+        } else {
+            let (count, added, committed, _marked) = self
+                .run_keyed(connection, batch.id, batch.delta, &batch.keyed)
+                .await?;
+            (count, added, committed)
+        };
+        Ok(Outcome {
+            count,
+            added,
+            committed,
+            committed_before: false,
+        })
+    }
+
+    /// What each key of a batch found committed got: counted by it, or by an earlier batch.
+    async fn find_keys(
+        &self,
+        connection: &Connection,
+        batch: &InDoubt,
+    ) -> Result<Vec<KeyOutcome>, StoreError> {
+        if batch.keyed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = batch.keyed.iter().map(|k| &*k.key).collect();
+        let rows = connection
+            .client
+            .query(&connection.find_keys, &[&keys])
+            .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get(0)?;
+            let by: i64 = row.try_get(1)?;
+            let count: i64 = row.try_get(2)?;
+            let batch_id: i64 = row.try_get(3)?;
+            found.insert(key, (by, count, batch_id));
+        }
+        batch
+            .keyed
+            .iter()
+            .map(|increment| {
+                let &(by, count, batch_id) = found
+                    .get(&*increment.key)
+                    .ok_or_else(|| StoreError::KeyGone(increment.key.clone()))?;
+                Ok(if batch_id == batch.id {
+                    KeyOutcome::Counted(count)
+                } else if by == increment.by {
+                    KeyOutcome::Replayed(count)
+                } else {
+                    KeyOutcome::Mismatch
+                })
+            })
+            .collect()
+    }
+}

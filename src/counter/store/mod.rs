@@ -1,0 +1,431 @@
+//! The counter's store: the only code that speaks to PostgreSQL.
+//!
+//! It runs on a side runtime, a plain OS thread named `tally-store` with a tokio
+//! current-thread runtime driving tokio-postgres, because glommio executors cannot run tokio
+//! I/O. Executors reach it through runtime-agnostic channels (a flume request queue, a tokio
+//! oneshot per reply), so [`StoreHandle::add`] can be awaited from any executor.
+//!
+//! Guarantee (README.md, "Architecture", the Counter paragraph): `add` returns `Ok(count)` only
+//! when PostgreSQL answered the row of a committed `UPDATE`. Requests run one at a time, in the
+//! order they were sent, on one connection; a refresh `SELECT` between them keeps
+//! [`StoreHandle::highest_seen`] moving when other instances write to the same row.
+//!
+//! No unknown outcomes: every batch carries a fresh id, increasing per store, written by the
+//! same statement (one transaction, one round trip) as its `UPDATE` into this store's own row of
+//! `tally_instances` (its id is random per store start), with the count the batch got. That row
+//! is updated in place, never inserted per batch (a HOT update: no index entry, nothing to
+//! prune), and only this store writes it, so other instances sharing the database cannot
+//! overwrite what it says. When the connection is lost or the statement times out, the batch is
+//! *in doubt*: the store reconnects and settles it before anything else, within the caller's
+//! deadline. It first locks the counter row (`FOR UPDATE`), which waits until the old session's
+//! transaction, which held that lock, has ended; only then can its row be trusted: the batch's
+//! id there means committed (answer the stored count), another id means it never will (run the
+//! batch again, same id, in that locked transaction). The row's `CHECK (batch >
+//! previous_batch)` makes a copy of the old statement reaching the server even later fail
+//! instead of counting twice. Only when PostgreSQL stays unreachable past the deadline (or the
+//! row was deleted behind the store's back) is the outcome reported unknown.
+//!
+//! Second guarantee: no value is returned twice. The row only grows while every writer is a
+//! tally (other instances' increments raise it), so a commit whose first value is at or below
+//! the highest count this store has *returned* means the row was lowered behind our back (a
+//! restored backup, a manual `UPDATE`). That commit is answered [`CommitError::RowLowered`],
+//! and so is every later `add`, without touching the row, until a read finds the row back at or
+//! above that count (README.md, "Operations", "When the counter row goes backwards").
+//!
+//! The rooms, in the order a batch meets them:
+//! - this file: the public face ([`spawn`], [`StoreHandle`], [`StoreConfig`]), the types a
+//!   caller sends and gets back, and what the handles share with the thread;
+//! - `session`: the `tally-store` thread, its runtime and the connect / serve loop;
+//! - `connect` (with `tls`): opening a connection, the schema, the prepared statements;
+//! - `sql`: the statements' text;
+//! - `outage`: holding and refusing increments while there is no connection;
+//! - `commit`: running a batch and answering it; `lowered_row`: the second guarantee;
+//! - `in_doubt`: settling a batch whose outcome was lost;
+//! - `sweep`: the retention of idempotency keys and of `tally_instances` rows;
+//! - `error`: [`CommitError`] (what a caller of `add` is told) and [`StoreError`] (why
+//!   connecting or settling failed).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+mod commit;
+mod connect;
+mod error;
+mod in_doubt;
+mod lowered_row;
+mod outage;
+mod session;
+mod sql;
+mod sweep;
+pub mod tls;
+
+pub use error::{CommitError, StoreError};
+use session::run_thread;
+
+pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a closing connection may take to say goodbye (Terminate) to the server.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// `highest_seen` before any value is known (a real count is always greater).
+const NOT_SEEN: i64 = i64::MIN;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// A tokio-postgres connection string: `postgresql://...` or `host=... user=...`.
+    pub url: String,
+    /// Longest wait for an `add`, counted from when it was sent to the store.
+    pub commit_timeout: Duration,
+    /// How often the count is read back while idle, so instances sharing a row converge.
+    pub refresh_interval: Duration,
+    /// Bound on connecting plus schema set-up.
+    pub connect_timeout: Duration,
+    /// The CPU the `tally-store` thread is pinned to; `None` leaves it to the scheduler.
+    pub cpu: Option<usize>,
+    /// How long an idempotency key is remembered (and replayed) after its first request.
+    pub idempotency_retention: Duration,
+}
+
+impl StoreConfig {
+    /// The given URL with the default timeouts, unpinned.
+    pub fn new(url: impl Into<String>) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            commit_timeout: DEFAULT_COMMIT_TIMEOUT,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            cpu: None,
+            idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
+        }
+    }
+}
+
+/// An increment sent with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedIncrement {
+    pub key: Box<str>,
+    pub by: i64,
+}
+
+/// What became of a keyed increment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// Counted by this batch: the count right after its own increment.
+    Counted(i64),
+    /// Counted before, within the retention, with the same `by`: the count it got then.
+    Replayed(i64),
+    /// Seen before with another `by`: not counted.
+    Mismatch,
+}
+
+/// A committed batch: unkeyed increments take the values up to `unkeyed_end`, counted keyed
+/// ones the values after it, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub unkeyed_end: i64,
+    /// One per keyed increment, in the order given.
+    pub keyed: Vec<KeyOutcome>,
+}
+
+/// The row found below a count this store returned (see [`CommitError::RowLowered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLowered {
+    /// The count PostgreSQL last reported.
+    pub row: i64,
+    /// The highest count this store has returned from a commit.
+    pub highest_returned: i64,
+}
+
+/// Declares [`StoreStats`] and the atomics behind it (`Counters`, which the store thread adds
+/// to) from one list of fields, with the snapshot from one to the other: a counter cannot be
+/// added to one and forgotten in the other.
+macro_rules! store_counters {
+    ($($(#[doc = $doc:literal])* $field:ident,)*) => {
+        /// A snapshot of the store's counters, for `/metrics`.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct StoreStats {
+            $($(#[doc = $doc])* pub $field: u64,)*
+        }
+
+        #[derive(Default)]
+        struct Counters {
+            $($field: AtomicU64,)*
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> StoreStats {
+                StoreStats {
+                    $($field: self.$field.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+store_counters! {
+    /// Committed `add`s (transactions).
+    commits,
+    /// Sum of the deltas of committed `add`s (increments made durable).
+    committed_delta_sum,
+    commit_errors_unavailable,
+    commit_errors_timeout,
+    commit_errors_unknown,
+    /// Commits and `add`s refused because the row was below a count already returned.
+    commit_errors_row_lowered,
+    /// Successful connections (the first one included).
+    connects,
+    connect_failures,
+    /// Connections lost or dropped after a timeout or unknown outcome.
+    disconnects,
+    /// Batches whose outcome was lost and then settled (found committed, or run again).
+    settled,
+    /// Keyed increments answered from an earlier request with the same key.
+    key_replays,
+    /// Keyed increments refused: the key was used with another `by`.
+    key_mismatches,
+}
+
+/// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
+/// [`shutdown`](Self::shutdown) is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct StoreHandle {
+    /// Only handles hold senders, so the thread sees the queue close when the last one goes.
+    requests: flume::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+/// What the handles and the store thread both see.
+struct Shared {
+    commit_timeout: Duration,
+    connected: AtomicBool,
+    highest_seen: AtomicI64,
+    /// The highest count a commit returned (`NOT_SEEN` before the first); only the store
+    /// thread writes it. Unlike `highest_seen`, refresh reads never raise it.
+    highest_returned: AtomicI64,
+    /// The row's count while it is below `highest_returned`, else `NOT_SEEN`.
+    lowered_row: AtomicI64,
+    stats: Counters,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnected when the store thread has finished (it holds the only sender).
+    thread_done: flume::Receiver<()>,
+}
+
+impl Shared {
+    fn row_lowered(&self) -> Option<RowLowered> {
+        let row = self.lowered_row.load(Ordering::Acquire);
+        (row != NOT_SEEN).then(|| RowLowered {
+            row,
+            highest_returned: self.highest_returned.load(Ordering::Acquire),
+        })
+    }
+}
+
+type Reply = oneshot::Sender<Result<Committed, CommitError>>;
+
+enum Request {
+    Add(Add),
+    Shutdown,
+}
+
+struct Add {
+    /// The unkeyed increments' sum.
+    delta: i64,
+    /// Unique keys; empty for most batches, which then run the plain [`ADD`](sql::ADD).
+    keyed: Vec<KeyedIncrement>,
+    /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
+    deadline: Instant,
+    reply: Reply,
+}
+
+/// Starts the `tally-store` thread (pinned to `config.cpu` if set) and returns at once; it
+/// connects in the background, with back-off, and reconnects by itself whenever the connection
+/// is lost. Fails only if the OS refuses a thread; a refused pinning is logged, not fatal.
+pub fn spawn(config: StoreConfig) -> std::io::Result<StoreHandle> {
+    let (requests, queue) = flume::unbounded();
+    let (thread_done_tx, thread_done) = flume::bounded::<()>(0);
+    let shared = Arc::new(Shared {
+        commit_timeout: config.commit_timeout,
+        connected: AtomicBool::new(false),
+        highest_seen: AtomicI64::new(NOT_SEEN),
+        highest_returned: AtomicI64::new(NOT_SEEN),
+        lowered_row: AtomicI64::new(NOT_SEEN),
+        stats: Counters::default(),
+        thread: Mutex::new(None),
+        thread_done,
+    });
+    let for_thread = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("tally-store".into())
+        .spawn(move || {
+            let _done = thread_done_tx;
+            let _disconnected_on_exit = DisconnectedOnExit(&for_thread);
+            if let Some(cpu) = config.cpu {
+                pin_current_thread(cpu);
+            }
+            run_thread(config, queue, &for_thread);
+        })?;
+    if let Ok(mut slot) = shared.thread.lock() {
+        *slot = Some(thread);
+    }
+    Ok(StoreHandle { requests, shared })
+}
+
+impl StoreHandle {
+    /// Adds `delta` (> 0) to the counter row in one statement, its own transaction, and
+    /// returns the count right after it. `Ok` only once PostgreSQL answered the committed row.
+    pub async fn add(&self, delta: i64) -> Result<i64, CommitError> {
+        if delta <= 0 {
+            return Err(CommitError::InvalidDelta(delta));
+        }
+        self.add_batch(delta, Vec::new())
+            .await
+            .map(|committed| committed.unkeyed_end)
+    }
+
+    /// Adds `delta` (>= 0) and every keyed increment whose key was not seen within the
+    /// retention, in one transaction. `keyed` must not repeat a key; at least one of the two
+    /// must add something.
+    pub async fn add_batch(
+        &self,
+        delta: i64,
+        keyed: Vec<KeyedIncrement>,
+    ) -> Result<Committed, CommitError> {
+        if delta < 0 || (delta == 0 && keyed.is_empty()) {
+            return Err(CommitError::InvalidDelta(delta));
+        }
+        if let Some(bad) = keyed.iter().find(|k| k.by <= 0) {
+            return Err(CommitError::InvalidDelta(bad.by));
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Add(Add {
+            delta,
+            keyed,
+            deadline: Instant::now() + self.shared.commit_timeout,
+            reply,
+        });
+        if self.requests.send(request).is_err() {
+            return Err(CommitError::Unavailable("the store has shut down".into()));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(CommitError::Unknown(
+                "the store thread ended before answering".into(),
+            ))
+        })
+    }
+
+    /// True while a connection is up and the schema is in place (for `/ready`).
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// The highest count this instance has seen, from its commits and periodic reads; `None`
+    /// before the first. Updated before `add` returns, so it is never behind an `add` result.
+    pub fn highest_seen(&self) -> Option<i64> {
+        let seen = self.shared.highest_seen.load(Ordering::Acquire);
+        (seen != NOT_SEEN).then_some(seen)
+    }
+
+    /// `Some` while the row is below a count this store returned: every `add` is refused.
+    pub fn row_lowered(&self) -> Option<RowLowered> {
+        self.shared.row_lowered()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Answers the requests already queued, closes the connection and joins the thread. Blocks
+    /// the calling thread for at most the commit timeout plus a second; call it at exit, not
+    /// from an executor. Later `add`s get `Unavailable`.
+    pub fn shutdown(&self) {
+        let _ = self.requests.send(Request::Shutdown);
+        let thread = self
+            .shared
+            .thread
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        let Some(thread) = thread else {
+            return;
+        };
+        let wait = self.shared.commit_timeout + CLOSE_TIMEOUT;
+        match self.shared.thread_done.recv_timeout(wait) {
+            Err(flume::RecvTimeoutError::Timeout) => {
+                log::warn!("the store thread did not finish within {wait:?}; leaving it");
+            }
+            Ok(()) | Err(flume::RecvTimeoutError::Disconnected) => {
+                if thread.join().is_err() {
+                    log::error!("the store thread panicked");
+                }
+            }
+        }
+    }
+}
+
+/// The store still works unpinned (the CPU may be outside this process's cpuset, or gone), so
+/// a refusal is only worth a warning.
+fn pin_current_thread(cpu: usize) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        log::warn!("cannot pin the store thread to CPU {cpu}; it runs unpinned");
+    }
+}
+
+/// `/ready` must not report a store whose thread has died, whatever the reason.
+struct DisconnectedOnExit<'a>(&'a Shared);
+
+impl Drop for DisconnectedOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `Cpus_allowed_list` of this process's `tally-store` thread, once it has one.
+    fn store_thread_cpus() -> Option<String> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != "tally-store" {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            return status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+                .map(|list| list.trim().to_owned());
+        }
+        None
+    }
+
+    #[test]
+    fn the_store_thread_runs_on_the_configured_cpu() {
+        // The last CPU this process may use: pinning to it narrows the mask whenever there are two.
+        let cpu = core_affinity::get_core_ids()
+            .and_then(|ids| ids.last().copied())
+            .expect("at least one usable CPU")
+            .id;
+        // Nothing listens there: the thread keeps retrying in the background, which is enough.
+        let mut config = StoreConfig::new("host=/nonexistent/tally-test user=tally");
+        config.cpu = Some(cpu);
+        let store = spawn(config).expect("store thread");
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = store_thread_cpus();
+        while seen.as_deref() != Some(&*cpu.to_string()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            seen = store_thread_cpus();
+        }
+        store.shutdown();
+        assert_eq!(seen, Some(cpu.to_string()));
+    }
+}

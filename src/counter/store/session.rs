@@ -1,0 +1,292 @@
+//! The store thread: its tokio runtime, and the session loop that connects (with back-off),
+//! settles what is in doubt, then serves requests, refreshes and sweeps on one connection until
+//! it is lost or the store shuts down. Holds [`Store`], the state the other rooms work on.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::connect::{connect, Connection};
+use super::error::statement_was_rejected;
+use super::in_doubt::InDoubt;
+use super::outage::refuse_until_shutdown;
+use super::sweep::{Sweep, INSTANCE_TOUCH_INTERVAL, PRUNE_INTERVAL};
+use super::{Add, Request, Shared, StoreConfig, StoreError};
+
+/// Reconnect back-off: doubles from the first to the last value after each failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between connection attempts while an increment waits for one (held in
+/// an outage, or in doubt): a restarted PostgreSQL is found within this once it is back,
+/// rather than up to [`BACKOFF_MAX`] later, past the increment's deadline.
+pub(super) const BACKOFF_WHILE_WAITING: Duration = Duration::from_millis(200);
+
+/// The body of the `tally-store` thread: builds its runtime and runs the [`Store`] on it until
+/// shutdown (or, without a runtime, refuses every increment).
+pub(super) fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, shared: &Shared) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            log::error!("cannot build the store's tokio runtime: {error}");
+            let reason = format!("the store could not start: {error}");
+            refuse_until_shutdown(&queue, &reason, &shared.stats);
+            return;
+        }
+    };
+    let store = Store {
+        config,
+        queue,
+        shared,
+        last_error: "not connected yet".into(),
+        instance: random_id(),
+        next_batch_id: Cell::new(random_id()),
+        in_doubt: Cell::new(None),
+        instance_upkeep_at: Cell::new(Instant::now() + INSTANCE_TOUCH_INTERVAL),
+        sweep: Cell::new(Sweep::default()),
+        outage_since: Cell::new(None),
+        held: RefCell::new(VecDeque::new()),
+    };
+    runtime.block_on(store.run());
+}
+
+/// A store's instance id, and the random start of its batch ids (then +1 per batch): batch ids
+/// of different instances and restarts do not meet, so a key's `batch_id` tells which batch
+/// counted it. `RandomState` is seeded from the OS's randomness; no dependency for 64 bits.
+fn random_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    // Non-negative and far from i64::MAX: easier to read in psql, never overflows.
+    (hasher.finish() >> 2) as i64
+}
+
+/// Why serving a connection stopped.
+enum Served {
+    Lost,
+    ShutDown,
+}
+
+/// The store thread's state. Every room (`commit`, `in_doubt`, `outage`, `sweep`, ...) adds
+/// its methods to it; only the store thread ever holds it, hence `Cell`s, not locks.
+pub(super) struct Store<'a> {
+    pub(super) config: StoreConfig,
+    pub(super) queue: flume::Receiver<Request>,
+    pub(super) shared: &'a Shared,
+    /// Told to callers while disconnected.
+    pub(super) last_error: String,
+    /// This store's row in `tally_instances`: where its batches are recorded.
+    pub(super) instance: i64,
+    /// The id of the next batch sent.
+    pub(super) next_batch_id: Cell<i64>,
+    /// At most one: nothing else is sent until it is settled (or its deadline passed).
+    pub(super) in_doubt: Cell<Option<InDoubt>>,
+    /// When this store's row is next touched and rows of long-gone stores deleted.
+    pub(super) instance_upkeep_at: Cell<Instant>,
+    /// Where the sweep of expired keys stands.
+    pub(super) sweep: Cell<Sweep>,
+    /// When the connection that served was lost; `None` while connected, and before the first
+    /// connection (a database never reached is a configuration error: refused at once).
+    pub(super) outage_since: Cell<Option<Instant>>,
+    /// Increments received during an outage younger than the commit timeout: they wait for the
+    /// reconnection (a PostgreSQL restart takes well under the timeout) instead of failing at
+    /// once, and are sent, in order, before anything else on the new connection. Each is
+    /// answered `Unavailable` at its deadline, or when the outage outlasts the commit timeout.
+    pub(super) held: RefCell<VecDeque<Add>>,
+}
+
+impl Store<'_> {
+    /// Serves until shutdown, then answers whatever still waits: the in-doubt batch with its
+    /// unknown outcome, held increments with `Unavailable`.
+    async fn run(mut self) {
+        self.connect_and_serve().await;
+        if let Some(batch) = self.in_doubt.take() {
+            self.answer_in_doubt(batch);
+        }
+        self.last_error = "the store has shut down".into();
+        for add in self.held.take() {
+            self.refuse(add);
+        }
+    }
+
+    /// Connects, settles, serves until the connection is lost, and again, until shutdown.
+    /// Every failed attempt pauses by the back-off (see [`Store::back_off`]).
+    async fn connect_and_serve(&mut self) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let attempt = connect(
+                &self.config,
+                self.shared.highest_seen.load(Ordering::Acquire),
+            );
+            let Some(result) = self.refusing_requests_during(attempt).await else {
+                return;
+            };
+            let ready = match result {
+                Ok(connection) => self.make_ready(connection).await,
+                Err(error) => {
+                    self.connect_failed(error);
+                    None
+                }
+            };
+            match ready {
+                Some(connection) => {
+                    backoff = BACKOFF_FIRST;
+                    if let Served::ShutDown = self.serve_until_lost(connection).await {
+                        return;
+                    }
+                }
+                None if self.back_off(&mut backoff).await => {}
+                None => return,
+            }
+        }
+    }
+
+    /// Pauses before the next attempt (see [`Store::pause`]), answering requests meanwhile,
+    /// and doubles `backoff` up to [`BACKOFF_MAX`]; false on shutdown.
+    async fn back_off(&self, backoff: &mut Duration) -> bool {
+        let pause = tokio::time::sleep(self.pause(*backoff));
+        if self.refusing_requests_during(pause).await.is_none() {
+            return false;
+        }
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        true
+    }
+
+    fn connect_failed(&mut self, error: StoreError) {
+        self.shared
+            .stats
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let error = error.to_string();
+        if error != self.last_error {
+            log::warn!("cannot connect to PostgreSQL (retrying): {error}");
+        }
+        self.last_error = error;
+    }
+
+    /// A new connection, made fit to serve: the count read, the in-doubt batch settled.
+    /// `None` (the connection dropped) when either fails.
+    async fn make_ready(&self, connection: Connection) -> Option<Connection> {
+        self.shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+        // Connected (and so ready) promises a known count: read it first, or a GET right
+        // after /ready turned 200 could still get 503.
+        if !self.refresh(&connection).await {
+            connection.abandon();
+            return None;
+        }
+        if let Err(error) = self.settle_in_doubt(&connection).await {
+            log::warn!("settling an in-doubt batch: {error}; reconnecting");
+            connection.abandon();
+            return None;
+        }
+        Some(connection)
+    }
+
+    /// Serves on a ready connection, marked connected (for `/ready`) meanwhile.
+    async fn serve_until_lost(&mut self, connection: Connection) -> Served {
+        self.outage_since.set(None);
+        self.shared.connected.store(true, Ordering::Release);
+        log::info!("connected to PostgreSQL");
+        let served = self.serve(connection).await;
+        self.shared.connected.store(false, Ordering::Release);
+        if let Served::Lost = served {
+            self.outage_since.set(Some(Instant::now()));
+            self.shared
+                .stats
+                .disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            self.last_error = "connection to PostgreSQL lost; reconnecting".into();
+        }
+        served
+    }
+
+    /// Serves requests, refreshes and sweeps on `connection`; closes it politely on shutdown,
+    /// drops it at once when lost (its state is unknown).
+    async fn serve(&self, mut connection: Connection) -> Served {
+        let served = self.serve_on(&mut connection).await;
+        match served {
+            Served::Lost => connection.abandon(),
+            Served::ShutDown => connection.close().await,
+        }
+        served
+    }
+
+    async fn serve_on(&self, connection: &mut Connection) -> Served {
+        let mut refresh = tokio::time::interval(self.config.refresh_interval);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // What waited for this connection goes first, in the order it arrived.
+            let held = self.held.borrow_mut().pop_front();
+            if let Some(add) = held {
+                if !self.run_add(connection, add).await {
+                    return Served::Lost;
+                }
+                continue;
+            }
+            // Biased: a dead connection is noticed first, and a waiting commit goes before a
+            // refresh (commits return the row's count anyway).
+            tokio::select! {
+                biased;
+                _ = &mut connection.closed => {
+                    log::warn!("connection to PostgreSQL closed");
+                    return Served::Lost;
+                }
+                request = self.queue.recv_async() => match request {
+                    Ok(Request::Add(add)) => {
+                        if !self.run_add(connection, add).await {
+                            return Served::Lost;
+                        }
+                    }
+                    Ok(Request::Shutdown) | Err(_) => return Served::ShutDown,
+                },
+                _ = refresh.tick() => {
+                    if !self.refresh(connection).await {
+                        return Served::Lost;
+                    }
+                }
+                _ = prune.tick() => match self.prune(connection).await {
+                    None => return Served::Lost,
+                    // More expired rows are waiting: prune again after the next commit.
+                    Some(true) => prune.reset_immediately(),
+                    Some(false) => {}
+                },
+            }
+        }
+    }
+
+    /// Reads the row; false when the connection should be dropped.
+    async fn refresh(&self, connection: &Connection) -> bool {
+        let read = connection.client.query_opt(&connection.read, &[]);
+        match tokio::time::timeout(self.config.commit_timeout, read).await {
+            Ok(Ok(Some(row))) => {
+                if let Ok(count) = row.try_get::<_, i64>(0) {
+                    let _still_lowered = self.saw_row(count);
+                }
+                true
+            }
+            Ok(Ok(None)) => {
+                log::error!("tally_counter has no row with id = 1; reconnecting to recreate it");
+                false
+            }
+            Ok(Err(error)) => {
+                log::warn!("reading the count: {error}");
+                statement_was_rejected(&error)
+            }
+            Err(_elapsed) => {
+                log::warn!(
+                    "reading the count took over {:?}",
+                    self.config.commit_timeout
+                );
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The SQL the store sends, as text, with the schema it keeps. Nothing here runs a
+//! statement: `connect` prepares these, the other rooms run them. Each statement's comment
+//! says what it relies on (locks, snapshots, indexes); only this file and `connect` (which
+//! creates the schema) may change what the tables look like.
+
+/// Serialises concurrent schema creation by several tally processes: `CREATE TABLE IF NOT
+/// EXISTS` alone can still fail with a unique violation on `pg_type` when two run at once.
+/// The value is "tally" in ASCII.
+pub(super) const SCHEMA_LOCK_KEY: i64 = 0x74_61_6c_6c_79;
+pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS tally_counter \
+     (id int PRIMARY KEY CHECK (id = 1), count bigint NOT NULL)";
+/// One row per store (`id`, random per start): its last committed batch, how an in-doubt batch
+/// is settled. `count` is the counter right after that batch; `keyed_delta` the part its keyed
+/// increments added. Batch ids only grow per store, so the `CHECK` refuses a batch run twice.
+/// (Earlier versions inserted a row per batch into `tally_batches`, a table no longer read.)
+pub(super) const CREATE_INSTANCES: &str = "CREATE TABLE IF NOT EXISTS tally_instances \
+     (id bigint PRIMARY KEY, batch bigint, previous_batch bigint, \
+     count bigint NOT NULL DEFAULT 0, keyed_delta bigint NOT NULL DEFAULT 0, \
+     seen_at timestamptz NOT NULL DEFAULT now(), CHECK (batch > previous_batch))";
+/// Run when no batch of this store is in doubt (a row recreated while one was could make a
+/// committed batch look uncommitted).
+pub(super) const INSERT_INSTANCE: &str =
+    "INSERT INTO tally_instances (id) VALUES ($1) ON CONFLICT (id) DO NOTHING";
+/// `$1` is the highest count this instance has seen (0 at first), so a row deleted behind our
+/// back does not restart below values already handed out.
+pub(super) const INSERT_ROW: &str =
+    "INSERT INTO tally_counter (id, count) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
+/// One statement, its own transaction: the row lock serialises all writers, instances included.
+/// `$2` is the batch id, recorded in this store's row `$3` in the same transaction (a
+/// data-modifying CTE always runs). The second column says whether that row was there.
+pub(super) const ADD: &str = "WITH counted AS \
+     (UPDATE tally_counter SET count = count + $1 WHERE id = 1 RETURNING count), \
+     marked AS (UPDATE tally_instances i SET previous_batch = i.batch, batch = $2, \
+       count = c.count, keyed_delta = 0, seen_at = now() FROM counted c WHERE i.id = $3 \
+       RETURNING 1) \
+     SELECT count, EXISTS (SELECT FROM marked) FROM counted";
+pub(super) const READ: &str = "SELECT count FROM tally_counter WHERE id = 1";
+/// Run inside a transaction: returns once every transaction that held the row lock has ended.
+pub(super) const LOCK_ROW: &str = "SELECT count FROM tally_counter WHERE id = 1 FOR UPDATE";
+/// A separate statement after [`LOCK_ROW`]: under READ COMMITTED it takes a new snapshot, so it
+/// sees what the old session committed while we waited (one statement would not).
+pub(super) const FIND_BATCH: &str =
+    "SELECT batch, count, keyed_delta FROM tally_instances WHERE id = $1";
+/// Rows of stores gone for [`INSTANCE_RETENTION`](super::sweep::INSTANCE_RETENTION) (a small table:
+/// one row per store start).
+pub(super) const PRUNE_INSTANCES: &str = "DELETE FROM tally_instances \
+     WHERE seen_at < now() - make_interval(secs => $1)";
+/// Keeps an idle store's row from being pruned: at most once per
+/// [`INSTANCE_TOUCH_INTERVAL`](super::sweep::INSTANCE_TOUCH_INTERVAL).
+pub(super) const TOUCH_INSTANCE: &str = "UPDATE tally_instances SET seen_at = now() WHERE id = $1";
+
+/// Idempotency keys and what their first request got (README.md, "API", Idempotency-Key).
+/// `batch_id` tells a settling store whether its in-doubt batch is the one that counted a key.
+/// The primary key is the table's only index: the expired keys are found by a sweep of the
+/// heap ([`SWEEP_KEYS`]), not through an index on `created_at`, which made every keyed batch
+/// dearer: one more index entry and WAL record per key (pgbench figures in commit 8423579).
+pub(super) const CREATE_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_idempotency \
+     (key text PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, batch_id bigint NOT NULL, \
+     created_at timestamptz NOT NULL DEFAULT now())";
+/// A batch with keyed increments, run after [`LOCK_ROW`] in the same transaction. Every writer
+/// takes the row lock first, so this statement's snapshot (taken after it) holds every key
+/// committed before: no key can be counted twice, by this instance or another. Keys seen
+/// within the retention are not counted; the fresh ones count after the unkeyed delta `$1`, in
+/// the order given. Keys are unique in `$2`. A fresh key absent from the table is a plain
+/// `INSERT` (no other writer can insert it while we hold the lock; `ON CONFLICT` would cost a
+/// speculative insertion, one more WAL record per key: pgbench figures in commit 97aa6ec); an
+/// expired key still present is overwritten by an upsert, which also covers a prune deleting
+/// it meanwhile.
+/// Returns `unkeyed_end` and whether this store's row `$6` recorded the batch `$4`, then, for
+/// each key seen within the retention, its position (from 1) and what it got then: one row
+/// with a NULL position when there is none. The counts of fresh keys follow from the order
+/// (`unkeyed_end` plus the running sum of their `by`), so they are not sent back.
+pub(super) const ADD_KEYED: &str = "WITH input AS (SELECT key, by, pos \
+       FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS t(key, by, pos)), \
+     present AS (SELECT i.pos, k.by, k.count, \
+       k.created_at > now() - make_interval(secs => $5) AS live \
+       FROM input i JOIN tally_idempotency k ON k.key = i.key), \
+     fresh AS (SELECT i.key, i.by, i.pos, (sum(i.by) OVER (ORDER BY i.pos))::bigint AS running, \
+       p.pos IS NOT NULL AS expired \
+       FROM input i LEFT JOIN present p ON p.pos = i.pos WHERE p.live IS NOT TRUE), \
+     total AS (SELECT COALESCE(sum(by), 0)::bigint AS keyed FROM fresh), \
+     counted AS (UPDATE tally_counter SET count = count + $1 + total.keyed FROM total \
+       WHERE id = 1 RETURNING tally_counter.count - total.keyed AS unkeyed_end, total.keyed), \
+     inserted AS (INSERT INTO tally_idempotency (key, by, count, batch_id) \
+       SELECT f.key, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
+       WHERE NOT f.expired), \
+     renewed AS (INSERT INTO tally_idempotency (key, by, count, batch_id) \
+       SELECT f.key, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
+       WHERE f.expired \
+       ON CONFLICT (key) DO UPDATE SET by = excluded.by, count = excluded.count, \
+       batch_id = excluded.batch_id, created_at = now()), \
+     marked AS (UPDATE tally_instances i SET previous_batch = i.batch, batch = $4, \
+       count = c.unkeyed_end + c.keyed, keyed_delta = c.keyed, seen_at = now() \
+       FROM counted c WHERE i.id = $6 RETURNING 1) \
+     SELECT c.unkeyed_end, EXISTS (SELECT FROM marked), p.pos, p.by, p.count \
+     FROM counted c LEFT JOIN present p ON p.live ORDER BY p.pos";
+/// Settling a keyed batch found committed: what each of its keys got.
+pub(super) const FIND_KEYS: &str =
+    "SELECT key, by, count, batch_id FROM tally_idempotency WHERE key = ANY($1::text[])";
+/// One slice of the sweep over `tally_idempotency`: deletes the expired keys stored in pages
+/// `$1` to `$2` (exclusive) and returns how many, and the table's size in pages. A TID range
+/// scan: it reads those pages and nothing else, whatever the table's size and statistics, so a
+/// sweep that finds nothing expired costs a few page reads, and an empty range none. The time
+/// condition is checked again on a row a batch renewed meanwhile, which is then kept.
+pub(super) const SWEEP_KEYS: &str = "WITH gone AS (DELETE FROM tally_idempotency \
+     WHERE ctid >= format('(%s,0)', $1)::tid AND ctid < format('(%s,0)', $2)::tid \
+     AND created_at < now() - make_interval(secs => $3) RETURNING 1) \
+     SELECT (SELECT count(*) FROM gone), \
+     pg_relation_size('tally_idempotency') / current_setting('block_size')::bigint";
+/// The index earlier versions pruned through. Still there in a database they created (and
+/// used by their prune while one of them runs): README.md, "Idempotency-Key", says when to
+/// drop it.
+pub(super) const OLD_KEYS_TIME_INDEX: &str =
+    "SELECT to_regclass('tally_idempotency_created_at') IS NOT NULL";
