@@ -1,41 +1,18 @@
 //! A core's side of the counter ([`CounterCore`]): increments join the core's open
-//! [`Batch`]; the batcher task sends closed batches to the owner, the reply task resolves them
-//! in order. Lives on one core; knows nothing of PostgreSQL.
+//! [`Batch`] (defined beside the tickets that wait on it, in `ticket`); the batcher task sends
+//! closed batches to the owner, the reply task resolves them in order. Lives on one core;
+//! knows nothing of PostgreSQL.
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use super::ticket::{KeyIndex, KeyedTicket, Offset, Ticket};
-use super::wiring::{BatchReply, CoreBatch, CorePort};
+use super::ticket::{Batch, KeyIndex, KeyedTicket, Offset, Ticket};
+use super::wiring::{CoreBatch, CorePort};
 use super::{CommitError, KeyedIncrement};
-
-/// Increments gathered on one core between two sends to the owner.
-#[derive(Default)]
-pub(super) struct Batch {
-    pub(super) requests: Cell<u32>,
-    pub(super) delta: Cell<i64>,
-    /// Keyed increments, no key twice; a [`KeyedTicket`] holds its index here.
-    pub(super) keyed: RefCell<Vec<KeyedIncrement>>,
-    /// A hash of each key in `keyed`, so a repeat is found without comparing against every
-    /// key of the batch: that scan made a core's batch of n keys cost n^2/2 comparisons, and a
-    /// core gathers hundreds of keys per pass under load (measured in commit ece5077).
-    pub(super) key_hashes: RefCell<HashSet<u64>>,
-    pub(super) result: RefCell<Option<BatchReply>>,
-    pub(super) waiters: RefCell<Vec<Waker>>,
-}
-
-impl Batch {
-    fn resolve(&self, reply: BatchReply) {
-        *self.result.borrow_mut() = Some(reply);
-        for waker in self.waiters.take() {
-            waker.wake();
-        }
-    }
-}
 
 /// The key's hash for [`Batch::key_hashes`] (SipHash, keyed per process: a client cannot
 /// choose keys that collide on purpose; a collision only costs a comparison).

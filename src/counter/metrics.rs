@@ -5,13 +5,6 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::CounterShared;
 
-pub(super) static BATCH_BOUNDS: [f64; 14] = [
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
-];
-pub(super) static LATENCY_BOUNDS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0, 5.0,
-];
-
 /// A `/metrics` value on one line: name, type, help text, value.
 type Line = (&'static str, &'static str, &'static str, u64);
 

@@ -21,8 +21,8 @@
 //!
 //! Where things are:
 //! - `wiring`: the channels between cores and owner, and the messages on them;
-//! - `batch`: a core's side, [`CounterCore`], and the `Batch` its increments
-//!   join; `ticket`: what a request awaits;
+//! - `batch`: a core's side, [`CounterCore`]; `ticket`: what a request awaits, and the `Batch`
+//!   its increments join and its tickets wait on;
 //! - `owner`: the owner loop ([`run_owner`]) and its [`OwnerLease`];
 //! - `shared`: [`CounterShared`], the instance-wide state; `metrics`: its `/metrics` lines;
 //! - [`store`]: the only code that speaks to PostgreSQL, on its own thread.

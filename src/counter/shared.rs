@@ -4,9 +4,17 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Acquire};
 
-use super::metrics::{BATCH_BOUNDS, LATENCY_BOUNDS};
 use super::StoreHandle;
 use crate::metrics::Histogram;
+
+/// The buckets of [`CounterShared::batch_size`] (increments per transaction).
+static BATCH_BOUNDS: [f64; 14] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+/// The buckets of [`CounterShared::commit_seconds`].
+static LATENCY_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0, 5.0,
+];
 
 const OWNER_NOT_STARTED: u8 = 0;
 pub(super) const OWNER_RUNNING: u8 = 1;

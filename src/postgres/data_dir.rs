@@ -5,7 +5,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{io_error, EmbeddedError, RunAs};
+use super::error::io_error;
+use super::{EmbeddedError, RunAs};
 
 pub(super) fn chown(path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
     std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io_error("chown", path))

@@ -6,12 +6,20 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use super::cluster::EmbeddedPostgres;
 use super::data_dir::{fchown, open_dir_nofollow};
-use super::process::{die_with_parent, memory_file, process_exists, stop_child};
-use super::server::last_lines;
-use super::{io_error, EmbeddedError, EmbeddedPostgres};
-use super::{INITDB_STOP_TIMEOUT, LOG_TAIL_LINES, POLL_INTERVAL, SUPERUSER};
+use super::error::io_error;
+use super::process::{die_with_parent, memory_file, process_exists, stop_child, POLL_INTERVAL};
+use super::server::{last_lines, LOG_TAIL_LINES};
+use super::EmbeddedError;
+
+/// The superuser initdb creates; tally connects as it (trust auth, socket reachable only by the
+/// cluster's owner and root).
+pub const SUPERUSER: &str = "tally";
+/// initdb exits on SIGTERM once its current step is done; past this, SIGKILL.
+const INITDB_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl EmbeddedPostgres {
     /// initdb into a fresh directory beside `data_dir`, renamed into place once initdb

@@ -7,12 +7,14 @@
 //! Durability is PostgreSQL's own: `fsync` and `synchronous_commit` are forced on from the
 //! command line (which outranks `postgresql.conf` and `ALTER SYSTEM`).
 //!
-//! This file holds [`EmbeddedPostgres`] and its public life cycle (start, stop, restart);
-//! `binaries` finds the programs, `run_as` the user they run as, `data_dir` checks the
-//! directory, `initdb` makes a cluster, `server` runs the postmaster, `socket` places its
-//! socket, `process` signals and stops children, `error` says what went wrong.
+//! This file holds the public life cycle of [`EmbeddedPostgres`] (start, stop, restart);
+//! `cluster` defines the struct, `binaries` finds the programs, `run_as` the user they run as,
+//! `data_dir` checks the directory, `initdb` makes a cluster (as [`SUPERUSER`]), `server` runs
+//! the postmaster, `socket` places its socket, `process` signals and stops children, `error`
+//! says what went wrong. Constants live in the child they belong to.
 
 mod binaries;
+mod cluster;
 mod data_dir;
 mod error;
 mod initdb;
@@ -22,68 +24,21 @@ mod server;
 mod socket;
 
 pub use binaries::PgBinaries;
+pub use cluster::EmbeddedPostgres;
 pub use error::EmbeddedError;
+pub use initdb::SUPERUSER;
 pub use run_as::{ClusterUser, RunAs};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use data_dir::{
     check_owner, check_reachable, fchown, holds_cluster, open_dir_nofollow, resolve_data_dir,
 };
-use error::io_error;
 use initdb::remove_interrupted_initdbs;
-use process::stop_child;
-use socket::{private_socket_dir, quote_conninfo, socket_dir_fits};
-
-/// The superuser initdb creates; tally connects as it (trust auth, socket reachable only by the
-/// cluster's owner and root).
-pub const SUPERUSER: &str = "tally";
-/// Unix socket only, so the port merely names the socket file; the socket directory is private.
-const PORT: u16 = 5432;
-const SOCKET_FILE: &str = ".s.PGSQL.5432";
-/// `sizeof(sockaddr_un.sun_path)` is 108 on Linux, one byte of which is the NUL.
-const SUN_PATH_MAX_BYTES: usize = 107;
-/// Server output (start-up, shutdown, errors) goes here, inside the data directory.
-const LOG_FILE: &str = "tally-postgres.log";
-/// Crash recovery after a SIGKILL can take a while on a big WAL; this is generous for a
-/// one-row database.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Fast shutdown ends with a checkpoint, which is quick for one row.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to keep retrying while a previous postmaster on the same directory still holds its
-/// lock file or shared memory (it is shutting down, e.g. after the old tally was killed).
-const LOCK_RETRY_FOR: Duration = Duration::from_secs(10);
-/// How much of the server log an error carries.
-const LOG_TAIL_LINES: usize = 20;
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// initdb exits on SIGTERM once its current step is done; past this, SIGKILL.
-const INITDB_STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A running (or, between [`EmbeddedPostgres::stop_server`] and
-/// [`EmbeddedPostgres::start_server`], stopped) private cluster. Dropping it stops the server.
-///
-/// The child gets `PR_SET_PDEATHSIG = SIGINT`, so if tally dies, even by SIGKILL, the kernel
-/// asks postgres for a fast shutdown. Linux sends that signal when the *thread* that spawned the
-/// child exits, so call `start`/`start_server`/`restart` from a thread that lives as long as
-/// the server should (tally: the main thread).
-#[derive(Debug)]
-pub struct EmbeddedPostgres {
-    binaries: PgBinaries,
-    /// Absolute, symlinks resolved.
-    data_dir: PathBuf,
-    /// The data directory itself when its path fits in `sun_path`, else a private `/tmp` dir.
-    socket_dir: PathBuf,
-    /// True when `socket_dir` was made by us under /tmp and must be removed at the end.
-    socket_dir_is_private: bool,
-    /// `Some` when tally runs as root.
-    run_as: Option<RunAs>,
-    /// The postmaster; `None` while stopped.
-    child: Option<Child>,
-    url: String,
-}
+use process::{stop_child, STOP_TIMEOUT};
+use socket::{private_socket_dir, quote_conninfo, socket_dir_fits, PORT};
 
 impl EmbeddedPostgres {
     /// Finds the server binaries, initialises `data_dir` if it holds no cluster yet (trust auth,
@@ -198,7 +153,8 @@ impl EmbeddedPostgres {
     }
 
     /// Starts the server if it is not running and waits until it accepts connections. Retries
-    /// for [`LOCK_RETRY_FOR`] while an older postmaster on this directory is still going away.
+    /// for [`LOCK_RETRY_FOR`](server::LOCK_RETRY_FOR) while an older postmaster on this
+    /// directory is still going away.
     pub fn start_server(&mut self) -> Result<(), EmbeddedError> {
         self.start_server_interruptible(&AtomicBool::new(false))
     }

@@ -8,7 +8,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::{EmbeddedError, POLL_INTERVAL, STOP_TIMEOUT};
+use super::EmbeddedError;
+
+/// How often a wait for a child (or for the server to accept connections) looks again.
+pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Fast shutdown ends with a checkpoint, which is quick for one row.
+pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends `signal` (SIGINT: PostgreSQL's fast shutdown) and waits up to `timeout`; past that,
 /// SIGKILL and [`EmbeddedError::StopTimeout`].

@@ -10,12 +10,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::cluster::EmbeddedPostgres;
 use super::data_dir::chown;
-use super::process::{default_stop_signals, die_with_parent, stop_unready_child};
-use super::{io_error, EmbeddedError, EmbeddedPostgres};
-use super::{
-    LOCK_RETRY_FOR, LOG_FILE, LOG_TAIL_LINES, POLL_INTERVAL, PORT, SOCKET_FILE, START_TIMEOUT,
-};
+use super::error::io_error;
+use super::process::{default_stop_signals, die_with_parent, stop_unready_child, POLL_INTERVAL};
+use super::socket::{PORT, SOCKET_FILE};
+use super::EmbeddedError;
+
+/// Server output (start-up, shutdown, errors) goes here, inside the data directory.
+const LOG_FILE: &str = "tally-postgres.log";
+/// Crash recovery after a SIGKILL can take a while on a big WAL; this is generous for a
+/// one-row database.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to keep retrying while a previous postmaster on the same directory still holds its
+/// lock file or shared memory (it is shutting down, e.g. after the old tally was killed).
+pub(super) const LOCK_RETRY_FOR: Duration = Duration::from_secs(10);
+/// How much of the server log an error carries.
+pub(super) const LOG_TAIL_LINES: usize = 20;
 
 impl EmbeddedPostgres {
     pub(super) fn start_server_interruptible(

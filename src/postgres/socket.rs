@@ -5,7 +5,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::data_dir::chown;
-use super::{io_error, EmbeddedError, RunAs, SOCKET_FILE, SUN_PATH_MAX_BYTES};
+use super::error::io_error;
+use super::{EmbeddedError, RunAs};
+
+/// Unix socket only, so the port merely names the socket file; the socket directory is private.
+pub(super) const PORT: u16 = 5432;
+pub(super) const SOCKET_FILE: &str = ".s.PGSQL.5432";
+/// `sizeof(sockaddr_un.sun_path)` is 108 on Linux, one byte of which is the NUL.
+const SUN_PATH_MAX_BYTES: usize = 107;
 
 /// Whether the socket can live in `dir`: `<dir>/.s.PGSQL.5432` fits in `sun_path`, and the
 /// path survives quoting in `unix_socket_directories` and the connection string.

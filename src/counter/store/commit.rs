@@ -6,10 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::connect::Connection;
-use super::error::classify;
-use super::in_doubt::InDoubt;
-use super::session::Store;
-use super::{Add, CommitError, Committed, KeyOutcome, KeyedIncrement, Reply};
+use super::error::{classify, CommitError};
+use super::messages::{Add, Committed, KeyOutcome, KeyedIncrement, Reply};
+use super::state::{InDoubt, Store};
 
 impl Store<'_> {
     /// Commits `add` and answers it; false when its outcome is in doubt, to be settled on a new

@@ -7,12 +7,13 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Socket, Statement};
 
+use super::config::{StoreConfig, CLOSE_TIMEOUT};
+use super::error::StoreError;
 use super::sql::{
     ADD, ADD_KEYED, CREATE_INSTANCES, CREATE_KEYS, CREATE_TABLE, FIND_BATCH, FIND_KEYS,
     INSERT_INSTANCE, INSERT_ROW, LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, SCHEMA_LOCK_KEY, SWEEP_KEYS,
 };
 use super::tls::{self, Connector};
-use super::{StoreConfig, StoreError, CLOSE_TIMEOUT};
 
 /// One open connection with its prepared statements.
 pub(super) struct Connection {

@@ -1,13 +1,22 @@
-//! The store's errors: [`CommitError`], what an increment's caller is told, and
-//! [`StoreError`], why connecting or settling failed (logged, and told to callers while
-//! disconnected). Also how a PostgreSQL error maps onto them. No I/O.
+//! The store's errors: [`CommitError`], what an increment's caller is told (with
+//! [`RowLowered`], what it carries when the row went backwards), and [`StoreError`], why
+//! connecting or settling failed (logged, and told to callers while disconnected). Also how a
+//! PostgreSQL error maps onto them. No I/O.
 
 use std::time::Duration;
 
 use tokio_postgres::error::Severity;
 
 use super::tls::TlsOptions;
-use super::RowLowered;
+
+/// The row found below a count this store returned (see [`CommitError::RowLowered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLowered {
+    /// The count PostgreSQL last reported.
+    pub row: i64,
+    /// The highest count this store has returned from a commit.
+    pub highest_returned: i64,
+}
 
 /// Why an increment was not confirmed. Every variant maps to a 503; only `Unavailable` and
 /// `InvalidDelta` promise that nothing was applied.

@@ -6,20 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::connect::Connection;
-use super::session::Store;
-use super::{CommitError, Committed, KeyOutcome, KeyedIncrement, Reply, StoreError};
-
-/// A batch whose commit outcome was lost: settled on the next connection, or answered `why`
-/// at its deadline.
-pub(super) struct InDoubt {
-    pub(super) id: i64,
-    pub(super) delta: i64,
-    pub(super) keyed: Vec<KeyedIncrement>,
-    pub(super) deadline: Instant,
-    pub(super) reply: Reply,
-    /// `Timeout` or `Unknown`: what the caller is told if it cannot be settled in time.
-    pub(super) why: CommitError,
-}
+use super::error::{CommitError, StoreError};
+use super::messages::{Committed, KeyOutcome};
+use super::state::{InDoubt, Store};
 
 /// A settled batch: the count after it, what it added, what its callers get, and whether it
 /// had committed before (found) or ran now.

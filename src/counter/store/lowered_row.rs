@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use super::connect::Connection;
-use super::error::classify;
-use super::session::Store;
-use super::{CommitError, RowLowered, NOT_SEEN};
+use super::error::{classify, CommitError, RowLowered};
+use super::shared::NOT_SEEN;
+use super::state::Store;
 
 impl Store<'_> {
     /// Records the count a committed batch of `delta` returned, unless it would hand out a

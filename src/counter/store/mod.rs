@@ -33,165 +33,59 @@
 //! above that count (README.md, "Operations", "When the counter row goes backwards").
 //!
 //! The rooms, in the order a batch meets them:
-//! - this file: the public face ([`spawn`], [`StoreHandle`], [`StoreConfig`]), the types a
-//!   caller sends and gets back, and what the handles share with the thread;
+//! - this file: the public face ([`spawn`], [`StoreHandle`]), and the public paths of what its
+//!   children define;
+//! - `config`: [`StoreConfig`] and its defaults; `messages`: what a caller sends and gets back
+//!   ([`KeyedIncrement`], [`Committed`], [`KeyOutcome`]) and the requests on the queue;
+//! - `shared`: what the handles share with the thread; `stats`: its counters ([`StoreStats`]);
 //! - `session`: the `tally-store` thread, its runtime and the connect / serve loop;
+//! - `state`: `Store`, the thread's state every room below adds methods to;
 //! - `connect` (with `tls`): opening a connection, the schema, the prepared statements;
 //! - `sql`: the statements' text;
 //! - `outage`: holding and refusing increments while there is no connection;
 //! - `commit`: running a batch and answering it; `lowered_row`: the second guarantee;
 //! - `in_doubt`: settling a batch whose outcome was lost;
-//! - `sweep`: the retention of idempotency keys and of `tally_instances` rows;
-//! - `error`: [`CommitError`] (what a caller of `add` is told) and [`StoreError`] (why
-//!   connecting or settling failed).
+//! - `retention`: the retention of idempotency keys and of `tally_instances` rows, paced by
+//!   `sweep`;
+//! - `error`: [`CommitError`] (what a caller of `add` is told, with [`RowLowered`]) and
+//!   [`StoreError`] (why connecting or settling failed).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 mod commit;
+mod config;
 mod connect;
 mod error;
 mod in_doubt;
 mod lowered_row;
+mod messages;
 mod outage;
+mod retention;
 mod session;
+mod shared;
 mod sql;
+mod state;
+mod stats;
 mod sweep;
 pub mod tls;
 
-pub use error::{CommitError, StoreError};
+pub use config::{
+    StoreConfig, DEFAULT_COMMIT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDEMPOTENCY_RETENTION,
+    DEFAULT_REFRESH_INTERVAL,
+};
+pub use error::{CommitError, RowLowered, StoreError};
+pub use messages::{Committed, KeyOutcome, KeyedIncrement};
+pub use stats::StoreStats;
+
+use config::CLOSE_TIMEOUT;
+use messages::{Add, Request};
 use session::run_thread;
-
-pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a closing connection may take to say goodbye (Terminate) to the server.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-/// `highest_seen` before any value is known (a real count is always greater).
-const NOT_SEEN: i64 = i64::MIN;
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// A tokio-postgres connection string: `postgresql://...` or `host=... user=...`.
-    pub url: String,
-    /// Longest wait for an `add`, counted from when it was sent to the store.
-    pub commit_timeout: Duration,
-    /// How often the count is read back while idle, so instances sharing a row converge.
-    pub refresh_interval: Duration,
-    /// Bound on connecting plus schema set-up.
-    pub connect_timeout: Duration,
-    /// The CPU the `tally-store` thread is pinned to; `None` leaves it to the scheduler.
-    pub cpu: Option<usize>,
-    /// How long an idempotency key is remembered (and replayed) after its first request.
-    pub idempotency_retention: Duration,
-}
-
-impl StoreConfig {
-    /// The given URL with the default timeouts, unpinned.
-    pub fn new(url: impl Into<String>) -> StoreConfig {
-        StoreConfig {
-            url: url.into(),
-            commit_timeout: DEFAULT_COMMIT_TIMEOUT,
-            refresh_interval: DEFAULT_REFRESH_INTERVAL,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            cpu: None,
-            idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
-        }
-    }
-}
-
-/// An increment sent with an idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyedIncrement {
-    pub key: Box<str>,
-    pub by: i64,
-}
-
-/// What became of a keyed increment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyOutcome {
-    /// Counted by this batch: the count right after its own increment.
-    Counted(i64),
-    /// Counted before, within the retention, with the same `by`: the count it got then.
-    Replayed(i64),
-    /// Seen before with another `by`: not counted.
-    Mismatch,
-}
-
-/// A committed batch: unkeyed increments take the values up to `unkeyed_end`, counted keyed
-/// ones the values after it, in the order given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed {
-    pub unkeyed_end: i64,
-    /// One per keyed increment, in the order given.
-    pub keyed: Vec<KeyOutcome>,
-}
-
-/// The row found below a count this store returned (see [`CommitError::RowLowered`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowLowered {
-    /// The count PostgreSQL last reported.
-    pub row: i64,
-    /// The highest count this store has returned from a commit.
-    pub highest_returned: i64,
-}
-
-/// Declares [`StoreStats`] and the atomics behind it (`Counters`, which the store thread adds
-/// to) from one list of fields, with the snapshot from one to the other: a counter cannot be
-/// added to one and forgotten in the other.
-macro_rules! store_counters {
-    ($($(#[doc = $doc:literal])* $field:ident,)*) => {
-        /// A snapshot of the store's counters, for `/metrics`.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct StoreStats {
-            $($(#[doc = $doc])* pub $field: u64,)*
-        }
-
-        #[derive(Default)]
-        struct Counters {
-            $($field: AtomicU64,)*
-        }
-
-        impl Counters {
-            fn snapshot(&self) -> StoreStats {
-                StoreStats {
-                    $($field: self.$field.load(Ordering::Relaxed),)*
-                }
-            }
-        }
-    };
-}
-
-store_counters! {
-    /// Committed `add`s (transactions).
-    commits,
-    /// Sum of the deltas of committed `add`s (increments made durable).
-    committed_delta_sum,
-    commit_errors_unavailable,
-    commit_errors_timeout,
-    commit_errors_unknown,
-    /// Commits and `add`s refused because the row was below a count already returned.
-    commit_errors_row_lowered,
-    /// Successful connections (the first one included).
-    connects,
-    connect_failures,
-    /// Connections lost or dropped after a timeout or unknown outcome.
-    disconnects,
-    /// Batches whose outcome was lost and then settled (found committed, or run again).
-    settled,
-    /// Keyed increments answered from an earlier request with the same key.
-    key_replays,
-    /// Keyed increments refused: the key was used with another `by`.
-    key_mismatches,
-}
+use shared::{Shared, NOT_SEEN};
+use stats::Counters;
 
 /// A cheap, cloneable, `Send + Sync` handle to the store thread. The thread ends when
 /// [`shutdown`](Self::shutdown) is called or the last handle is dropped.
@@ -200,49 +94,6 @@ pub struct StoreHandle {
     /// Only handles hold senders, so the thread sees the queue close when the last one goes.
     requests: flume::Sender<Request>,
     shared: Arc<Shared>,
-}
-
-/// What the handles and the store thread both see.
-struct Shared {
-    commit_timeout: Duration,
-    connected: AtomicBool,
-    highest_seen: AtomicI64,
-    /// The highest count a commit returned (`NOT_SEEN` before the first); only the store
-    /// thread writes it. Unlike `highest_seen`, refresh reads never raise it.
-    highest_returned: AtomicI64,
-    /// The row's count while it is below `highest_returned`, else `NOT_SEEN`.
-    lowered_row: AtomicI64,
-    stats: Counters,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    /// Disconnected when the store thread has finished (it holds the only sender).
-    thread_done: flume::Receiver<()>,
-}
-
-impl Shared {
-    fn row_lowered(&self) -> Option<RowLowered> {
-        let row = self.lowered_row.load(Ordering::Acquire);
-        (row != NOT_SEEN).then(|| RowLowered {
-            row,
-            highest_returned: self.highest_returned.load(Ordering::Acquire),
-        })
-    }
-}
-
-type Reply = oneshot::Sender<Result<Committed, CommitError>>;
-
-enum Request {
-    Add(Add),
-    Shutdown,
-}
-
-struct Add {
-    /// The unkeyed increments' sum.
-    delta: i64,
-    /// Unique keys; empty for most batches, which then run the plain [`ADD`](sql::ADD).
-    keyed: Vec<KeyedIncrement>,
-    /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
-    deadline: Instant,
-    reply: Reply,
 }
 
 /// Starts the `tally-store` thread (pinned to `config.cpu` if set) and returns at once; it
@@ -389,6 +240,8 @@ impl Drop for DisconnectedOnExit<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// The `Cpus_allowed_list` of this process's `tally-store` thread, once it has one.

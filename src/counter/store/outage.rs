@@ -7,8 +7,16 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::session::{Store, BACKOFF_WHILE_WAITING};
-use super::{Add, CommitError, Counters, Request};
+use super::error::CommitError;
+use super::messages::{Add, Request};
+use super::state::Store;
+use super::stats::Counters;
+
+/// The longest pause between connection attempts while an increment waits for one (held in
+/// an outage, or in doubt): a restarted PostgreSQL is found within this once it is back,
+/// rather than up to [`BACKOFF_MAX`](super::session::BACKOFF_MAX) later, past the increment's
+/// deadline.
+const BACKOFF_WHILE_WAITING: Duration = Duration::from_millis(200);
 
 /// For a store thread that could not start (no runtime): answers every `add` `Unavailable`
 /// with `reason` until shutdown or until the last handle is gone.

@@ -1,26 +1,25 @@
 //! The store thread: its tokio runtime, and the session loop that connects (with back-off),
 //! settles what is in doubt, then serves requests, refreshes and sweeps on one connection until
-//! it is lost or the store shuts down. Holds [`Store`], the state the other rooms work on.
+//! it is lost or the store shuts down. Builds the [`Store`] (see `state`) the other rooms
+//! work on, and drives it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::config::StoreConfig;
 use super::connect::{connect, Connection};
-use super::error::statement_was_rejected;
-use super::in_doubt::InDoubt;
+use super::error::{statement_was_rejected, StoreError};
+use super::messages::Request;
 use super::outage::refuse_until_shutdown;
+use super::shared::Shared;
+use super::state::Store;
 use super::sweep::{Sweep, INSTANCE_TOUCH_INTERVAL, PRUNE_INTERVAL};
-use super::{Add, Request, Shared, StoreConfig, StoreError};
 
 /// Reconnect back-off: doubles from the first to the last value after each failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// The longest pause between connection attempts while an increment waits for one (held in
-/// an outage, or in doubt): a restarted PostgreSQL is found within this once it is back,
-/// rather than up to [`BACKOFF_MAX`] later, past the increment's deadline.
-pub(super) const BACKOFF_WHILE_WAITING: Duration = Duration::from_millis(200);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The body of the `tally-store` thread: builds its runtime and runs the [`Store`] on it until
 /// shutdown (or, without a runtime, refuses every increment).
@@ -71,34 +70,6 @@ fn random_id() -> i64 {
 enum Served {
     Lost,
     ShutDown,
-}
-
-/// The store thread's state. Every room (`commit`, `in_doubt`, `outage`, `sweep`, ...) adds
-/// its methods to it; only the store thread ever holds it, hence `Cell`s, not locks.
-pub(super) struct Store<'a> {
-    pub(super) config: StoreConfig,
-    pub(super) queue: flume::Receiver<Request>,
-    pub(super) shared: &'a Shared,
-    /// Told to callers while disconnected.
-    pub(super) last_error: String,
-    /// This store's row in `tally_instances`: where its batches are recorded.
-    pub(super) instance: i64,
-    /// The id of the next batch sent.
-    pub(super) next_batch_id: Cell<i64>,
-    /// At most one: nothing else is sent until it is settled (or its deadline passed).
-    pub(super) in_doubt: Cell<Option<InDoubt>>,
-    /// When this store's row is next touched and rows of long-gone stores deleted.
-    pub(super) instance_upkeep_at: Cell<Instant>,
-    /// Where the sweep of expired keys stands.
-    pub(super) sweep: Cell<Sweep>,
-    /// When the connection that served was lost; `None` while connected, and before the first
-    /// connection (a database never reached is a configuration error: refused at once).
-    pub(super) outage_since: Cell<Option<Instant>>,
-    /// Increments received during an outage younger than the commit timeout: they wait for the
-    /// reconnection (a PostgreSQL restart takes well under the timeout) instead of failing at
-    /// once, and are sent, in order, before anything else on the new connection. Each is
-    /// answered `Unavailable` at its deadline, or when the outage outlasts the commit timeout.
-    pub(super) held: RefCell<VecDeque<Add>>,
 }
 
 impl Store<'_> {

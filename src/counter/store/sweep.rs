@@ -1,14 +1,8 @@
-//! Retention: the paced sweep of expired idempotency keys (`tally_idempotency`) and the
-//! upkeep of `tally_instances` (this store's row touched, rows of long-gone stores deleted).
-//! Runs between commits on the serving connection; touches only those two tables.
+//! The pace of retention: the intervals of the upkeep of `tally_instances`, and [`Sweep`],
+//! the cursor over `tally_idempotency` that says which slice of expired keys is next and when.
+//! Arithmetic only; `retention` runs the statements.
 
-use std::time::{Duration, Instant};
-
-use super::connect::Connection;
-use super::error::statement_was_rejected;
-use super::session::Store;
-use super::sql::{PRUNE_INSTANCES, TOUCH_INSTANCE};
-use super::StoreError;
+use std::time::Duration;
 
 /// How long the row of a store that stopped writing is kept. A live store touches its row far
 /// more often, and its in-doubt batch is settled within a commit timeout.
@@ -35,14 +29,14 @@ pub(super) struct Sweep {
     /// The first page of the next slice.
     next_page: i64,
     /// The table's size in pages, as the last slice found it.
-    table_pages: i64,
+    pub(super) table_pages: i64,
     /// Pages the pace allows to read now (fractions build up between ticks).
     budget: f64,
 }
 
 impl Sweep {
     /// One tick of [`PRUNE_INTERVAL`]: the pace adds to the budget, at most one whole sweep.
-    fn tick(&mut self, retention: Duration) {
+    pub(super) fn tick(&mut self, retention: Duration) {
         let period = retention.as_secs_f64() / SWEEPS_PER_RETENTION;
         let share = (PRUNE_INTERVAL.as_secs_f64() / period.max(f64::MIN_POSITIVE)).min(1.0);
         let table = self.table_pages.max(1) as f64;
@@ -50,91 +44,18 @@ impl Sweep {
     }
 
     /// The pages of the next slice: `[start, end)`, empty while the budget is below a page.
-    fn slice(&self) -> (i64, i64) {
+    pub(super) fn slice(&self) -> (i64, i64) {
         let pages = (self.budget as i64).min(SWEEP_SLICE_PAGES);
         (self.next_page, self.next_page + pages)
     }
 
     /// After the slice `[start, end)` ran on a table of `table_pages` pages: moves the cursor
     /// (back to the first page past the end) and says whether the pace wants another slice now.
-    fn advance(&mut self, (start, end): (i64, i64), table_pages: i64) -> bool {
+    pub(super) fn advance(&mut self, (start, end): (i64, i64), table_pages: i64) -> bool {
         self.budget -= (end - start) as f64;
         self.table_pages = table_pages;
         self.next_page = if end >= table_pages { 0 } else { end };
         self.budget >= 1.0
-    }
-}
-
-impl Store<'_> {
-    /// Touches this store's row (or inserts it, `insert`, only when no batch is in doubt) and
-    /// deletes the rows of stores gone for [`INSTANCE_RETENTION`].
-    pub(super) async fn upkeep_instances(
-        &self,
-        connection: &Connection,
-        insert: bool,
-    ) -> Result<(), StoreError> {
-        let client = &connection.client;
-        let ours = if insert {
-            client
-                .execute(&connection.insert_instance, &[&self.instance])
-                .await
-        } else {
-            client.execute(TOUCH_INSTANCE, &[&self.instance]).await
-        };
-        ours.map_err(StoreError::InstanceUpkeep)?;
-        let retention = INSTANCE_RETENTION.as_secs_f64();
-        client
-            .execute(PRUNE_INSTANCES, &[&retention])
-            .await
-            .map_err(StoreError::InstanceUpkeep)?;
-        self.instance_upkeep_at
-            .set(Instant::now() + INSTANCE_TOUCH_INTERVAL);
-        Ok(())
-    }
-
-    /// Runs the sweep's next slice of expired keys (and, once per [`INSTANCE_TOUCH_INTERVAL`],
-    /// keeps `tally_instances`): whether the sweep is behind its pace and wants another slice
-    /// now, or `None` when the connection should be dropped.
-    pub(super) async fn prune(&self, connection: &Connection) -> Option<bool> {
-        let retention = self.config.idempotency_retention;
-        let mut sweep = self.sweep.get();
-        sweep.tick(retention);
-        let slice = sweep.slice();
-        let upkeep_due = Instant::now() >= self.instance_upkeep_at.get();
-        let delete = async {
-            if upkeep_due {
-                if let Err(error) = self.upkeep_instances(connection, false).await {
-                    // Retried at the next interval; the row's retention is far longer.
-                    log::warn!("{error}");
-                    self.instance_upkeep_at
-                        .set(Instant::now() + INSTANCE_TOUCH_INTERVAL);
-                }
-            }
-            let retention = retention.as_secs_f64();
-            connection
-                .client
-                .query_one(&connection.sweep_keys, &[&slice.0, &slice.1, &retention])
-                .await
-        };
-        let row = match tokio::time::timeout(self.config.commit_timeout, delete).await {
-            Ok(Ok(row)) => row,
-            Ok(Err(error)) => {
-                log::warn!("pruning expired keys: {error}");
-                self.sweep.set(sweep);
-                return statement_was_rejected(&error).then_some(false);
-            }
-            Err(_elapsed) => {
-                log::warn!(
-                    "pruning expired keys took over {:?}",
-                    self.config.commit_timeout
-                );
-                return None;
-            }
-        };
-        let table_pages = row.try_get::<_, i64>(1).unwrap_or(sweep.table_pages);
-        let more = sweep.advance(slice, table_pages);
-        self.sweep.set(sweep);
-        Some(more)
     }
 }
 
