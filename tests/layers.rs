@@ -35,7 +35,8 @@ fn module_of(src: &Path, file: &Path) -> String {
 /// left out.
 fn uses(text: &str, prefix: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+    for line in statements(text) {
+        let line = line.as_str();
         let mut rest = line;
         while let Some(at) = rest.find(prefix) {
             let after = &rest[at + prefix.len()..];
@@ -150,7 +151,8 @@ fn module_path(src: &Path, file: &Path) -> Vec<String> {
 /// resolved to an absolute module path; a `{...}` group gives one path per item.
 fn paths_named(text: &str, own: &[String]) -> Vec<Vec<String>> {
     let mut found = Vec::new();
-    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+    for line in statements(text) {
+        let line = line.as_str();
         let bytes = line.as_bytes();
         let mut at = 0;
         while at < line.len() {
@@ -178,6 +180,27 @@ fn paths_named(text: &str, own: &[String]) -> Vec<Vec<String>> {
         }
     }
     found
+}
+
+/// The file's lines with comments left out, except that a `use` statement rustfmt broke over
+/// several lines comes back as one.
+fn statements(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut open: Option<String> = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+        if let Some(statement) = open.as_mut() {
+            statement.push_str(line);
+            if line.ends_with(';') {
+                out.extend(open.take());
+            }
+        } else if (line.starts_with("use ") || line.contains(" use ")) && !line.ends_with(';') {
+            open = Some(line.to_string());
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    out.extend(open);
+    out
 }
 
 /// Reads `a::b::{c, d::e}` from the start of `s`: the paths it names (a group's items each
@@ -253,35 +276,23 @@ type ModuleFile = (BTreeSet<String>, Vec<(String, String)>);
 fn children_and_reexports(text: &str) -> ModuleFile {
     let mut children = BTreeSet::new();
     let mut reexports = Vec::new();
-    let mut pending_use = String::new();
-    for line in text.lines().map(str::trim) {
+    for line in statements(text) {
         let decl = line
             .strip_prefix("pub mod ")
             .or_else(|| line.strip_prefix("pub(crate) mod "))
+            .or_else(|| line.strip_prefix("pub(super) mod "))
             .or_else(|| line.strip_prefix("mod "));
         if let Some(name) = decl.and_then(|d| d.strip_suffix(';')) {
             children.insert(name.to_string());
         }
-        if line.starts_with("pub use ") || line.starts_with("pub(crate) use ") {
-            pending_use.clear();
-        }
-        if line.starts_with("pub use ")
-            || line.starts_with("pub(crate) use ")
-            || !pending_use.is_empty()
-        {
-            pending_use.push_str(line);
-            if line.ends_with(';') {
-                let body = pending_use
-                    .trim_start_matches("pub(crate) use ")
-                    .trim_start_matches("pub use ")
-                    .trim_end_matches(';')
-                    .to_string();
-                pending_use.clear();
-                let (paths, _) = read_path(&body);
-                for path in paths {
-                    if let (Some(first), Some(last)) = (path.first(), path.last()) {
-                        reexports.push((last.clone(), first.clone()));
-                    }
+        let reexport = ["pub use ", "pub(crate) use ", "pub(super) use "]
+            .iter()
+            .find_map(|prefix| line.strip_prefix(prefix));
+        if let Some(body) = reexport {
+            let (paths, _) = read_path(body.trim_end_matches(';'));
+            for path in paths {
+                if let (Some(first), Some(last)) = (path.first(), path.last()) {
+                    reexports.push((last.clone(), first.clone()));
                 }
             }
         }
@@ -428,6 +439,11 @@ fn the_submodule_checker_resolves_paths_and_sees_circles() {
         vec![["server", "context", "ConnContext"]
             .map(String::from)
             .to_vec()]
+    );
+    assert_eq!(
+        paths_named("use super::{\n    state::State,\n    Conn,\n};\n", &own).len(),
+        2,
+        "a use statement over several lines is read whole"
     );
     let edges: BTreeSet<(String, String)> = [("a", "b"), ("b", "c"), ("c", "a")]
         .iter()
