@@ -3,6 +3,7 @@
 #
 #   sudo deploy/check-container.sh            # everything: base images, build, checks
 #   sudo KEEP=1 deploy/check-container.sh     # leave the containers and volumes for a look
+#   sudo COLD=1 deploy/check-container.sh     # from scratch: no cached images or build caches
 #
 # Needs root, Debian bookworm's podman, buildah, runc and debootstrap (installed with apt-get if
 # missing), a Debian mirror and crates.io. No Docker engine and no image registry: the three
@@ -116,7 +117,8 @@ cleanup() {
     local status=$?
     [ -n "$HEALTH_PID" ] && kill "$HEALTH_PID" 2>/dev/null
     if [ -z "${KEEP:-}" ]; then
-        "${PODMAN[@]}" rm -f -t 0 tally-check-solo tally-check-default >/dev/null 2>&1 || true
+        "${PODMAN[@]}" rm -f -t 0 tally-check-solo tally-check-default tally-check-installer \
+            >/dev/null 2>&1 || true
         compose down -v >/dev/null 2>&1 || true
         "${PODMAN[@]}" volume rm -f tally-check-data >/dev/null 2>&1 || true
         rm -rf "$WORK"
@@ -141,8 +143,19 @@ have_image() {
 RUST_IMAGE=$(awk -F= '/^ARG RUST_VERSION=/ { print "rust:" $2 "-bookworm" }' Dockerfile)
 [ -n "$RUST_IMAGE" ] || { say "no ARG RUST_VERSION in the Dockerfile"; exit 2; }
 
-t0=$(now)
 ROOTFS=$CACHE/rootfs-bookworm-minbase
+if [ -n "${COLD:-}" ]; then
+    # Everything from scratch, to time a first run: the stand-ins, the debootstrap tree, tally's
+    # image, buildah's layers and its cache mounts (cargo's registry and target directory).
+    say "COLD=1: removing the stand-in images, $ROOTFS, $IMAGE and buildah's build caches"
+    for image in "$IMAGE" "$RUST_IMAGE" postgres:16 debian:bookworm-slim; do
+        if [ "$image" = "$IMAGE" ] || is_standin "$image"; then podman rmi -f "$image" >/dev/null 2>&1 || true; fi
+    done
+    buildah rmi --prune >/dev/null 2>&1 || true
+    rm -rf "$ROOTFS" /var/tmp/buildah-cache
+fi
+FIRST_START=$(now)
+t0=$(now)
 if have_image debian:bookworm-slim; then
     say "debian:bookworm-slim: cached ($(is_standin debian:bookworm-slim && echo stand-in || echo real image))"
 else
@@ -422,6 +435,86 @@ say "  $(grep -i seccomp "$WORK/default.log" | head -1 | cut -c1-220)"
 [ "${CHECK_UNTIL:-}" = solo ] && exit "$FAILURES"
 
 # ---------------------------------------------------------------------------------------------
+section "deploy/k8s pieces, run in podman (no cluster here)"
+# The scripts are taken from the manifests as written. Pod settings are mirrored as podman
+# flags: runAsUser 10001, readOnlyRootFilesystem, no capabilities, allowPrivilegeEscalation:
+# false (no-new-privileges: the runtime installs the filter just before execve, the other path).
+k8s_script() { # k8s_script FILE KIND CONTAINER: a container's args[0] from a manifest
+    "$CACHE/venv/bin/python3" - "$@" <<'EOF'
+import sys, yaml
+path, kind, name = sys.argv[1:]
+for doc in yaml.safe_load_all(open(path)):
+    if doc and doc["kind"] == kind:
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == name:
+                print(c["args"][0])
+EOF
+}
+# The seccomp installer DaemonSet's script, with a directory standing in for the node's
+# /var/lib/kubelet/seccomp and the ConfigMap's file for its volume.
+mkdir -p "$WORK/node-seccomp" "$WORK/profile-volume"
+"$CACHE/venv/bin/python3" - deploy/k8s/seccomp-profile-installer.yaml "$WORK/profile-volume" <<'EOF'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] == "ConfigMap":
+        for name, text in doc["data"].items():
+            open(f"{sys.argv[2]}/{name}", "w").write(text)
+EOF
+"${PODMAN[@]}" run -d --name tally-check-installer "${RUN_ARGS[@]}" --user 0:0 --read-only \
+    --cap-drop ALL --security-opt no-new-privileges \
+    -v "$WORK/profile-volume:/profile:ro" -v "$WORK/node-seccomp:/host-seccomp" \
+    --entrypoint /bin/sh "$IMAGE" -c "$(k8s_script deploy/k8s/seccomp-profile-installer.yaml DaemonSet install)" \
+    >/dev/null 2>>"$WORK/podman.log"
+installed=$WORK/node-seccomp/profiles/tally-io_uring.json
+for _ in $(seq 1 50); do [ -f "$installed" ] && break; sleep 0.2; done
+check "seccomp installer puts deploy/seccomp-io_uring.json at <kubelet seccomp>/profiles/tally-io_uring.json" \
+    cmp -s "$installed" "$PROFILE"
+"${PODMAN[@]}" rm -f -t 2 tally-check-installer >/dev/null 2>>"$WORK/podman.log" || true
+
+# A ConfigMap volume as the kubelet lays it out: kv.jsonl -> ..data/kv.jsonl, ..data -> a
+# timestamped directory; an update writes a new directory and renames a new ..data over it.
+KV=$WORK/kv-volume
+K1=11111111-1111-4111-8111-111111111111
+mkdir -p "$KV"
+configmap_version() { # configmap_version N: publish a dataset whose value for K1 is vN
+    mkdir "$KV/..v$1"
+    printf '{"key":"%s","value":"v%s"}\n' "$K1" "$1" >"$KV/..v$1/kv.jsonl"
+    chmod -R a+rX "$KV/..v$1"
+    ln -s "..v$1" "$KV/..data_tmp"
+    mv -T "$KV/..data_tmp" "$KV/..data"
+    [ -L "$KV/kv.jsonl" ] || ln -s ..data/kv.jsonl "$KV/kv.jsonl"
+}
+configmap_version 1
+chmod a+rx "$KV"
+lookup() { json_field "$(curl -fsS -X POST "$SOLO/get_value" -d "{\"key\":\"$K1\"}")" value 2>/dev/null; }
+"${PODMAN[@]}" volume rm -f tally-check-data >/dev/null 2>&1 || true
+"${PODMAN[@]}" run -d --name tally-check-solo "${RUN_ARGS[@]}" --init --user 10001:10001 \
+    --read-only --cap-drop ALL --security-opt no-new-privileges \
+    --security-opt "seccomp=$installed" -e TALLY_ADMIN_TOKEN=check-token -e TALLY_KV_WATCH=true \
+    -p "127.0.0.1:$SOLO_PORT:8080" -v tally-check-data:/var/lib/tally -v "$KV:/data:ro" \
+    --entrypoint /bin/sh "$IMAGE" -c "$(k8s_script deploy/k8s/deployment.yaml Deployment tally)" \
+    >/dev/null 2>>"$WORK/podman.log"
+wait_http "$SOLO/api/v1/system/ready" 60 >/dev/null || "${PODMAN[@]}" logs --tail 20 tally-check-solo
+check "deployment.yaml's tally command serves the ConfigMap's dataset (read-only root, no capabilities, no-new-privileges, the installed profile): $K1 -> $(lookup)" \
+    test "$(lookup)" = v1
+configmap_version 2
+sleep 2
+KV_WATCH_SEES_SWAP=$(lookup)
+say "  after a ConfigMap-style ..data swap, --kv-watch alone serves: $KV_WATCH_SEES_SWAP" \
+    "($([ "$KV_WATCH_SEES_SWAP" = v2 ] && echo reloaded || echo 'not reloaded: inotify events name ..data, not kv.jsonl'))"
+"${PODMAN[@]}" exec -d -e TALLY_ADMIN_TOKEN=check-token tally-check-solo /bin/sh -c \
+    "$(k8s_script deploy/k8s/deployment.yaml Deployment kv-reload)" >/dev/null 2>>"$WORK/podman.log"
+sleep 1
+configmap_version 3
+t0=$(now)
+for _ in $(seq 1 100); do [ "$(lookup)" = v3 ] && break; sleep 0.3; done
+check "deployment.yaml's kv-reload container reloads tally after a ConfigMap update ($(lookup) after $(elapsed "$t0" "$(now)") s; it polls every 10 s)" \
+    test "$(lookup)" = v3
+"${PODMAN[@]}" rm -f -t 30 tally-check-solo >/dev/null 2>>"$WORK/podman.log"
+"${PODMAN[@]}" volume rm -f tally-check-data >/dev/null 2>&1 || true
+
+
+# ---------------------------------------------------------------------------------------------
 section "compose.yaml with podman-compose $PODMAN_COMPOSE_VERSION"
 # podman as compose calls it, with only this machine's limits lowered (each one logged).
 cat >"$WORK/podman" <<EOF
@@ -563,6 +656,7 @@ compose down -v >>"$WORK/compose.log" 2>&1 || true
 section "summary"
 printf '%s\n' "${CHECKS[@]}"
 say "image build: ${BUILD_SECS} s; start-up to ready: ${STARTUP_FIRST:-?} s (first, initdb), ${STARTUP_AGAIN:-?} s (existing volume); podman stop: ${STOP_SECS:-?} s"
+say "whole check: $(elapsed "$FIRST_START" "$(now)") s (from the stand-ins on)"
 say "image size: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
 if [ "$FAILURES" = 0 ]; then say "ALL PASSED"; else say "$FAILURES FAILED"; fi
 exit "$FAILURES"
