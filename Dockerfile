@@ -13,6 +13,9 @@
 # for tally from traced system calls, that includes those three),
 # and the host sysctl kernel.io_uring_disabled = 0 (see sysctl.conf). tally checks all three at
 # start-up and says which one is missing.
+#
+# `sudo deploy/check-container.sh` builds this file as it is (buildah, no Docker engine needed) and
+# runs the image, compose.yaml and deploy/k8s's scripts for real; docs/deployment.md says how.
 
 ARG RUST_VERSION=1.95
 
