@@ -43,7 +43,6 @@
 set -Eeuo pipefail
 
 cd "$(dirname "$0")/.."
-REPO=$PWD
 
 CACHE=${TALLY_CHECK_CACHE:-/var/cache/tally-check}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -357,7 +356,7 @@ section "docker run, no database (embedded PostgreSQL), under $PROFILE"
 SOLO=http://127.0.0.1:$SOLO_PORT
 t0=$(now)
 run_solo tally-check-solo --security-opt "seccomp=$PROFILE"
-if ready=$(wait_http "$SOLO/api/v1/system/ready" 120); then
+if wait_http "$SOLO/api/v1/system/ready" 120 >/dev/null; then
     STARTUP_FIRST=$(elapsed "$t0" "$(now)")
     pass "container starts under the io_uring profile and is ready (${STARTUP_FIRST} s from podman run, first start: initdb)"
 else

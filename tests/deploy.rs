@@ -733,6 +733,27 @@ fn dockerfile_wraps_the_ci_build_and_runs_unprivileged() {
             .any(|(k, rest)| k == "RUN" && rest.contains("postgresql")),
         "the runtime image installs PostgreSQL's server binaries"
     );
+    // ...but not Debian's postgresql-15 package itself: it depends on LLVM (JIT) and Perl,
+    // ~180 MB the runtime never uses. Its programs are copied from a stage of their own.
+    for (k, rest) in runtime {
+        assert!(
+            !(k == "RUN" && rest.contains("apt-get install") && rest.contains("postgresql-15")),
+            "the runtime stage installs postgresql-15 (and with it LLVM): {rest}"
+        );
+    }
+    assert!(
+        runtime.iter().any(|(k, rest)| k == "COPY"
+            && rest.starts_with("--from=postgresql")
+            && rest.contains("/usr/lib/postgresql")),
+        "the runtime stage copies PostgreSQL's programs from the postgresql stage"
+    );
+    // The binary in the image without its DWARF line tables (symbols kept for backtraces).
+    assert!(
+        of("RUN")
+            .iter()
+            .any(|run| run.contains(BUILD_COMMAND) && run.contains("strip --strip-debug")),
+        "the build step strips debug info from the image's copy"
+    );
 }
 
 #[test]
