@@ -13,6 +13,9 @@
 # for tally from traced system calls, that includes those three),
 # and the host sysctl kernel.io_uring_disabled = 0 (see sysctl.conf). tally checks all three at
 # start-up and says which one is missing.
+#
+# `sudo deploy/check-container.sh` builds this file as it is (buildah, no Docker engine needed) and
+# runs the image, compose.yaml and deploy/k8s's scripts for real; docs/deployment.md says how.
 
 ARG RUST_VERSION=1.95
 
@@ -37,6 +40,9 @@ COPY . .
 # Caching: BuildKit cache mounts keep the cargo registry and the target directory between builds,
 # so a change in src/ recompiles tally (and the fat-LTO link) but not the ~300 dependency crates.
 # The target directory is a cache mount, so the binary is copied out of it in the same step.
+# The copy drops the DWARF line tables that Cargo.toml's `debug = 1` adds (about half the file);
+# the symbol table stays, so a panic's backtrace still names its functions. Keep an unstripped
+# build (CI's) for symbolizing addresses.
 #
 # Panic strategy: the default, panic = "unwind", deliberately (Cargo.toml sets no `panic`).
 # tally catches a panic in a connection task (catch_unwind around each connection), so a bug hit
@@ -48,7 +54,22 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-    && install -D -m 0755 target/release/tally /out/tally
+    && install -D -m 0755 target/release/tally /out/tally \
+    && strip --strip-debug /out/tally
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL stage: Debian's postgresql-15, installed only to copy its server files out of.
+# Debian builds it with LLVM JIT, so the package pulls in libllvm14 and libz3 (~130 MB), and
+# postgresql-common pulls in Perl (~50 MB): none of it is needed to run initdb and postgres.
+# postgresql-common is installed first and told not to create Debian's own "main" cluster.
+FROM debian:bookworm-slim AS postgresql
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends postgresql-common; \
+    sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' \
+        /etc/postgresql-common/createcluster.conf; \
+    apt-get install -y --no-install-recommends postgresql-15; \
+    rm -rf /usr/lib/postgresql/15/lib/bitcode /usr/lib/postgresql/15/lib/llvmjit*
 
 # ---------------------------------------------------------------------------------------------
 # Runtime stage: small Debian image with the same glibc as the build stage.
@@ -56,19 +77,28 @@ FROM debian:bookworm-slim AS runtime
 
 # - ca-certificates: root CAs for any TLS a future DATABASE_URL may need.
 # - curl: the HEALTHCHECK below.
-# - postgresql-15 (server binaries only, under /usr/lib/postgresql/15/bin): tally's embedded
-#   default. Without DATABASE_URL, tally runs initdb and postgres itself in $TALLY_DATA_DIR/pg, so
+# - PostgreSQL 15's server and client programs (/usr/lib/postgresql/15/bin, copied from the
+#   stage above, JIT left out) and the shared libraries they link: tally's embedded default.
+#   Without DATABASE_URL, tally runs initdb and postgres itself in $TALLY_DATA_DIR/pg, so
 #   `docker run tally` works with no other container. With DATABASE_URL set (as in compose.yaml)
-#   these binaries are unused; they are kept so that the default always works.
-#   postgresql-common is installed first and told not to create Debian's own "main" cluster,
-#   which tally would never use.
+#   these programs are unused; they are kept so that the default always works. tzdata: Debian
+#   builds PostgreSQL against the system's time zone data.
+# - apt's package lists and its two 40 MB caches of them (pkgcache.bin, srcpkgcache.bin) are
+#   removed in the same layer; the official slim image's apt configuration does the latter too.
 RUN set -eux; \
     apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates curl postgresql-common; \
-    sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' \
-        /etc/postgresql-common/createcluster.conf; \
-    apt-get install -y --no-install-recommends postgresql-15; \
-    rm -rf /var/lib/apt/lists/*
+    apt-get install -y --no-install-recommends ca-certificates curl tzdata \
+        libicu72 libldap-2.5-0 libgssapi-krb5-2 libpam0g libpq5 libreadline8 libssl3 libxml2 \
+        libxslt1.1 libuuid1 liblz4-1 libzstd1 libselinux1 libsystemd0 zlib1g; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+COPY --from=postgresql /usr/lib/postgresql /usr/lib/postgresql
+COPY --from=postgresql /usr/share/postgresql /usr/share/postgresql
+# Fail the build here, not at a user's first start, if a Debian update gave postgresql-15 a
+# library the list above lacks.
+RUN missing=$(ldd /usr/lib/postgresql/15/bin/* /usr/lib/postgresql/15/lib/*.so 2>/dev/null \
+        | grep 'not found' | sort -u); \
+    if [ -n "$missing" ]; then echo "PostgreSQL needs libraries not installed: $missing" >&2; exit 1; fi; \
+    /usr/lib/postgresql/15/bin/postgres --version && /usr/lib/postgresql/15/bin/initdb --version
 
 # A fixed, unprivileged uid/gid, so volume ownership is predictable across rebuilds and hosts.
 # PostgreSQL refuses to run as root; as `tally`, the embedded cluster runs as `tally` too.

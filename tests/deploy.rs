@@ -1,7 +1,10 @@
 //! Static checks of the deployment files (no Docker engine needed): `compose.yaml` and the seccomp
 //! profile parse and give tally what io_uring needs in a container, the Dockerfile wraps exactly
 //! the build command CI uses, `sysctl.conf` is commented line by line, and the commands in
-//! README.md are the ones CI runs, so none of them can drift apart silently.
+//! README.md are the ones CI runs, so none of them can drift apart silently. The Kubernetes
+//! manifests in deploy/k8s/ pass kubernetes-validate's schemas (where it is installed: CI
+//! installs it) and their probes, ports, user and seccomp profile match tally's.
+//! `deploy/check-container.sh` builds and runs the image for real (root, podman; minutes).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -135,6 +138,60 @@ const STORE_AND_EMBEDDED_SYSCALLS: &[&str] = &[
     "unlinkat",
     "vfork",
     "wait4",
+];
+
+/// What the OCI runtime itself calls after it installed the container's filter and before it
+/// executes the entrypoint. Without no-new-privileges (Docker's default, and Kubernetes' unless
+/// `allowPrivilegeEscalation: false`), runc installs the filter while it still holds its
+/// capabilities, then: drops the bounding set and keeps capabilities across the uid switch
+/// (prctl), switches to the image's user (setgroups, setgid, setuid; crun uses the setres*
+/// variants), sets the container's capabilities (capset: runc failed with "unable to apply caps:
+/// operation not permitted" when the profile lacked it), checks its parent (getppid), opens
+/// /proc/self/fd and the exec FIFO, closes what the container must not inherit (close_range,
+/// or getdents64 + fcntl + close), finds the entrypoint (faccessat2/newfstatat) and execve's it;
+/// all the while its Go runtime uses futexes, signals, mmap, nanosleep and epoll. Every one of
+/// them is in Docker's default profile.
+const RUNTIME_START_SYSCALLS: &[&str] = &[
+    "capget",
+    "capset",
+    "chdir",
+    "close",
+    "close_range",
+    "epoll_ctl",
+    "epoll_pwait",
+    "execve",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fchdir",
+    "fcntl",
+    "fstat",
+    "futex",
+    "getdents64",
+    "getpid",
+    "getppid",
+    "gettid",
+    "kill",
+    "madvise",
+    "mmap",
+    "munmap",
+    "nanosleep",
+    "newfstatat",
+    "openat",
+    "prctl",
+    "read",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sched_yield",
+    "setgid",
+    "setgroups",
+    "setresgid",
+    "setresuid",
+    "setuid",
+    "sigaltstack",
+    "tgkill",
+    "write",
 ];
 
 /// What Docker's default profile refuses to an unprivileged container; ours must too.
@@ -546,6 +603,22 @@ fn seccomp_profile_allows_io_uring_and_what_tally_was_seen_to_use() {
     assert!(clone3_ok, "clone3 must be allowed or fail with ENOSYS");
 }
 
+#[test]
+fn seccomp_profile_lets_the_container_runtime_start_the_container() {
+    let profile = profile();
+    let missing: Vec<&str> = RUNTIME_START_SYSCALLS
+        .iter()
+        .copied()
+        .filter(|name| !allows(&profile, name, [0; 6]))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the runtime (runc, crun) needs these before the entrypoint runs: {missing:?}"
+    );
+    // Go's runtime in runc starts threads with clone (CLONE_VM|FS|FILES|SIGHAND|SYSVSEM|THREAD).
+    assert!(allows(&profile, "clone", first_arg(0x0005_0f00)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dockerfile
 
@@ -660,6 +733,64 @@ fn dockerfile_wraps_the_ci_build_and_runs_unprivileged() {
             .any(|(k, rest)| k == "RUN" && rest.contains("postgresql")),
         "the runtime image installs PostgreSQL's server binaries"
     );
+    // ...but not Debian's postgresql-15 package itself: it depends on LLVM (JIT) and Perl,
+    // ~180 MB the runtime never uses. Its programs are copied from a stage of their own.
+    for (k, rest) in runtime {
+        assert!(
+            !(k == "RUN" && rest.contains("apt-get install") && rest.contains("postgresql-15")),
+            "the runtime stage installs postgresql-15 (and with it LLVM): {rest}"
+        );
+    }
+    assert!(
+        runtime.iter().any(|(k, rest)| k == "COPY"
+            && rest.starts_with("--from=postgresql")
+            && rest.contains("/usr/lib/postgresql")),
+        "the runtime stage copies PostgreSQL's programs from the postgresql stage"
+    );
+    // The binary in the image without its DWARF line tables (symbols kept for backtraces).
+    assert!(
+        of("RUN")
+            .iter()
+            .any(|run| run.contains(BUILD_COMMAND) && run.contains("strip --strip-debug")),
+        "the build step strips debug info from the image's copy"
+    );
+}
+
+#[test]
+fn check_container_script_makes_the_images_the_files_start_from() {
+    // deploy/check-container.sh tags its stand-in base images with the names the Dockerfile and
+    // compose.yaml use, deriving the Rust one from `ARG RUST_VERSION`: keep them in step.
+    let script = read("deploy/check-container.sh");
+    let instructions = dockerfile();
+    let version = instructions
+        .iter()
+        .find_map(|(k, rest)| {
+            (k == "ARG")
+                .then(|| rest.strip_prefix("RUST_VERSION="))
+                .flatten()
+        })
+        .expect("the Dockerfile has ARG RUST_VERSION=<version>");
+    assert!(!version.is_empty());
+    let froms: Vec<&str> = instructions
+        .iter()
+        .filter(|(k, _)| k == "FROM")
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap())
+        .collect();
+    for image in &froms {
+        assert!(
+            *image == "rust:${RUST_VERSION}-bookworm" || *image == "debian:bookworm-slim",
+            "the check script has no stand-in for FROM {image}"
+        );
+    }
+    assert!(script.contains(r#"print "rust:" $2 "-bookworm""#));
+    let compose = compose();
+    let postgres_image = service(&compose, "postgres")["image"].as_str().unwrap();
+    assert!(
+        script.contains(&format!("have_image {postgres_image}")),
+        "the check script makes a stand-in for {postgres_image}"
+    );
+    // It builds the Dockerfile as it is, in the format that keeps HEALTHCHECK.
+    assert!(script.contains("buildah bud --isolation chroot --format docker"));
 }
 
 #[test]
@@ -763,6 +894,373 @@ fn sysctl_conf_is_commented_key_value_lines() {
     assert!(
         nofile_hard <= nr_open,
         "nofile {nofile_hard} > fs.nr_open {nr_open}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes manifests (deploy/k8s/)
+
+const K8S_DIR: &str = "deploy/k8s";
+/// Where deployment.yaml's Localhost seccomp profile is, relative to the kubelet's seccomp root.
+const K8S_PROFILE: &str = "profiles/tally-io_uring.json";
+/// The kubelet's seccomp root: Localhost profiles are looked up under it.
+const KUBELET_SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
+
+/// Every manifest `kubectl apply -f deploy/k8s/` applies (the top directory) and the optional
+/// ones under it (one level down), as (path, document).
+fn k8s_documents() -> Vec<(String, Yaml)> {
+    let mut files = Vec::new();
+    for dir in [K8S_DIR.to_owned(), format!("{K8S_DIR}/optional")] {
+        let entries = std::fs::read_dir(root().join(&dir))
+            .unwrap_or_else(|err| panic!("reading {dir}: {err}"));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(format!(
+                    "{dir}/{}",
+                    path.file_name().unwrap().to_string_lossy()
+                ));
+            }
+        }
+    }
+    files.sort();
+    assert!(!files.is_empty(), "no manifests in {K8S_DIR}");
+    let mut documents = Vec::new();
+    for file in files {
+        let docs = YamlLoader::load_from_str(&read(&file))
+            .unwrap_or_else(|err| panic!("{file} is not well-formed YAML: {err}"));
+        for doc in docs {
+            if !doc.is_null() {
+                documents.push((file.clone(), doc));
+            }
+        }
+    }
+    documents
+}
+
+fn k8s_object<'a>(docs: &'a [(String, Yaml)], kind: &str, name: &str) -> &'a Yaml {
+    docs.iter()
+        .map(|(_, doc)| doc)
+        .find(|doc| {
+            doc["kind"].as_str() == Some(kind) && doc["metadata"]["name"].as_str() == Some(name)
+        })
+        .unwrap_or_else(|| panic!("{K8S_DIR} has no {kind} {name}"))
+}
+
+fn container<'a>(pod_spec: &'a Yaml, name: &str) -> &'a Yaml {
+    pod_spec["containers"]
+        .as_vec()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// A container's `env` entry named `name`.
+fn env_entry<'a>(container: &'a Yaml, name: &str) -> Option<&'a Yaml> {
+    container["env"]
+        .as_vec()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+}
+
+/// tally's route table (src/routes.rs `route_table!`): path -> methods.
+fn routes() -> HashMap<String, Vec<String>> {
+    let text = read("src/routes.rs");
+    let start = text
+        .find("route_table! {")
+        .expect("src/routes.rs has a route_table!");
+    let body = &text[start..text[start..].find("\n}").map(|end| start + end).unwrap()];
+    let mut routes = HashMap::new();
+    for line in body.lines().skip(1) {
+        let Some((_, rest)) = line.split_once("=>") else {
+            continue;
+        };
+        let (path, methods) = rest.split_once(',').expect("route: path, [methods]");
+        let methods = methods
+            .trim()
+            .trim_end_matches(';')
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        routes.insert(path.trim().trim_matches('"').to_owned(), methods);
+    }
+    assert!(routes.len() >= 4, "parsed routes: {routes:?}");
+    routes
+}
+
+/// A clap default from src/config.rs: the `default_value` (or `default_value_t`) written with
+/// the flag whose environment variable is `env`.
+fn config_default(env: &str) -> String {
+    let text = read("src/config.rs");
+    let at = text
+        .find(&format!("env = \"{env}\""))
+        .unwrap_or_else(|| panic!("src/config.rs has no flag with env {env}"));
+    let attribute = &text[at..at + text[at..].find(")]").expect("end of #[arg(...)]")];
+    let value = attribute
+        .split_once("default_value_t = ")
+        .or_else(|| attribute.split_once("default_value = "))
+        .unwrap_or_else(|| panic!("{env} has no default in src/config.rs"))
+        .1;
+    value
+        .split([',', ')'])
+        .next()
+        .unwrap()
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// The port of an address such as `0.0.0.0:8080`.
+fn port_of(address: &str) -> i64 {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {address}"))
+}
+
+#[test]
+fn k8s_manifests_pass_the_schema_validator() {
+    let docs = k8s_documents();
+    for (file, doc) in &docs {
+        for field in ["apiVersion", "kind"] {
+            assert!(
+                doc[field].as_str().is_some(),
+                "{file}: a document without {field}"
+            );
+        }
+        assert!(
+            doc["metadata"]["name"].as_str().is_some(),
+            "{file}: a {} without a name",
+            yaml_scalar(&doc["kind"])
+        );
+    }
+    // kubernetes-validate (PyPI) carries the Kubernetes API's JSON schemas: it works offline.
+    // --strict also rejects fields the API does not have (a misspelt probe setting, say).
+    let mut files: Vec<&str> = docs.iter().map(|(file, _)| file.as_str()).collect();
+    files.dedup();
+    let run = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .args(&files)
+        .current_dir(root())
+        .output();
+    match run {
+        Ok(output) => assert!(
+            output.status.success(),
+            "kubernetes-validate rejects the manifests:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(err) if std::env::var_os("TALLY_REQUIRE_K8S_VALIDATOR").is_some() => {
+            panic!("kubernetes-validate is required (TALLY_REQUIRE_K8S_VALIDATOR) but: {err}")
+        }
+        Err(err) => eprintln!(
+            "kubernetes-validate not run ({err}): `pip install kubernetes-validate` to check \
+             the manifests against the API's schemas"
+        ),
+    }
+}
+
+#[test]
+fn k8s_probes_and_ports_match_tallys_routes_and_listen_port() {
+    let docs = k8s_documents();
+    let deployment = k8s_object(&docs, "Deployment", "tally");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let tally = container(pod, "tally");
+    let routes = routes();
+
+    let default_port = port_of(&config_default("TALLY_LISTEN"));
+    let listen_port = env_entry(tally, "TALLY_LISTEN")
+        .and_then(|e| e["value"].as_str())
+        .map_or(default_port, port_of);
+    let ports = tally["ports"].as_vec().expect("tally declares its port");
+    let http = ports
+        .iter()
+        .find(|p| p["name"].as_str() == Some("http"))
+        .expect("a port named http");
+    assert_eq!(http["containerPort"].as_i64(), Some(listen_port));
+    let resolve = |port: &Yaml| -> i64 {
+        match port {
+            Yaml::Integer(n) => *n,
+            Yaml::String(name) => ports
+                .iter()
+                .find(|p| p["name"].as_str() == Some(name))
+                .and_then(|p| p["containerPort"].as_i64())
+                .unwrap_or_else(|| panic!("no container port named {name}")),
+            other => panic!("port {other:?}"),
+        }
+    };
+
+    let probe_path = |probe: &str, route: &str| {
+        let get = &tally[probe]["httpGet"];
+        let path = get["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{probe} is an httpGet probe"));
+        assert_eq!(path, route, "{probe}");
+        let methods = routes
+            .get(path)
+            .unwrap_or_else(|| panic!("{probe}: tally has no route {path}"));
+        assert!(methods.iter().any(|m| m == "GET"), "{path} answers GET");
+        assert_eq!(resolve(&get["port"]), listen_port, "{probe} port");
+    };
+    probe_path("livenessProbe", "/api/v1/system/health");
+    probe_path("startupProbe", "/api/v1/system/health");
+    probe_path("readinessProbe", "/api/v1/system/ready");
+
+    let service = k8s_object(&docs, "Service", "tally");
+    let target = &service["spec"]["ports"][0]["targetPort"];
+    assert_eq!(
+        resolve(target),
+        listen_port,
+        "the Service targets tally's port"
+    );
+    let labels = &pod_labels(deployment);
+    for (what, selector) in [
+        ("Service", &service["spec"]["selector"]),
+        (
+            "PodDisruptionBudget",
+            &k8s_object(&docs, "PodDisruptionBudget", "tally")["spec"]["selector"]["matchLabels"],
+        ),
+        ("Deployment", &deployment["spec"]["selector"]["matchLabels"]),
+    ] {
+        let selector = selector
+            .as_hash()
+            .unwrap_or_else(|| panic!("{what} selector"));
+        assert!(!selector.is_empty());
+        for (key, value) in selector {
+            assert_eq!(
+                labels.get(&yaml_scalar(key)),
+                Some(&yaml_scalar(value)),
+                "the {what} selects tally's pods"
+            );
+        }
+    }
+}
+
+fn pod_labels(deployment: &Yaml) -> HashMap<String, String> {
+    deployment["spec"]["template"]["metadata"]["labels"]
+        .as_hash()
+        .expect("pod labels")
+        .iter()
+        .map(|(k, v)| (yaml_scalar(k), yaml_scalar(v)))
+        .collect()
+}
+
+#[test]
+fn k8s_deployment_is_secure_and_drains_before_it_is_killed() {
+    let docs = k8s_documents();
+    let deployment = k8s_object(&docs, "Deployment", "tally");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let tally = container(pod, "tally");
+
+    // The image's user, unprivileged, under the io_uring profile.
+    let uid = dockerfile()
+        .iter()
+        .find_map(|(k, rest)| {
+            (k == "RUN" && rest.contains("useradd")).then(|| {
+                rest.split_once("--uid ")
+                    .and_then(|(_, tail)| tail.split_whitespace().next())
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .expect("useradd --uid N")
+            })
+        })
+        .expect("the Dockerfile creates its user");
+    let security = &pod["securityContext"];
+    assert_eq!(security["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(security["runAsUser"].as_i64(), Some(uid), "the image's uid");
+    assert_eq!(
+        security["seccompProfile"]["type"].as_str(),
+        Some("Localhost")
+    );
+    assert_eq!(
+        security["seccompProfile"]["localhostProfile"].as_str(),
+        Some(K8S_PROFILE)
+    );
+    assert!(
+        tally["securityContext"]["seccompProfile"].is_badvalue(),
+        "tally's container keeps the pod's profile"
+    );
+    assert_eq!(
+        tally["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
+
+    // The installer puts exactly deploy/seccomp-io_uring.json where the kubelet looks.
+    let installer = k8s_object(&docs, "DaemonSet", "tally-seccomp-profile");
+    let configmap = k8s_object(&docs, "ConfigMap", "tally-seccomp-profile");
+    let (file_name, content) = configmap["data"]
+        .as_hash()
+        .and_then(|data| data.iter().next())
+        .map(|(k, v)| (yaml_scalar(k), yaml_scalar(v)))
+        .expect("the profile in the ConfigMap");
+    assert_eq!(
+        serde_json::from_str::<Value>(&content).expect("the ConfigMap's profile is JSON"),
+        profile(),
+        "the ConfigMap holds deploy/seccomp-io_uring.json (regenerate it: see its comment)"
+    );
+    let ds_pod = &installer["spec"]["template"]["spec"];
+    let host_path = ds_pod["volumes"]
+        .as_vec()
+        .expect("installer volumes")
+        .iter()
+        .find_map(|v| v["hostPath"]["path"].as_str())
+        .expect("the installer writes to a hostPath");
+    assert_eq!(host_path, KUBELET_SECCOMP_ROOT);
+    let script = yaml_scalar(&container(ds_pod, "install")["args"][0]);
+    let (dir, name) = K8S_PROFILE.rsplit_once('/').unwrap();
+    assert_eq!(file_name, name);
+    assert!(
+        script.contains(&format!("/{dir}")) && script.contains(&format!("/{name}")),
+        "the installer writes {K8S_PROFILE}: {script}"
+    );
+
+    // The database comes from a Secret, which the example defines.
+    let url = &env_entry(tally, "DATABASE_URL").expect("DATABASE_URL")["valueFrom"]["secretKeyRef"];
+    let secret = k8s_object(&docs, "Secret", url["name"].as_str().expect("secret name"));
+    let key = url["key"].as_str().expect("secret key");
+    assert!(
+        !secret["stringData"][key].is_badvalue() || !secret["data"][key].is_badvalue(),
+        "the example Secret has {key}"
+    );
+
+    // Requests and limits, memory and CPU, for every container.
+    for c in pod["containers"].as_vec().unwrap() {
+        let name = yaml_scalar(&c["name"]);
+        assert!(
+            !c["resources"]["requests"]["memory"].is_badvalue(),
+            "{name}: memory request"
+        );
+        assert!(
+            !c["resources"]["limits"]["memory"].is_badvalue(),
+            "{name}: memory limit"
+        );
+    }
+    assert!(!tally["resources"]["requests"]["cpu"].is_badvalue());
+    assert!(!tally["resources"]["limits"]["cpu"].is_badvalue());
+
+    // Shutdown: preStop, then tally's drain, then the commit, all before SIGKILL.
+    let grace: u64 = env_entry(tally, "TALLY_SHUTDOWN_GRACE_SECS")
+        .and_then(|e| e["value"].as_str())
+        .map_or_else(
+            || config_default("TALLY_SHUTDOWN_GRACE_SECS"),
+            str::to_owned,
+        )
+        .parse()
+        .expect("TALLY_SHUTDOWN_GRACE_SECS is a number");
+    let pre_stop: u64 = tally["lifecycle"]["preStop"]["exec"]["command"]
+        .as_vec()
+        .map(|cmd| cmd.iter().map(yaml_scalar).collect::<Vec<_>>())
+        .filter(|cmd| cmd.first().map(String::as_str) == Some("sleep"))
+        .and_then(|cmd| cmd.get(1).and_then(|secs| secs.parse().ok()))
+        .expect("preStop sleeps while the endpoints update");
+    let termination = pod["terminationGracePeriodSeconds"]
+        .as_i64()
+        .expect("terminationGracePeriodSeconds") as u64;
+    assert!(
+        termination >= pre_stop + grace + 5,
+        "terminationGracePeriodSeconds {termination} must cover preStop {pre_stop} s + drain \
+         {grace} s + the last commit"
     );
 }
 
