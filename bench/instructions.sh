@@ -47,9 +47,9 @@ measure() {
     local name=$1 concurrency=$2
     shift 2
     # A warm-up outside the window: buffers grown, replica pages touched, statements prepared.
-    ab -q -k -n 200 -c "$concurrency" "$@" >/dev/null 2>&1
+    ab -q -k -n 200 -c "$concurrency" "$@" >"$OUT/ab.txt" 2>&1 || { cat "$OUT/ab.txt" >&2; exit 1; }
     callgrind_control -z "$VG_PID" >/dev/null 2>&1
-    ab -q -k -n "$REQUESTS" -c "$concurrency" "$@" >"$OUT/ab.txt" 2>&1
+    ab -q -k -n "$REQUESTS" -c "$concurrency" "$@" >"$OUT/ab.txt" 2>&1 || { cat "$OUT/ab.txt" >&2; exit 1; }
     callgrind_control -d "$VG_PID" >/dev/null 2>&1
     local failed
     failed=$(awk '/^Failed requests:/ { print $3 }' "$OUT/ab.txt")
@@ -61,7 +61,7 @@ measure() {
 mkdir -p "$OUT"
 KEY=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["key"])' < <(target/release/tally sample))
 printf '{"key":"%s"}' "$KEY" >"$OUT/lookup.json"
-: >"$OUT/empty"
+printf '{"by":1}' >"$OUT/by1.json"
 printf '%-34s %-28s %12s %8s\n' build workload "Ir/request" failed
 for bin in "${BINS[@]}"; do
     LABEL=$bin
@@ -88,8 +88,8 @@ for bin in "${BINS[@]}"; do
                 measure "get_value, 1 connection" 1 -p "$OUT/lookup.json" -T application/json "$url/get_value"
                 ;;
             counter)
-                measure "counter POST, 1 connection" 1 -p "$OUT/empty" "$url/api/v1/counter"
-                measure "counter POST, 16 connections" 16 -p "$OUT/empty" "$url/api/v1/counter"
+                measure "counter POST, 1 connection" 1 -p "$OUT/by1.json" -T application/json "$url/api/v1/counter"
+                measure "counter POST, 16 connections" 16 -p "$OUT/by1.json" -T application/json "$url/api/v1/counter"
                 ;;
             *) echo "bench: unknown workload $workload" >&2; exit 1 ;;
         esac

@@ -964,12 +964,12 @@ fn env_entry<'a>(container: &'a Yaml, name: &str) -> Option<&'a Yaml> {
         .find(|e| e["name"].as_str() == Some(name))
 }
 
-/// tally's route table (src/routes.rs `route_table!`): path -> methods.
+/// tally's route table (src/api/routes.rs `route_table!`): path -> methods.
 fn routes() -> HashMap<String, Vec<String>> {
-    let text = read("src/routes.rs");
+    let text = read("src/api/routes.rs");
     let start = text
         .find("route_table! {")
-        .expect("src/routes.rs has a route_table!");
+        .expect("src/api/routes.rs has a route_table!");
     let body = &text[start..text[start..].find("\n}").map(|end| start + end).unwrap()];
     let mut routes = HashMap::new();
     for line in body.lines().skip(1) {
