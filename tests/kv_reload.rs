@@ -297,6 +297,34 @@ fn with_kv_watch_a_file_renamed_over_the_dataset_is_loaded() {
     assert_eq!(metric(&s, "tally_kv_reload_failures_total"), Some(0.0));
 }
 
+/// How the kubelet updates a mounted ConfigMap: the dataset's path is a symlink through
+/// `..data`, itself a symlink to a timestamped directory; an update writes a new directory and
+/// renames a new `..data` over the old one. No event names the dataset's own file.
+#[test]
+fn with_kv_watch_a_configmap_style_symlink_swap_is_loaded() {
+    use std::os::unix::fs::symlink;
+    let dir = test_dir("watch-configmap");
+    let version = |n: u32, prefix: &str| {
+        let versioned = dir.join(format!("..2026_12_06_v{n}"));
+        std::fs::create_dir_all(&versioned).expect("versioned directory");
+        replace(&versioned.join("data.jsonl"), &dataset(100, prefix));
+        versioned
+    };
+    let v1 = version(1, "old");
+    symlink(v1.file_name().expect("a name"), dir.join("..data")).expect("..data");
+    let path = dir.join("data.jsonl");
+    symlink("..data/data.jsonl", &path).expect("data.jsonl -> ..data/data.jsonl");
+    let s = server(&path, &["--kv-watch"]);
+    assert_eq!(value_of(&s, &key(42)).1.as_deref(), Some("old-42"));
+
+    let v2 = version(2, "new");
+    symlink(v2.file_name().expect("a name"), dir.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+    wait_metric(&s, "tally_kv_generation", 2.0);
+    assert_eq!(value_of(&s, &key(42)).1.as_deref(), Some("new-42"));
+    assert_eq!(metric(&s, "tally_kv_reload_failures_total"), Some(0.0));
+}
+
 #[test]
 fn with_kv_watch_a_file_written_in_pieces_is_loaded_once_whole() {
     let dir = test_dir("watch-pieces");

@@ -8,9 +8,15 @@
 //! pieces is read once, whole. A writer that pauses longer than that mid-file makes a reload
 //! fail on the half-written file (counted, the old dataset keeps serving); the next events
 //! bring the whole file in.
+//!
+//! The path may also change under another name: a Kubernetes ConfigMap mounts the file as a
+//! symlink through `..data`, and an update renames a new `..data` over the old one, so the
+//! only event names `..data`. So an event for any other name in the directory counts when
+//! what the path resolves to ([`Identity`]: device, inode, size, modification time) changed.
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +46,7 @@ pub fn watch(file: &Path, trigger: ReloadTrigger) -> Result<(), WatchError> {
         _ => PathBuf::from("."),
     };
     let name = file.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    let file_path = file.to_owned();
     let error = |reason| WatchError {
         dir: dir.clone(),
         reason,
@@ -59,22 +66,63 @@ pub fn watch(file: &Path, trigger: ReloadTrigger) -> Result<(), WatchError> {
     );
     std::thread::Builder::new()
         .name("tally-kv-watch".into())
-        .spawn(move || run(inotify, &name, &trigger))
+        .spawn(move || run(inotify, &Target::new(file_path, name), &trigger))
         .map(drop)
         .map_err(error)
 }
 
-fn run(mut inotify: Inotify, name: &OsString, trigger: &ReloadTrigger) {
+/// What the path resolves to, following symlinks; `None` while it does not resolve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_nanos: i128,
+}
+
+impl Identity {
+    fn of(path: &Path) -> Option<Identity> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_nanos: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        })
+    }
+}
+
+/// The watched file: its name in the directory, and what its path resolved to when last seen.
+struct Target {
+    path: PathBuf,
+    name: OsString,
+    seen: std::cell::Cell<Option<Identity>>,
+}
+
+impl Target {
+    fn new(path: PathBuf, name: OsString) -> Target {
+        let seen = std::cell::Cell::new(Identity::of(&path));
+        Target { path, name, seen }
+    }
+
+    /// Whether the path resolves to something else than when last asked.
+    fn resolves_elsewhere(&self) -> bool {
+        let now = Identity::of(&self.path);
+        now != self.seen.replace(now)
+    }
+}
+
+fn run(mut inotify: Inotify, target: &Target, trigger: &ReloadTrigger) {
     let mut buffer = [0_u8; 4096];
     loop {
         // Sleep until the file is touched, then until it has been quiet for QUIET.
-        match wait_for_change(&mut inotify, &mut buffer, name, None) {
+        match wait_for_change(&mut inotify, &mut buffer, target, None) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(err) => return log::error!("--kv-watch stopped: {err}"),
         }
         loop {
-            match wait_for_change(&mut inotify, &mut buffer, name, Some(QUIET)) {
+            match wait_for_change(&mut inotify, &mut buffer, target, Some(QUIET)) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(err) => return log::error!("--kv-watch stopped: {err}"),
@@ -85,11 +133,12 @@ fn run(mut inotify: Inotify, name: &OsString, trigger: &ReloadTrigger) {
 }
 
 /// Waits up to `timeout` (forever with `None`) for inotify events; whether one of them was
-/// about the file `name`.
+/// about the file: it names the file, or it names another entry and the file's path now
+/// resolves elsewhere.
 fn wait_for_change(
     inotify: &mut Inotify,
     buffer: &mut [u8],
-    name: &OsString,
+    target: &Target,
     timeout: Option<Duration>,
 ) -> std::io::Result<bool> {
     let mut fds = libc::pollfd {
@@ -116,14 +165,19 @@ fn wait_for_change(
         Err(err) => return Err(err),
     };
     let mut about_file = false;
+    let mut about_others = false;
     for event in events {
         if event.mask.contains(EventMask::Q_OVERFLOW) {
             // Events were lost: the file may have changed.
             about_file = true;
         }
-        if event.name.is_some_and(|n| n == name.as_os_str()) {
-            about_file = true;
+        match event.name {
+            Some(n) if n == target.name.as_os_str() => about_file = true,
+            _ => about_others = true,
         }
     }
-    Ok(about_file)
+    // Asked on every batch of events, so `seen` follows the file through its own changes too
+    // and an unrelated entry touched later does not count as a change.
+    let elsewhere = (about_file || about_others) && target.resolves_elsewhere();
+    Ok(about_file || elsewhere)
 }
