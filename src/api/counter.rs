@@ -27,7 +27,7 @@ pub fn get(app: &App, out: &mut Vec<u8>) -> Response {
 /// `POST /api/v1/counter`: a 400 now, or an increment whose answer waits for its commit.
 pub fn increment(app: &App, request: Request<'_>, out: &mut Vec<u8>) -> Reply {
     match (
-        counter::parse_by(request.body),
+        parse_by(request.body),
         idempotency_key(request.idempotency_key),
     ) {
         (Err(msg), _) | (_, Err(msg)) => Reply::Now(message(out, Status::BadRequest, msg)),
@@ -53,6 +53,70 @@ pub(super) fn idempotency_key(key: KeyField<'_>) -> Result<Option<&str>, &'stati
             std::str::from_utf8(bytes)
                 .map(Some)
                 .map_err(|_| "Idempotency-Key must be visible ASCII")
+        }
+    }
+}
+
+/// Parses a POST /api/v1/counter body: empty means 1; otherwise a JSON object whose optional
+/// `by` is an integer in 1..=2^31-1 (other fields are ignored).
+pub fn parse_by(body: &mut [u8]) -> Result<i64, &'static str> {
+    use simd_json::prelude::*;
+    if body.is_empty() {
+        return Ok(1);
+    }
+    let value = simd_json::to_borrowed_value(body).map_err(|_| "body is not valid JSON")?;
+    let object = value.as_object().ok_or("body must be a JSON object")?;
+    let Some(by) = object.get("by") else {
+        return Ok(1);
+    };
+    let n = by
+        .as_i64()
+        .filter(|_| by.is_i64() || by.is_u64())
+        .ok_or("by must be an integer")?;
+    if !(1..=counter::MAX_BY).contains(&n) {
+        return Err("by must be an integer from 1 to 2147483647");
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_by;
+
+    fn by(s: &str) -> Result<i64, &'static str> {
+        parse_by(&mut s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn empty_body_and_empty_object_increment_by_one() {
+        assert_eq!(by(""), Ok(1));
+        assert_eq!(by("{}"), Ok(1));
+        assert_eq!(by(r#"{"other": true}"#), Ok(1));
+    }
+
+    #[test]
+    fn by_accepts_one_to_i32_max() {
+        assert_eq!(by(r#"{"by": 1}"#), Ok(1));
+        assert_eq!(by(r#"{"by": 2147483647}"#), Ok(2_147_483_647));
+    }
+
+    #[test]
+    fn by_rejects_zero_negative_too_large_and_non_integers() {
+        for body in [
+            r#"{"by": 0}"#,
+            r#"{"by": -1}"#,
+            r#"{"by": 2147483648}"#,
+            r#"{"by": 1.5}"#,
+            r#"{"by": 1.0}"#,
+            r#"{"by": "3"}"#,
+            r#"{"by": null}"#,
+            r#"{"by": 18446744073709551615}"#,
+            "[1]",
+            "7",
+            "{",
+            " ",
+        ] {
+            assert!(by(body).is_err(), "{body} was accepted");
         }
     }
 }
