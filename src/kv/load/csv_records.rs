@@ -36,15 +36,7 @@ impl Loader<'_> {
             let end = reader.position().byte() as usize;
             let raw = &input[before.byte() as usize..end];
             let line = before.line() + blank_lines_before(raw);
-            // The csv crate reads malformed quoting leniently: a quote that is never closed
-            // would swallow every later record into one value. A well-formed record holds an
-            // even number of quotes (pairs around fields, `""` inside them).
-            if raw.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
-                let reason = if end == input.len() {
-                    "a quoted field is never closed"
-                } else {
-                    "a quote inside an unquoted field (quote the whole field and double the quote)"
-                };
+            if let Some(reason) = unpaired_quote(raw, end == input.len()) {
                 return Err(bad_csv(self, line, reason.to_owned()));
             }
             if !header_seen {
@@ -77,6 +69,21 @@ impl Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// Why the record `raw` (the file's last if `last`) is malformed, if its quotes do not pair.
+/// The csv crate reads malformed quoting leniently: a quote that is never closed would swallow
+/// every later record into one value. A well-formed record holds an even number of quotes
+/// (pairs around fields, `""` inside them).
+fn unpaired_quote(raw: &[u8], last: bool) -> Option<&'static str> {
+    if raw.iter().filter(|&&b| b == b'"').count() % 2 == 0 {
+        return None;
+    }
+    Some(if last {
+        "a quoted field is never closed"
+    } else {
+        "a quote inside an unquoted field (quote the whole field and double the quote)"
+    })
 }
 
 /// Blank lines the csv crate skipped before the record in `raw`: its reader's position is

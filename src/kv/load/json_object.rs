@@ -4,7 +4,7 @@
 use super::error::LoadError;
 use super::loader::Loader;
 use super::position::{PairAt, Position};
-use crate::kv::json::{Reader, SyntaxError};
+use crate::kv::json::Reader;
 
 impl Loader<'_> {
     /// `{"<uuid>": "<value>", ...}`.
@@ -12,55 +12,48 @@ impl Loader<'_> {
         let text = self.text;
         let mut reader = Reader::new(text, start);
         let mut scratch = String::new();
-        let syntax = |loader: &Self, e: SyntaxError| {
-            loader.bad_json(Position::of_offset(text, e.at), e.reason)
-        };
         reader.skip_whitespace();
         reader
             .expect(b'{', "expected '{': the file must hold one JSON object")
-            .map_err(|e| syntax(self, e))?;
+            .map_err(|e| self.syntax_error(e))?;
         reader.skip_whitespace();
         if reader.peek() == Some(b'}') {
-            reader.expect(b'}', "").map_err(|e| syntax(self, e))?;
+            reader.expect(b'}', "").map_err(|e| self.syntax_error(e))?;
         } else {
             loop {
                 let key_at = reader.pos();
                 let key = reader
                     .string(&mut scratch)
-                    .map_err(|e| syntax(self, e))?
+                    .map_err(|e| self.syntax_error(e))?
                     .to_owned();
                 reader.skip_whitespace();
                 reader
                     .expect(b':', "expected ':' after the key")
-                    .map_err(|e| syntax(self, e))?;
+                    .map_err(|e| self.syntax_error(e))?;
                 reader.skip_whitespace();
                 self.value(&mut reader, &key, text)?;
                 self.add_pair(&key, PairAt::Byte(key_at))?;
                 reader.skip_whitespace();
                 match reader.peek() {
                     Some(b',') => {
-                        reader.expect(b',', "").map_err(|e| syntax(self, e))?;
+                        reader.expect(b',', "").map_err(|e| self.syntax_error(e))?;
                         reader.skip_whitespace();
                     }
                     Some(b'}') => {
-                        reader.expect(b'}', "").map_err(|e| syntax(self, e))?;
+                        reader.expect(b'}', "").map_err(|e| self.syntax_error(e))?;
                         break;
                     }
                     _ => {
-                        return Err(syntax(
-                            self,
-                            reader.error("expected ',' or '}' after a value"),
-                        ))
+                        return Err(
+                            self.syntax_error(reader.error("expected ',' or '}' after a value"))
+                        )
                     }
                 }
             }
         }
         reader.skip_whitespace();
         if !reader.at_end() {
-            return Err(syntax(
-                self,
-                reader.error("unexpected data after the object"),
-            ));
+            return Err(self.syntax_error(reader.error("unexpected data after the object")));
         }
         Ok(())
     }
@@ -70,7 +63,7 @@ impl Loader<'_> {
         if reader.peek() == Some(b'"') {
             return reader.string_into(&mut self.builder.values).map_err(|e| {
                 self.builder.discard_pending_value();
-                self.bad_json(Position::of_offset(text, e.at), e.reason)
+                self.syntax_error(e)
             });
         }
         let at = Position::of_offset(text, reader.pos());

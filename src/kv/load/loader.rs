@@ -7,6 +7,7 @@ use std::path::Path;
 use super::error::LoadError;
 use super::position::{PairAt, Position};
 use crate::kv::dataset::DatasetBuilder;
+use crate::kv::json::SyntaxError;
 use crate::kv::parse_uuid_v4;
 
 pub(super) struct Loader<'a> {
@@ -24,6 +25,11 @@ impl Loader<'_> {
             at,
             reason,
         }
+    }
+
+    /// A syntax error of the JSON readers, placed by line and column.
+    pub(super) fn syntax_error(&self, e: SyntaxError) -> LoadError {
+        self.bad_json(Position::of_offset(self.text, e.at), e.reason)
     }
 
     /// Checks the key text and records the pair whose value was just appended to the arena.

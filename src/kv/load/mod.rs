@@ -1,9 +1,15 @@
 //! Dataset files to a [`Dataset`]: the format by extension (`.json`, `.jsonl`/`.ndjson`, `.csv`),
-//! and every failure as a [`LoadError`] naming the file, the position and the reason.
+//! and every failure as a [`LoadError`] naming the file, the position and the reason. Touches
+//! the file system (the dataset file) and kv's dataset builder; nothing of sockets or threads.
 //!
-//! The whole file is read and checked as UTF-8 at once (std's validator runs at several GB/s),
-//! then parsed in one pass that decodes each value straight into the dataset's arena.
-
+//! The whole file is read and checked as UTF-8 at once (one pass of std's validator, after
+//! which the readers slice `str` freely), then parsed in one pass that decodes each value
+//! straight into the dataset's arena; `kv::bench` measures the whole load.
+//!
+//! - [`load`] (here): reads the file, picks the reader by [`Format`], places a duplicate key.
+//! - `json_object`, `json_lines`, `csv_records`: one reader each, a method of the shared
+//!   `loader::Loader`, which adds every pair to the dataset being built.
+//! - `error` ([`LoadError`]) and `position` ([`Position`]): what went wrong, and where.
 mod csv_records;
 mod error;
 mod format;
@@ -28,10 +34,11 @@ pub use position::Position;
 const READ_SLICE_BYTES: usize = 1 << 20;
 
 /// The whole file, read [`READ_SLICE_BYTES`] at a time. `std::fs::read` asks for it in one
-/// `read`, and the kernel copies large page-cache folios in batches of tens of MB between two
+/// `read`, and the kernel copies large page-cache folios in long batches between two
 /// reschedule points: on a kernel without forced preemption (PREEMPT_NONE) a serving core
-/// that wakes meanwhile waits for the copy, even behind a SCHED_IDLE reload thread. 1 MiB is
-/// ~0.1 ms of copying.
+/// that wakes meanwhile waits for the copy, even behind a SCHED_IDLE reload thread. A slice
+/// keeps each such wait short; lookup latency across a reload with and without slices is in
+/// commit e9308b2 and docs/benchmarks.md ("Dataset reload").
 fn read_in_slices(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;

@@ -27,8 +27,9 @@ pub(super) fn copy_cpus(cpu: Option<usize>, spare: &[usize]) -> Vec<usize> {
 /// keeps it on those CPUs.
 ///
 /// SCHED_IDLE rather than a nice value: a thread at nice 10 on a serving core's CPU still gets
-/// ~10% of it in slices of a few ms, and a lookup that arrives during one waits for its end
-/// (p99 1.04 ms steady, 8.40 ms during a 10M-pair reload, bench/run.sh reload). The scheduler
+/// a share of it in slices of milliseconds, and a lookup that arrives during one waits for its
+/// end (the p99 across a reload at nice 10 and at SCHED_IDLE, from `bench/run.sh reload`, is
+/// in docs/benchmarks.md, "Dataset reload"). The scheduler
 /// preempts a SCHED_IDLE thread as soon as a normal one wakes, so a serving core or the load
 /// generator never waits behind it. If the kernel refuses, nice 19 is the next best thing.
 ///

@@ -1,12 +1,12 @@
 //! Reloading the dataset while tally serves: parse and validate the file on the reload thread
 //! (never on a serving core's thread), turn the parsed arrays into the last core's new
-//! [`Replica`] (no copy), copy it for the other cores on one thread each, and hand each core
-//! its replica, which the core swaps in between two requests (a pointer swap). A lookup
-//! therefore sees the old or the new dataset, never a mix, and a core never stops serving while
-//! a replica is built.
+//! [`Replica`](crate::kv::Replica) (no copy), copy it for the other cores on one thread each,
+//! and hand each core its replica, which the core swaps in between two requests (a pointer
+//! swap). A lookup therefore sees the old or the new dataset, never a mix, and a core never
+//! stops serving while a replica is built.
 //!
-//! Every thread of a reload runs SCHED_IDLE ([`run_when_idle`]): it gets only CPU time that
-//! no serving core, and nothing else on the machine, wants, so a reload costs lookups no
+//! Every thread of a reload runs SCHED_IDLE ([`idle::run_when_idle`]): it gets only CPU time
+//! that no serving core, and nothing else on the machine, wants, so a reload costs lookups no
 //! latency and takes longer only on a busy machine. It runs on the CPUs tally may use but
 //! serves on none of (`taskset` wider than `--cores`) when there are any; otherwise in the
 //! serving CPUs' idle time, each copy on its own core's CPU (its memory first touched there,
@@ -20,6 +20,14 @@
 //!
 //! Requests (SIGHUP, the file watcher, the admin endpoint) go through a [`ReloadTrigger`]; one
 //! reload runs at a time and requests that arrive meanwhile are folded into one more.
+//!
+//! Touches the dataset file, threads and their scheduling, and the cores' swap channels; never
+//! a socket or a serving core's state. One file per part:
+//! - `trigger`: asking for a reload ([`ReloadTrigger`], [`ReloadReason`], [`Requested`]).
+//! - `reloader`: the reload thread ([`Reloader`]): memory check, parse, replicas, outcome.
+//! - `copy`: one core's replica copy on its own thread; `swap`: the hand-over to a core.
+//! - `idle`: SCHED_IDLE and the CPUs reload threads run on; `status`: `/metrics`;
+//!   `error`: [`ReloadError`].
 
 mod copy;
 mod error;

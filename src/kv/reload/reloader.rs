@@ -4,7 +4,6 @@
 //! that reads the dataset file.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,8 +39,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Starts the reload thread; it ends when every [`ReloadTrigger`] is dropped. Nobody joins
-    /// it: a reload under way when tally stops is abandoned with the process.
+    /// Starts the reload thread; it ends when every [`ReloadTrigger`](super::ReloadTrigger) is
+    /// dropped. Nobody joins it: a reload under way when tally stops is abandoned with the
+    /// process.
     pub fn spawn(mut self, requests: ReloadRequests) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("tally-kv-reload".into())
@@ -75,9 +75,7 @@ impl Reloader {
                 parse,
                 swap_after_parse,
             }) => {
-                self.status.generation.fetch_add(1, Relaxed);
-                self.status.loaded(pairs, started.elapsed());
-                self.status.lock_error().clear();
+                self.status.reloaded(pairs, started.elapsed());
                 log::info!(
                     "key/value reload ({reason}): generation {}, {pairs} pairs, {} bytes per \
                      replica, every core swapped in {:?} (parsed in {parse:?}, every core \
@@ -95,8 +93,7 @@ impl Reloader {
                 log::error!("key/value reload ({reason}): {err}");
             }
             Err(err) => {
-                self.status.failures.fetch_add(1, Relaxed);
-                *self.status.lock_error() = err.to_string();
+                self.status.failed(err.to_string());
                 log::error!(
                     "key/value reload ({reason}) failed, generation {} keeps serving: {err}",
                     self.status.generation()
@@ -119,8 +116,36 @@ impl Reloader {
             return Err(ReloadError::Stopping);
         };
         // The last core's replica is the parsed arrays; the other cores' are copies of it.
-        let replica = Arc::new(Replica::from_dataset(dataset));
+        let replica = Replica::from_dataset(dataset);
         let new_replica_bytes = replica.memory_bytes() as u64;
+        let replica = self.copy_for(others, replica, spare, (&done_tx, &done), deadline)?;
+        let swap = Swap {
+            replica,
+            done: done_tx,
+        };
+        let old = self.swap_last_and_wait(last, swap, &done, deadline)?;
+        let swap_after_parse = parsed.elapsed();
+        // Every core serves the new dataset: the old replicas go now, on this thread.
+        drop(old);
+        self.replica_bytes = new_replica_bytes;
+        Ok(Loaded {
+            pairs,
+            parse,
+            swap_after_parse,
+        })
+    }
+
+    /// Copies `replica` for each core of `others`, each copy on a thread of its own that hands
+    /// it to its core (which answers on `done`); gives `replica` back once no copier uses it.
+    fn copy_for(
+        &self,
+        others: &[flume::Sender<Swap>],
+        replica: Replica,
+        spare: &[usize],
+        (done_tx, done): (&flume::Sender<Swapped>, &flume::Receiver<Swapped>),
+        deadline: Instant,
+    ) -> Result<Replica, ReloadError> {
+        let replica = Arc::new(replica);
         let (copied_tx, copied) = flume::bounded::<()>(0);
         for (core, swaps) in others.iter().enumerate() {
             let copy = ReplicaCopy {
@@ -137,25 +162,24 @@ impl Reloader {
         // Every copier drops its reference before its `copied` sender: once all are gone, the
         // original is the reload thread's alone.
         if let Err(flume::RecvTimeoutError::Timeout) = copied.recv_deadline(deadline) {
-            return Err(ReloadError::SwapTimeout {
-                swapped: done.len(),
-                cores: self.cores.len(),
-            });
+            return Err(self.swap_timeout(done.len()));
         }
         // A copier that panicked may still hold its reference while unwinding: copy then.
-        let replica = Arc::try_unwrap(replica).unwrap_or_else(|shared| Replica::clone(&shared));
-        let swap = Swap {
-            replica,
-            done: done_tx,
-        };
+        Ok(Arc::try_unwrap(replica).unwrap_or_else(|shared| Replica::clone(&shared)))
+    }
+
+    /// Hands the last core its `swap` and waits until every core has swapped (the copies are
+    /// on their way): the old replicas, one a core.
+    fn swap_last_and_wait(
+        &self,
+        last: &flume::Sender<Swap>,
+        swap: Swap,
+        done: &flume::Receiver<Swapped>,
+        deadline: Instant,
+    ) -> Result<Vec<Replica>, ReloadError> {
         match last.send_deadline(swap, deadline) {
             Ok(()) => {}
-            Err(flume::SendTimeoutError::Timeout(_)) => {
-                return Err(ReloadError::SwapTimeout {
-                    swapped: done.len(),
-                    cores: self.cores.len(),
-                })
-            }
+            Err(flume::SendTimeoutError::Timeout(_)) => return Err(self.swap_timeout(done.len())),
             Err(flume::SendTimeoutError::Disconnected(_)) => return Err(ReloadError::Stopping),
         }
         let mut old = Vec::with_capacity(self.cores.len());
@@ -166,23 +190,18 @@ impl Reloader {
                     old.push(replica);
                 }
                 Err(flume::RecvTimeoutError::Disconnected) => return Err(ReloadError::Stopping),
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    return Err(ReloadError::SwapTimeout {
-                        swapped: old.len(),
-                        cores: self.cores.len(),
-                    })
-                }
+                Err(flume::RecvTimeoutError::Timeout) => return Err(self.swap_timeout(old.len())),
             }
         }
-        let swap_after_parse = parsed.elapsed();
-        // Every core serves the new dataset: the old replicas go now, on this thread.
-        drop(old);
-        self.replica_bytes = new_replica_bytes;
-        Ok(Loaded {
-            pairs,
-            parse,
-            swap_after_parse,
-        })
+        Ok(old)
+    }
+
+    /// Not every core swapped by the deadline; `swapped` did.
+    fn swap_timeout(&self, swapped: usize) -> ReloadError {
+        ReloadError::SwapTimeout {
+            swapped,
+            cores: self.cores.len(),
+        }
     }
 
     /// Refuses a reload whose peak (old replicas + new file x (1 + cores)) would pass the limit.
@@ -272,7 +291,9 @@ mod tests {
             core.join().expect("core");
         }
         assert_eq!(status.generation(), 2);
-        assert_eq!(status.pairs.load(Relaxed), 100);
+        let mut metrics = String::new();
+        status.render(&mut metrics);
+        assert!(metrics.contains("tally_kv_pairs 100\n"), "{metrics}");
         assert!(reloader.replica_bytes > 0);
 
         // Over the limit: refused before reading, counted, generation unchanged.

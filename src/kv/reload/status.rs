@@ -13,13 +13,13 @@ use crate::metrics;
 #[derive(Default)]
 pub struct ReloadStatus {
     /// 1 for the dataset loaded at start-up, +1 for every reload every core swapped in.
-    pub(super) generation: AtomicU64,
-    pub(super) pairs: AtomicU64,
+    generation: AtomicU64,
+    pairs: AtomicU64,
     /// Unix seconds when the current dataset finished loading (every core swapped).
     loaded_unix_seconds: AtomicU64,
     /// Parse + build + swap of the current dataset, in microseconds.
     load_micros: AtomicU64,
-    pub(super) failures: AtomicU64,
+    failures: AtomicU64,
     /// The last failure's message (file, position, reason); empty after a success.
     last_error: Mutex<String>,
 }
@@ -33,10 +33,23 @@ impl ReloadStatus {
         status
     }
 
-    pub(super) fn loaded(&self, pairs: usize, took: Duration) {
+    fn loaded(&self, pairs: usize, took: Duration) {
         self.pairs.store(pairs as u64, Relaxed);
         self.loaded_unix_seconds.store(unix_seconds(), Relaxed);
         self.load_micros.store(took.as_micros() as u64, Relaxed);
+    }
+
+    /// A reload every core swapped in: the next generation, and no error to report.
+    pub(super) fn reloaded(&self, pairs: usize, took: Duration) {
+        self.generation.fetch_add(1, Relaxed);
+        self.loaded(pairs, took);
+        self.lock_error().clear();
+    }
+
+    /// A reload refused or failed: counted, and its message kept for `/metrics`.
+    pub(super) fn failed(&self, message: String) {
+        self.failures.fetch_add(1, Relaxed);
+        *self.lock_error() = message;
     }
 
     pub fn generation(&self) -> u64 {

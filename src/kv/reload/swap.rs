@@ -14,8 +14,8 @@ pub(super) const SWAP_WAIT: Duration = Duration::from_secs(30);
 pub struct Swap {
     pub replica: Replica,
     /// The core sends its id and its old replica once the new one serves: the reload thread
-    /// frees the old ones (at 10M pairs, unmapping 0.4 GB is a pause no serving core should
-    /// take), after every core has swapped.
+    /// frees the old ones, after every core has swapped (unmapping a large replica is a pause
+    /// no serving core should take; the size at 10M pairs is in commit c23bb00).
     pub done: flume::Sender<Swapped>,
 }
 

@@ -55,7 +55,7 @@ impl ReloadTrigger {
     }
 }
 
-/// The reload thread's receiving end, until [`spawn`] starts it.
+/// The reload thread's receiving end, until [`Reloader::spawn`](super::Reloader::spawn) starts it.
 pub struct ReloadRequests {
     pub(super) rx: flume::Receiver<ReloadReason>,
 }
