@@ -97,4 +97,7 @@ for bin in "${BINS[@]}"; do
     kill -KILL "$VG_PID"
     wait "$VG_PID" 2>/dev/null || true
     VG_PID=
+    # Its PostgreSQL stops on the parent-death signal; wait for it before the next build
+    # reuses the data directory.
+    for _ in $(seq 1 100); do pgrep -f "$OUT/data" >/dev/null || break; sleep 0.2; done
 done

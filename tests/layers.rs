@@ -23,7 +23,7 @@ fn rank(module: &str) -> Option<u8> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
 }
 
-/// The top-level module a source file belongs to (`src/server/conn.rs` -> `server`).
+/// The top-level module a source file belongs to (`src/server/conn/batch.rs` -> `server`).
 fn module_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).expect("under src");
     let first = rel.components().next().expect("non-empty path");
