@@ -51,7 +51,7 @@ impl Drop for OwnerLease {
 /// received before shutdown is committed and answered.
 ///
 /// A key already in the transaction being formed ends it: the repeat goes in the next one and
-/// so waits for the first and replays its result (README.md, "API", Idempotency-Key).
+/// so waits for the first and replays its result (docs/api.md, "Idempotency-Key").
 pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
     let _lease = port.alive.is_some().then(|| port.lease(&shared));
     let mut queue: VecDeque<CoreBatch> = VecDeque::new();

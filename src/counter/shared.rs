@@ -75,7 +75,7 @@ impl CounterShared {
             return Some(Cow::Owned(format!(
                 "the counter row in PostgreSQL is at {}, below {}, a value this instance already \
                  returned: it was lowered outside tally; increments are refused until it is \
-                 raised to at least {} (README.md, Operations)",
+                 raised to at least {} (docs/operations.md: when the counter row goes backwards)",
                 lowered.row, lowered.highest_returned, lowered.highest_returned
             )));
         }

@@ -1,6 +1,6 @@
 //! Finding the PostgreSQL server binaries (`postgres`, `initdb`) installed on this machine.
 //!
-//! Order, as README.md "Two commands" lists it: `PATH`, then
+//! Order, as docs/operations.md "Requirements" lists it: `PATH`, then
 //! `pg_config --bindir`, then the newest `/usr/lib/postgresql/<version>/bin` (Debian's layout).
 
 use std::ffi::OsStr;

@@ -1,4 +1,4 @@
-//! The embedded PostgreSQL cluster tally runs when no database URL is given (README.md,
+//! The embedded PostgreSQL cluster tally runs when no database URL is given (docs/operations.md,
 //! "Configuration", `--database-url` and `--data-dir`): server binaries found on this machine,
 //! a data directory initialised on first run, one `postgres` child process listening on a Unix
 //! socket only, stopped when tally stops. Only process and file management lives here; the SQL

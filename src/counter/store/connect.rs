@@ -130,7 +130,7 @@ fn set_up(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErro
     move |source| StoreError::SetUp { step, source }
 }
 
-/// Commits must be durable before we answer 200 (README.md, "API"). `off` is the one setting
+/// Commits must be durable before we answer 200 (docs/api.md, "Endpoints"). `off` is the one setting
 /// that acknowledges before the WAL is flushed; `local`, `remote_write`... are kept as they are.
 async fn insist_on_durability(client: &Client) -> Result<(), StoreError> {
     let settings = client

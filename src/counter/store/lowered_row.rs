@@ -1,6 +1,6 @@
 //! The second guarantee, no value returned twice: every count a commit or a read finds goes
 //! through here, and a row below a count this store returned stops all increments until a read
-//! finds it raised again (README.md, "Operations", "When the counter row goes backwards").
+//! finds it raised again (docs/operations.md, "When the counter row goes backwards").
 
 use std::sync::atomic::Ordering;
 

@@ -5,7 +5,7 @@
 //! I/O. Executors reach it through runtime-agnostic channels (a flume request queue, a tokio
 //! oneshot per reply), so [`StoreHandle::add`] can be awaited from any executor.
 //!
-//! Guarantee (README.md, "Architecture", the Counter paragraph): `add` returns `Ok(count)` only
+//! Guarantee (docs/architecture.md, "The counter"): `add` returns `Ok(count)` only
 //! when PostgreSQL answered the row of a committed `UPDATE`. Requests run one at a time, in the
 //! order they were sent, on one connection; a refresh `SELECT` between them keeps
 //! [`StoreHandle::highest_seen`] moving when other instances write to the same row.
@@ -30,7 +30,7 @@
 //! the highest count this store has *returned* means the row was lowered behind our back (a
 //! restored backup, a manual `UPDATE`). That commit is answered [`CommitError::RowLowered`],
 //! and so is every later `add`, without touching the row, until a read finds the row back at or
-//! above that count (README.md, "Operations", "When the counter row goes backwards").
+//! above that count (docs/operations.md, "When the counter row goes backwards").
 //!
 //! The rooms, in the order a batch meets them:
 //! - this file: the public face ([`spawn`], [`StoreHandle`]), and the public paths of what its

@@ -49,7 +49,7 @@ pub(super) const PRUNE_INSTANCES: &str = "DELETE FROM tally_instances \
 /// [`INSTANCE_TOUCH_INTERVAL`](super::sweep::INSTANCE_TOUCH_INTERVAL).
 pub(super) const TOUCH_INSTANCE: &str = "UPDATE tally_instances SET seen_at = now() WHERE id = $1";
 
-/// Idempotency keys and what their first request got (README.md, "API", Idempotency-Key).
+/// Idempotency keys and what their first request got (docs/api.md, "Idempotency-Key").
 /// `batch_id` tells a settling store whether its in-doubt batch is the one that counted a key.
 /// The primary key is the table's only index: the expired keys are found by a sweep of the
 /// heap ([`SWEEP_KEYS`]), not through an index on `created_at`, which made every keyed batch
@@ -108,7 +108,7 @@ pub(super) const SWEEP_KEYS: &str = "WITH gone AS (DELETE FROM tally_idempotency
      SELECT (SELECT count(*) FROM gone), \
      pg_relation_size('tally_idempotency') / current_setting('block_size')::bigint";
 /// The index earlier versions pruned through. Still there in a database they created (and
-/// used by their prune while one of them runs): README.md, "Idempotency-Key", says when to
+/// used by their prune while one of them runs): docs/api.md, "Idempotency-Key", says when to
 /// drop it.
 pub(super) const OLD_KEYS_TIME_INDEX: &str =
     "SELECT to_regclass('tally_idempotency_created_at') IS NOT NULL";

@@ -1,4 +1,4 @@
-//! TLS to PostgreSQL, with libpq's `sslmode` and `sslrootcert` (README.md, "Configuration").
+//! TLS to PostgreSQL, with libpq's `sslmode` and `sslrootcert` (docs/operations.md, "TLS to PostgreSQL").
 //!
 //! tokio-postgres only knows `sslmode` disable / prefer / require, and refuses the other
 //! values and `sslrootcert` outright. So the store takes both out of the connection string
