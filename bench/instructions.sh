@@ -13,8 +13,9 @@
 #
 # Workloads: health (GET, 1 and 16 connections), kv (POST /get_value, 1 connection), count
 # (GET /api/v1/counter, 1 and 16 connections) and, not by default, counter (POST
-# /api/v1/counter, each request waiting for its commit: under valgrind some of them waited
-# past ab's 30 s timeout, not yet understood).
+# /api/v1/counter, each request waiting for its commit: under valgrind the store gets no
+# answer to its commits within the commit timeout, with the build before the renovation too;
+# not yet understood).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
