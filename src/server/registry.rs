@@ -160,6 +160,11 @@ impl Registry {
         self.now.get()
     }
 
+    /// The deadline `secs` from now on the coarse clock (see [`Registry::now`]).
+    pub fn deadline_in(&self, secs: u64) -> u64 {
+        self.now() + secs + 1
+    }
+
     pub fn insert(&self, idle_deadline: u64) -> Rc<Slot> {
         let mut slots = self.slots.borrow_mut();
         let slot = Rc::new(Slot {

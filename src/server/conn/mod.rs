@@ -47,7 +47,7 @@ struct Conn {
 /// Serves a connection until the client closes it, an error closes it, or a timeout does.
 pub async fn serve<S: Stream>(ctx: Rc<ConnContext>, mut stream: S) {
     let registry = &ctx.registry;
-    let deadline = registry.now() + ctx.idle_timeout_secs + 1;
+    let deadline = registry.deadline_in(ctx.idle_timeout_secs);
     let slot = registry.insert(deadline);
     ctx.app.metrics().open_connections.add(1);
     let mut conn = Conn {
@@ -87,12 +87,6 @@ impl Conn {
         enter(&mut self.state, &self.slot, next);
     }
 
-    /// A deadline `secs` from now on the registry's coarse clock; the `+ 1` keeps it from
-    /// firing early however late in its second the clock was read.
-    fn deadline_in(&self, secs: u64) -> u64 {
-        self.ctx.registry.now() + secs + 1
-    }
-
     async fn run<S: Stream>(&mut self, stream: &mut S) -> io::Result<()> {
         // No buffer until the client sends: borrowed here, lent back when idle.
         self.slot.holds_no_buffers();
@@ -123,7 +117,10 @@ impl Conn {
                     deadline,
                     continue_sent,
                 } if self.input.filled > 0 => (deadline, continue_sent),
-                _ => (self.deadline_in(self.ctx.request_timeout_secs), false),
+                _ => (
+                    self.ctx.registry.deadline_in(self.ctx.request_timeout_secs),
+                    false,
+                ),
             };
             self.input.filled += n;
             self.batch.arrived();
@@ -163,7 +160,7 @@ impl Conn {
                     return Ok(());
                 }
                 self.enter(State::Idle {
-                    deadline: self.deadline_in(self.ctx.idle_timeout_secs),
+                    deadline: self.ctx.registry.deadline_in(self.ctx.idle_timeout_secs),
                 });
                 self.input.shrink();
                 self.batch.shrink();
@@ -174,7 +171,7 @@ impl Conn {
             } else {
                 // A new request started in this read: its own timeout starts now.
                 let deadline = if consumed > 0 {
-                    self.deadline_in(self.ctx.request_timeout_secs)
+                    self.ctx.registry.deadline_in(self.ctx.request_timeout_secs)
                 } else {
                     deadline
                 };
@@ -307,7 +304,7 @@ async fn write_before_deadline(
     stream: &mut impl Stream,
     out: &[u8],
 ) -> io::Result<()> {
-    let deadline = ctx.registry.now() + ctx.request_timeout_secs + 1;
+    let deadline = ctx.registry.deadline_in(ctx.request_timeout_secs);
     enter(state, slot, State::Writing { deadline });
     let write = stream.write_all(out);
     let expired = async {
