@@ -66,7 +66,7 @@ pub fn watch(file: &Path, trigger: ReloadTrigger) -> Result<(), WatchError> {
     );
     std::thread::Builder::new()
         .name("tally-kv-watch".into())
-        .spawn(move || run(inotify, &Target::new(file_path, name), &trigger))
+        .spawn(move || run(inotify, Target::new(file_path, name), &trigger))
         .map(drop)
         .map_err(error)
 }
@@ -96,33 +96,33 @@ impl Identity {
 struct Target {
     path: PathBuf,
     name: OsString,
-    seen: std::cell::Cell<Option<Identity>>,
+    seen: Option<Identity>,
 }
 
 impl Target {
     fn new(path: PathBuf, name: OsString) -> Target {
-        let seen = std::cell::Cell::new(Identity::of(&path));
+        let seen = Identity::of(&path);
         Target { path, name, seen }
     }
 
     /// Whether the path resolves to something else than when last asked.
-    fn resolves_elsewhere(&self) -> bool {
+    fn resolves_elsewhere(&mut self) -> bool {
         let now = Identity::of(&self.path);
-        now != self.seen.replace(now)
+        now != std::mem::replace(&mut self.seen, now)
     }
 }
 
-fn run(mut inotify: Inotify, target: &Target, trigger: &ReloadTrigger) {
+fn run(mut inotify: Inotify, mut target: Target, trigger: &ReloadTrigger) {
     let mut buffer = [0_u8; 4096];
     loop {
         // Sleep until the file is touched, then until it has been quiet for QUIET.
-        match wait_for_change(&mut inotify, &mut buffer, target, None) {
+        match wait_for_change(&mut inotify, &mut buffer, &mut target, None) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(err) => return log::error!("--kv-watch stopped: {err}"),
         }
         loop {
-            match wait_for_change(&mut inotify, &mut buffer, target, Some(QUIET)) {
+            match wait_for_change(&mut inotify, &mut buffer, &mut target, Some(QUIET)) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(err) => return log::error!("--kv-watch stopped: {err}"),
@@ -138,7 +138,7 @@ fn run(mut inotify: Inotify, target: &Target, trigger: &ReloadTrigger) {
 fn wait_for_change(
     inotify: &mut Inotify,
     buffer: &mut [u8],
-    target: &Target,
+    target: &mut Target,
     timeout: Option<Duration>,
 ) -> std::io::Result<bool> {
     let mut fds = libc::pollfd {
