@@ -122,6 +122,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(5),
         cpu: Some(owner_cpu),
         idempotency_retention: cfg.idempotency_retention(),
+        named: None,
     })
     .context("starting the store thread")?;
     let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));

@@ -21,6 +21,7 @@ fn config(url: &str, commit_timeout: Duration) -> StoreConfig {
         connect_timeout: Duration::from_secs(2),
         cpu: None,
         idempotency_retention: store::DEFAULT_IDEMPOTENCY_RETENTION,
+        named: None,
     }
 }
 

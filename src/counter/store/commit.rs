@@ -7,40 +7,74 @@ use std::time::Instant;
 
 use super::connect::Connection;
 use super::error::{classify, CommitError};
-use super::messages::{Add, Committed, KeyOutcome, KeyedIncrement, Reply};
+use super::messages::{Add, Committed, Job, KeyOutcome, KeyedIncrement, Reply};
 use super::state::{InDoubt, Store};
 
 impl Store<'_> {
     /// Commits `add` and answers it; false when its outcome is in doubt, to be settled on a new
     /// connection (its state is unknown: a statement may still be running on this one).
     pub(super) async fn run_add(&self, connection: &Connection, add: Add) -> bool {
-        let Add {
-            delta,
-            keyed,
-            deadline,
-            reply,
-        } = add;
         let id = self.next_batch_id.get();
         self.next_batch_id.set(id.wrapping_add(1));
-        match self.commit(connection, id, delta, &keyed, deadline).await {
-            Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => {
-                log::warn!(
-                    "increment by {delta} (batch {id}) in doubt: {why}; reconnecting to settle it"
-                );
-                self.in_doubt.set(Some(InDoubt {
-                    id,
-                    delta,
-                    keyed,
-                    deadline,
-                    reply,
-                    why,
-                }));
-                false
+        let deadline = add.deadline;
+        let in_doubt = match add.job {
+            Job::Single { delta, keyed, reply } => {
+                match self.commit(connection, id, delta, &keyed, deadline).await {
+                    Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => Some((
+                        why,
+                        Job::Single {
+                            delta,
+                            keyed,
+                            reply,
+                        },
+                    )),
+                    result => {
+                        self.answer(delta, reply, result);
+                        None
+                    }
+                }
             }
-            result => {
-                self.answer(delta, reply, result);
-                true
+            Job::Named {
+                work,
+                mut refused,
+                reply,
+            } => {
+                let result = self
+                    .commit_named(connection, id, &work, &mut refused, deadline)
+                    .await;
+                match result {
+                    Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => Some((
+                        why,
+                        Job::Named {
+                            work,
+                            refused,
+                            reply,
+                        },
+                    )),
+                    result => {
+                        self.answer_named(reply, result);
+                        None
+                    }
+                }
             }
+        };
+        let Some((why, job)) = in_doubt else {
+            return true;
+        };
+        log::warn!("{} (batch {id}) in doubt: {why}; reconnecting to settle it", job.what());
+        self.in_doubt.set(Some(InDoubt {
+            id,
+            add: Add { job, deadline },
+            why,
+        }));
+        false
+    }
+
+    /// Answers a job that failed before or without a result.
+    pub(super) fn fail(&self, job: Job, error: CommitError) {
+        match job {
+            Job::Single { delta, reply, .. } => self.answer(delta, reply, Err(error)),
+            Job::Named { reply, .. } => self.answer_named(reply, Err(error)),
         }
     }
 
@@ -104,7 +138,7 @@ impl Store<'_> {
 
     /// Whether the batch may go out at all: in time, on an open connection, and not while the
     /// row is lowered. Refused here, nothing was sent.
-    async fn may_send(
+    pub(super) async fn may_send(
         &self,
         connection: &Connection,
         deadline: Instant,
@@ -190,7 +224,7 @@ impl Store<'_> {
     /// A batch committed, answered, but not recorded: this store's row was deleted behind its
     /// back. Nothing is in doubt now, so the row can be recreated; if that fails, the next
     /// connection does it (until then a lost outcome is reported unknown, never guessed).
-    async fn recreate_row_if_unmarked(&self, connection: &Connection, marked: bool) {
+    pub(super) async fn recreate_row_if_unmarked(&self, connection: &Connection, marked: bool) {
         if marked {
             return;
         }
@@ -257,7 +291,7 @@ impl Store<'_> {
         Ok((count, added, committed, marked))
     }
 
-    fn count_error(&self, error: &CommitError) {
+    pub(super) fn count_error(&self, error: &CommitError) {
         let stats = &self.shared.stats;
         let counter = match error {
             CommitError::Unavailable(_) | CommitError::InvalidDelta(_) => {

@@ -1,7 +1,10 @@
 //! How a store is configured: [`StoreConfig`], its defaults, and the bound on closing a
 //! connection. Plain data; [`spawn`](super::spawn) takes it.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::named::NamedLimit;
 
 pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -26,7 +29,21 @@ pub struct StoreConfig {
     pub cpu: Option<usize>,
     /// How long an idempotency key is remembered (and replayed) after its first request.
     pub idempotency_retention: Duration,
+    /// For a store that commits named counters: its settings. `None` for the single counter's.
+    pub named: Option<NamedConfig>,
 }
+
+/// A named counters' store's settings.
+#[derive(Debug, Clone)]
+pub struct NamedConfig {
+    /// The limit on how many counters the database holds, shared by the instance's stores.
+    pub limit: Arc<NamedLimit>,
+    /// Most names whose count the store keeps in memory for GET (see `view`).
+    pub view_capacity: usize,
+}
+
+/// Default of [`NamedConfig::view_capacity`]: at most ~9 MB per store with 200-byte names.
+pub const DEFAULT_NAMED_VIEW_CAPACITY: usize = 32_768;
 
 impl StoreConfig {
     /// The given URL with the default timeouts, unpinned.
@@ -38,6 +55,7 @@ impl StoreConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             cpu: None,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
+            named: None,
         }
     }
 }

@@ -10,8 +10,10 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use super::config::{StoreConfig, CLOSE_TIMEOUT};
 use super::error::StoreError;
 use super::sql::{
-    ADD, ADD_KEYED, CREATE_INSTANCES, CREATE_KEYS, CREATE_TABLE, FIND_BATCH, FIND_KEYS,
-    INSERT_INSTANCE, INSERT_ROW, LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, SCHEMA_LOCK_KEY, SWEEP_KEYS,
+    ADD, ADD_KEYED, ADD_NAMED, ADD_NAMED_COUNTS, CREATE_INSTANCES, CREATE_KEYS, CREATE_NAMED,
+    CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES, FIND_BATCH, FIND_KEYS, FIND_NAMED_BATCH,
+    INSERT_INSTANCE, INSERT_ROW, LOCK_ROW, MARK_NAMED, OLD_KEYS_TIME_INDEX, READ, READ_NAMED,
+    SCHEMA_LOCK_KEY, SWEEP_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -26,6 +28,7 @@ pub(super) struct Connection {
     pub(super) add_keyed: Statement,
     pub(super) find_keys: Statement,
     pub(super) sweep_keys: Statement,
+    pub(super) named: NamedStatements,
     /// Drives the socket; ends when the connection does.
     pub(super) io: tokio::task::JoinHandle<()>,
     /// Fires (or errors) when `io` ends.
@@ -120,6 +123,7 @@ async fn prepare(
         add_keyed: statements.add_keyed,
         find_keys: statements.find_keys,
         sweep_keys: statements.sweep_keys,
+        named: statements.named,
         io,
         closed,
     })
@@ -162,7 +166,7 @@ async fn create_schema(client: &Client, highest_seen: i64) -> Result<(), StoreEr
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
          SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_INSTANCES}; \
-         {CREATE_KEYS}; COMMIT"
+         {CREATE_KEYS}; {CREATE_NAMED}; {ADD_NAMED_COUNTS}; COMMIT"
     );
     client
         .batch_execute(&create_schema)
@@ -206,6 +210,17 @@ struct Statements {
     add_keyed: Statement,
     find_keys: Statement,
     sweep_keys: Statement,
+    named: NamedStatements,
+}
+
+/// The named counters' statements (`sql`: [`ADD_NAMED`] and its neighbours).
+pub(super) struct NamedStatements {
+    pub(super) mark: Statement,
+    pub(super) add: Statement,
+    pub(super) find_batch: Statement,
+    pub(super) existing: Statement,
+    pub(super) read: Statement,
+    pub(super) delete: Statement,
 }
 
 async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
@@ -247,5 +262,29 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
             "preparing the key sweep",
         )
         .await?,
+        named: NamedStatements {
+            mark: prepare(MARK_NAMED, &[Type::INT8, Type::INT8], "preparing the named mark")
+                .await?,
+            add: prepare(
+                ADD_NAMED,
+                &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT8],
+                "preparing the named increment",
+            )
+            .await?,
+            find_batch: prepare(
+                FIND_NAMED_BATCH,
+                &[Type::INT8],
+                "preparing the named batch lookup",
+            )
+            .await?,
+            existing: prepare(
+                EXISTING_NAMES,
+                &[Type::TEXT_ARRAY],
+                "preparing the named lookup",
+            )
+            .await?,
+            read: prepare(READ_NAMED, &[Type::TEXT_ARRAY], "preparing the named read").await?,
+            delete: prepare(DELETE_NAMED, &[Type::TEXT], "preparing the named delete").await?,
+        },
     })
 }

@@ -142,3 +142,11 @@ pub(super) fn classify(error: &tokio_postgres::Error) -> CommitError {
         CommitError::Unknown(error.to_string())
     }
 }
+
+impl CommitError {
+    /// Whether the connection that gave this error is of no further use (a statement that
+    /// timed out or whose answer was lost may still be running on it).
+    pub(super) fn leaves_connection_unusable(&self) -> bool {
+        matches!(self, CommitError::Timeout | CommitError::Unknown(_))
+    }
+}

@@ -7,37 +7,51 @@ use std::time::Instant;
 
 use super::connect::Connection;
 use super::error::{CommitError, StoreError};
-use super::messages::{Committed, KeyOutcome};
+use super::messages::{Committed, Job, KeyOutcome, KeyedIncrement, NamedCommitted};
 use super::state::{InDoubt, Store};
 
-/// A settled batch: the count after it, what it added, what its callers get, and whether it
-/// had committed before (found) or ran now.
+/// A settled single-counter batch: the count after it, what it added, what its callers get.
 struct Outcome {
     count: i64,
     added: i64,
     committed: Committed,
-    committed_before: bool,
+}
+
+/// A settled batch's answer, for its kind of job.
+enum Answer {
+    Single(Result<Committed, CommitError>),
+    Named(Result<NamedCommitted, CommitError>),
 }
 
 /// What settling an in-doubt batch came to.
-enum Settled {
+enum Settled<T> {
     /// Its result: committed before (found) or now (run again).
-    Answer(Result<Committed, CommitError>),
+    Answer(T),
     /// The settling itself failed; the connection is of no further use, try another.
     Retry(StoreError),
     /// The deadline passed: the caller was answered with the outcome unknown.
     Expired,
 }
 
+impl<T> Settled<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Settled<U> {
+        match self {
+            Settled::Answer(found) => Settled::Answer(f(found)),
+            Settled::Retry(error) => Settled::Retry(error),
+            Settled::Expired => Settled::Expired,
+        }
+    }
+}
+
 impl Store<'_> {
     /// Its deadline passed (or the store is shutting down) before it could be settled.
     pub(super) fn answer_in_doubt(&self, batch: InDoubt) {
-        self.answer(batch.delta, batch.reply, Err(batch.why));
+        self.fail(batch.add.job, batch.why);
     }
 
     pub(super) fn in_doubt_deadline(&self) -> Option<Instant> {
         let batch = self.in_doubt.take();
-        let deadline = batch.as_ref().map(|batch| batch.deadline);
+        let deadline = batch.as_ref().map(|batch| batch.add.deadline);
         self.in_doubt.set(batch);
         deadline
     }
@@ -51,9 +65,33 @@ impl Store<'_> {
             // Nothing in doubt: (re)creating the row cannot make a commit look absent.
             return self.upkeep_instances(connection, true).await;
         };
-        match self.settle(connection, &batch).await {
-            Settled::Answer(result) => {
-                self.answer(batch.delta, batch.reply, result);
+        let settled = match &batch.add.job {
+            Job::Single { delta, keyed, .. } => {
+                self.settle(&batch, self.settle_transaction(connection, &batch, *delta, keyed))
+                    .await
+                    .map(|found| found.map(|found| Answer::Single(self.confirm(found.count, found.added).map(|_| found.committed))))
+            }
+            Job::Named { work, refused, .. } => {
+                self.settle(&batch, self.settle_named(connection, batch.id, work, refused))
+                    .await
+                    .map(|found| found.map(|counts| Answer::Named(Ok(counts))))
+            }
+        };
+        match settled {
+            Settled::Answer(Some(answer)) => {
+                match (batch.add.job, answer) {
+                    (Job::Single { delta, reply, .. }, Answer::Single(result)) => {
+                        self.answer(delta, reply, result)
+                    }
+                    (Job::Named { reply, .. }, Answer::Named(result)) => {
+                        self.answer_named(reply, result)
+                    }
+                    (job, _) => self.fail(job, batch.why),
+                }
+                Ok(())
+            }
+            Settled::Answer(None) => {
+                self.fail(batch.add.job, batch.why);
                 Ok(())
             }
             Settled::Retry(error) => {
@@ -67,10 +105,14 @@ impl Store<'_> {
         }
     }
 
-    /// Settles `batch` within its deadline, and counts and logs how.
-    async fn settle(&self, connection: &Connection, batch: &InDoubt) -> Settled {
-        let settling = self.settle_transaction(connection, batch);
-        match tokio::time::timeout_at(batch.deadline.into(), settling).await {
+    /// Runs `settling` within the batch's deadline, and counts and logs how it went. Its
+    /// `None` means this store's row of `tally_instances` was gone: the outcome is unknown.
+    async fn settle<T>(
+        &self,
+        batch: &InDoubt,
+        settling: impl std::future::Future<Output = Result<Option<(T, bool)>, StoreError>>,
+    ) -> Settled<Option<T>> {
+        match tokio::time::timeout_at(batch.add.deadline.into(), settling).await {
             Err(_elapsed) => Settled::Expired,
             Ok(Err(error)) => Settled::Retry(error),
             Ok(Ok(None)) => {
@@ -80,20 +122,17 @@ impl Store<'_> {
                     batch.id,
                     self.instance
                 );
-                Settled::Answer(Err(batch.why.clone()))
+                Settled::Answer(None)
             }
-            Ok(Ok(Some(found))) => {
-                let how = if found.committed_before {
+            Ok(Ok(Some((found, committed_before)))) => {
+                let how = if committed_before {
                     "had committed"
                 } else {
                     "had not committed; ran it again"
                 };
                 log::info!("in-doubt batch {} settled: it {how}", batch.id);
                 self.shared.stats.settled.fetch_add(1, Ordering::Relaxed);
-                Settled::Answer(
-                    self.confirm(found.count, found.added)
-                        .map(|_| found.committed),
-                )
+                Settled::Answer(Some(found))
             }
         }
     }
@@ -104,7 +143,9 @@ impl Store<'_> {
         &self,
         connection: &Connection,
         batch: &InDoubt,
-    ) -> Result<Option<Outcome>, StoreError> {
+        delta: i64,
+        keyed: &[KeyedIncrement],
+    ) -> Result<Option<(Outcome, bool)>, StoreError> {
         let client = &connection.client;
         client.batch_execute("BEGIN").await?;
         // Waits for the old session's transaction, which held this lock, to end.
@@ -125,15 +166,17 @@ impl Store<'_> {
                 let count: i64 = row.try_get(1)?;
                 let keyed_delta: i64 = row.try_get(2)?;
                 let unkeyed_end = count - keyed_delta;
-                let keyed = self.find_keys(connection, batch).await?;
-                Some(Outcome {
-                    count,
-                    added: batch.delta + keyed_delta,
-                    committed: Committed { unkeyed_end, keyed },
-                    committed_before: true,
-                })
+                let keyed = self.find_keys(connection, batch.id, keyed).await?;
+                Some((
+                    Outcome {
+                        count,
+                        added: delta + keyed_delta,
+                        committed: Committed { unkeyed_end, keyed },
+                    },
+                    true,
+                ))
             }
-            Some(_) => Some(self.run_again(connection, batch).await?),
+            Some(_) => Some((self.run_again(connection, batch.id, delta, keyed).await?, false)),
         };
         client.batch_execute("COMMIT").await?;
         Ok(outcome)
@@ -143,26 +186,26 @@ impl Store<'_> {
     async fn run_again(
         &self,
         connection: &Connection,
-        batch: &InDoubt,
+        id: i64,
+        delta: i64,
+        keyed: &[KeyedIncrement],
     ) -> Result<Outcome, StoreError> {
-        let (count, added, committed) = if batch.keyed.is_empty() {
-            let (count, _marked) = self.run_unkeyed(connection, batch.id, batch.delta).await?;
+        let (count, added, committed) = if keyed.is_empty() {
+            let (count, _marked) = self.run_unkeyed(connection, id, delta).await?;
             let committed = Committed {
                 unkeyed_end: count,
                 keyed: Vec::new(),
             };
-            (count, batch.delta, committed)
+            (count, delta, committed)
         } else {
-            let (count, added, committed, _marked) = self
-                .run_keyed(connection, batch.id, batch.delta, &batch.keyed)
-                .await?;
+            let (count, added, committed, _marked) =
+                self.run_keyed(connection, id, delta, keyed).await?;
             (count, added, committed)
         };
         Ok(Outcome {
             count,
             added,
             committed,
-            committed_before: false,
         })
     }
 
@@ -170,12 +213,13 @@ impl Store<'_> {
     async fn find_keys(
         &self,
         connection: &Connection,
-        batch: &InDoubt,
+        id: i64,
+        keyed: &[KeyedIncrement],
     ) -> Result<Vec<KeyOutcome>, StoreError> {
-        if batch.keyed.is_empty() {
+        if keyed.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<&str> = batch.keyed.iter().map(|k| &*k.key).collect();
+        let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
         let rows = connection
             .client
             .query(&connection.find_keys, &[&keys])
@@ -188,14 +232,13 @@ impl Store<'_> {
             let batch_id: i64 = row.try_get(3)?;
             found.insert(key, (by, count, batch_id));
         }
-        batch
-            .keyed
+        keyed
             .iter()
             .map(|increment| {
                 let &(by, count, batch_id) = found
                     .get(&*increment.key)
                     .ok_or_else(|| StoreError::KeyGone(increment.key.clone()))?;
-                Ok(if batch_id == batch.id {
+                Ok(if batch_id == id {
                     KeyOutcome::Counted(count)
                 } else if by == increment.by {
                     KeyOutcome::Replayed(count)

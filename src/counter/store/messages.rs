@@ -38,17 +38,81 @@ pub struct Committed {
 
 pub(super) type Reply = oneshot::Sender<Result<Committed, CommitError>>;
 
+/// A batch of increments to named counters (`/api/v1/counters/{name}`), for one owner core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedWork {
+    /// Unique names, each with the sum of its unkeyed increments (> 0). The store sorts them
+    /// before it locks their rows.
+    pub names: Vec<(Box<str>, i64)>,
+}
+
+/// What a committed [`NamedWork`] got: per name, in the order given, the count right after its
+/// increments, or `None` when the name was refused because the counter limit is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedCommitted {
+    pub counts: Vec<Option<i64>>,
+}
+
+pub(super) type NamedReply = oneshot::Sender<Result<NamedCommitted, CommitError>>;
+
 pub(super) enum Request {
     Add(Add),
+    /// Reads named counters: the count of each name given (0 for a name with no row).
+    ReadNamed {
+        names: Vec<Box<str>>,
+        reply: oneshot::Sender<Result<Vec<i64>, CommitError>>,
+    },
+    /// Deletes a named counter: its last count, `None` if there was none.
+    DeleteNamed {
+        name: Box<str>,
+        reply: oneshot::Sender<Result<Option<i64>, CommitError>>,
+    },
     Shutdown,
 }
 
+/// A batch to commit: the single counter's increments or named counters'.
+pub(super) enum Job {
+    Single {
+        /// The unkeyed increments' sum.
+        delta: i64,
+        /// Unique keys; empty for most batches, which then run the plain
+        /// [`ADD`](super::sql::ADD).
+        keyed: Vec<KeyedIncrement>,
+        reply: Reply,
+    },
+    Named {
+        work: NamedWork,
+        /// Per name, whether the counter limit refused it: decided on the first attempt (empty
+        /// until then) and kept, so a batch settled after a lost outcome sends the same names.
+        refused: Vec<bool>,
+        reply: NamedReply,
+    },
+}
+
+impl Job {
+    /// Tells the caller `error` (nothing counted: see `Request::refuse`, `Store::fail`).
+    pub(super) fn send_error(self, error: CommitError) {
+        match self {
+            Job::Single { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Job::Named { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// What the job is, for a log line.
+    pub(super) fn what(&self) -> String {
+        match self {
+            Job::Single { delta, .. } => format!("increment by {delta}"),
+            Job::Named { work, .. } => format!("increments of {} named counters", work.names.len()),
+        }
+    }
+}
+
 pub(super) struct Add {
-    /// The unkeyed increments' sum.
-    pub(super) delta: i64,
-    /// Unique keys; empty for most batches, which then run the plain [`ADD`](super::sql::ADD).
-    pub(super) keyed: Vec<KeyedIncrement>,
+    pub(super) job: Job,
     /// Past this, the caller is told `Timeout` (or `Unavailable` if it was never sent).
     pub(super) deadline: Instant,
-    pub(super) reply: Reply,
 }

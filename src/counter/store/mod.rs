@@ -63,6 +63,8 @@ mod error;
 mod in_doubt;
 mod lowered_row;
 mod messages;
+mod named;
+mod view;
 mod outage;
 mod retention;
 mod session;
@@ -74,15 +76,17 @@ mod sweep;
 pub mod tls;
 
 pub use config::{
-    StoreConfig, DEFAULT_COMMIT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDEMPOTENCY_RETENTION,
+    NamedConfig, StoreConfig, DEFAULT_NAMED_VIEW_CAPACITY, DEFAULT_COMMIT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDEMPOTENCY_RETENTION,
     DEFAULT_REFRESH_INTERVAL,
 };
 pub use error::{CommitError, RowLowered, StoreError};
-pub use messages::{Committed, KeyOutcome, KeyedIncrement};
+pub use messages::{Committed, KeyOutcome, KeyedIncrement, NamedCommitted, NamedWork};
+pub use named::NamedLimit;
+pub use view::Seen;
 pub use stats::StoreStats;
 
 use config::CLOSE_TIMEOUT;
-use messages::{Add, Request};
+use messages::{Add, Job, Request};
 use session::run_thread;
 use shared::{Shared, NOT_SEEN};
 use stats::Counters;
@@ -109,6 +113,9 @@ pub fn spawn(config: StoreConfig) -> std::io::Result<StoreHandle> {
         highest_returned: AtomicI64::new(NOT_SEEN),
         lowered_row: AtomicI64::new(NOT_SEEN),
         stats: Counters::default(),
+        view: Mutex::new(view::NameView::new(
+            config.named.as_ref().map_or(0, |named| named.view_capacity),
+        )),
         thread: Mutex::new(None),
         thread_done,
     });
@@ -155,14 +162,56 @@ impl StoreHandle {
         if let Some(bad) = keyed.iter().find(|k| k.by <= 0) {
             return Err(CommitError::InvalidDelta(bad.by));
         }
+        self.ask(|reply| {
+            Request::Add(Add {
+                job: Job::Single {
+                    delta,
+                    keyed,
+                    reply,
+                },
+                deadline: Instant::now() + self.shared.commit_timeout,
+            })
+        })
+        .await
+    }
+
+    /// Adds each name's delta (> 0) to its counter, creating it (unless the counter limit
+    /// refuses: that name's count is `None`), in one transaction. Names must be unique.
+    pub async fn add_named(&self, work: NamedWork) -> Result<NamedCommitted, CommitError> {
+        if let Some(&(_, bad)) = work.names.iter().find(|(_, delta)| *delta <= 0) {
+            return Err(CommitError::InvalidDelta(bad));
+        }
+        self.ask(|reply| {
+            Request::Add(Add {
+                job: Job::Named {
+                    work,
+                    refused: Vec::new(),
+                    reply,
+                },
+                deadline: Instant::now() + self.shared.commit_timeout,
+            })
+        })
+        .await
+    }
+
+    /// The counts of `names` as PostgreSQL has them now (0 for a counter never incremented).
+    /// Queued behind the commits sent before it.
+    pub async fn read_named(&self, names: Vec<Box<str>>) -> Result<Vec<i64>, CommitError> {
+        self.ask(|reply| Request::ReadNamed { names, reply }).await
+    }
+
+    /// Deletes the counter `name`: its last count, `None` if there was none.
+    pub async fn delete_named(&self, name: Box<str>) -> Result<Option<i64>, CommitError> {
+        self.ask(|reply| Request::DeleteNamed { name, reply }).await
+    }
+
+    /// Sends the request `make` builds around its reply channel, and awaits the answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CommitError>>) -> Request,
+    ) -> Result<T, CommitError> {
         let (reply, answer) = oneshot::channel();
-        let request = Request::Add(Add {
-            delta,
-            keyed,
-            deadline: Instant::now() + self.shared.commit_timeout,
-            reply,
-        });
-        if self.requests.send(request).is_err() {
+        if self.requests.send(make(reply)).is_err() {
             return Err(CommitError::Unavailable("the store has shut down".into()));
         }
         answer.await.unwrap_or_else(|_| {
@@ -170,6 +219,17 @@ impl StoreHandle {
                 "the store thread ended before answering".into(),
             ))
         })
+    }
+
+    /// What this store last committed or read for the named counter `name`, if it still
+    /// remembers (see `view`).
+    pub fn seen_named(&self, name: &str) -> Option<Seen> {
+        self.shared.view.lock().ok()?.get(name)
+    }
+
+    /// How many names the store remembers the count of.
+    pub fn named_view_len(&self) -> usize {
+        self.shared.view.lock().map_or(0, |view| view.len())
     }
 
     /// True while a connection is up and the schema is in place (for `/ready`).

@@ -25,20 +25,34 @@ pub(super) fn refuse_until_shutdown(
     reason: &str,
     stats: &Counters,
 ) {
-    while let Ok(Request::Add(add)) = queue.recv() {
-        add.refuse(reason, stats);
+    while let Ok(request) = queue.recv() {
+        if !request.refuse(reason, stats) {
+            return;
+        }
     }
 }
 
-impl Add {
-    /// Answers `Unavailable` with `reason`, counted in the store's metrics.
-    pub(super) fn refuse(self, reason: &str, stats: &Counters) {
-        stats
-            .commit_errors_unavailable
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .reply
-            .send(Err(CommitError::Unavailable(reason.to_owned())));
+impl Request {
+    /// Answers `Unavailable` with `reason`, counted in the store's metrics; false for
+    /// `Shutdown`, which has nobody to answer.
+    pub(super) fn refuse(self, reason: &str, stats: &Counters) -> bool {
+        let error = || CommitError::Unavailable(reason.to_owned());
+        match self {
+            Request::Add(add) => {
+                stats
+                    .commit_errors_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
+                add.job.send_error(error());
+            }
+            Request::ReadNamed { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Request::DeleteNamed { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Request::Shutdown => return false,
+        }
+        true
     }
 }
 
@@ -104,8 +118,10 @@ impl Store<'_> {
                     Ok(Request::Add(add)) if self.holding_until().is_some() => {
                         self.held.borrow_mut().push_back(add);
                     }
-                    Ok(Request::Add(add)) => self.refuse(add),
                     Ok(Request::Shutdown) | Err(_) => return None,
+                    Ok(request) => {
+                        request.refuse(&self.last_error, &self.shared.stats);
+                    }
                 },
             }
         }
@@ -129,6 +145,6 @@ impl Store<'_> {
 
     /// Nothing was sent: known not applied.
     pub(super) fn refuse(&self, add: Add) {
-        add.refuse(&self.last_error, &self.shared.stats);
+        Request::Add(add).refuse(&self.last_error, &self.shared.stats);
     }
 }

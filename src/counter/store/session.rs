@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::config::StoreConfig;
 use super::connect::{connect, Connection};
-use super::error::{statement_was_rejected, StoreError};
+use super::error::{statement_was_rejected, CommitError, StoreError};
 use super::messages::Request;
 use super::outage::refuse_until_shutdown;
 use super::shared::Shared;
@@ -48,6 +48,7 @@ pub(super) fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, s
         sweep: Cell::new(Sweep::default()),
         outage_since: Cell::new(None),
         held: RefCell::new(VecDeque::new()),
+        named_recount_at: Cell::new(Instant::now()),
     };
     runtime.block_on(store.run());
 }
@@ -216,6 +217,22 @@ impl Store<'_> {
                             return Served::Lost;
                         }
                     }
+                    Ok(Request::ReadNamed { names, reply }) => {
+                        let read = self.read_named(connection, &names).await;
+                        let lost = read.as_ref().is_err_and(CommitError::leaves_connection_unusable);
+                        let _ = reply.send(read);
+                        if lost {
+                            return Served::Lost;
+                        }
+                    }
+                    Ok(Request::DeleteNamed { name, reply }) => {
+                        let deleted = self.delete_named(connection, &name).await;
+                        let lost = deleted.as_ref().is_err_and(CommitError::leaves_connection_unusable);
+                        let _ = reply.send(deleted);
+                        if lost {
+                            return Served::Lost;
+                        }
+                    }
                     Ok(Request::Shutdown) | Err(_) => return Served::ShutDown,
                 },
                 _ = refresh.tick() => {
@@ -233,8 +250,20 @@ impl Store<'_> {
         }
     }
 
-    /// Reads the row; false when the connection should be dropped.
+    /// Reads the row (a named store: the number of named counters, now and then); false when
+    /// the connection should be dropped.
     async fn refresh(&self, connection: &Connection) -> bool {
+        if self.config.named.is_some() {
+            let recount = self.recount_named(connection);
+            return match tokio::time::timeout(self.config.commit_timeout, recount).await {
+                Ok(Ok(())) => true,
+                Ok(Err(error)) => {
+                    log::warn!("counting the named counters: {error}");
+                    false
+                }
+                Err(_elapsed) => false,
+            };
+        }
         let read = connection.client.query_opt(&connection.read, &[]);
         match tokio::time::timeout(self.config.commit_timeout, read).await {
             Ok(Ok(Some(row))) => {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::error::RowLowered;
 use super::stats::Counters;
+use super::view::NameView;
 
 /// `highest_seen` before any value is known (a real count is always greater).
 pub(super) const NOT_SEEN: i64 = i64::MIN;
@@ -23,6 +24,8 @@ pub(super) struct Shared {
     /// The row's count while it is below `highest_returned`, else `NOT_SEEN`.
     pub(super) lowered_row: AtomicI64,
     pub(super) stats: Counters,
+    /// A named counters' store: the counts it knows (see `view`).
+    pub(super) view: Mutex<NameView>,
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
     /// Disconnected when the store thread has finished (it holds the only sender).
     pub(super) thread_done: flume::Receiver<()>,

@@ -112,3 +112,49 @@ pub(super) const SWEEP_KEYS: &str = "WITH gone AS (DELETE FROM tally_idempotency
 /// drop it.
 pub(super) const OLD_KEYS_TIME_INDEX: &str =
     "SELECT to_regclass('tally_idempotency_created_at') IS NOT NULL";
+
+/// Named counters (`/api/v1/counters/{name}`): one row per name, created by its first
+/// increment. Collation "C": names compare as bytes, as the owner core sorts them, and every
+/// writer locks a batch's rows in that one order (see [`ADD_NAMED`]).
+pub(super) const CREATE_NAMED: &str = "CREATE TABLE IF NOT EXISTS tally_counters \
+     (name text COLLATE \"C\" PRIMARY KEY, count bigint NOT NULL)";
+/// The counts a named batch got, in the order it sent its names: how an in-doubt named batch
+/// found committed is answered (the single counter's batches use `count`).
+/// Checked first: `ALTER TABLE` would take the table's strongest lock at every connect.
+pub(super) const ADD_NAMED_COUNTS: &str = "DO $$ BEGIN IF NOT EXISTS (SELECT FROM \
+     information_schema.columns WHERE table_schema = current_schema() \
+     AND table_name = 'tally_instances' AND column_name = 'named_counts') THEN \
+     ALTER TABLE tally_instances ADD COLUMN named_counts bigint[]; END IF; END $$";
+/// The first statement of a named batch's transaction: records the batch `$1` in this store's
+/// row `$2`, and so holds that row's lock until the transaction ends: a settling store waits on
+/// it ([`FIND_NAMED_BATCH`]). Returns the row if it was there.
+pub(super) const MARK_NAMED: &str = "UPDATE tally_instances SET previous_batch = batch, \
+     batch = $1, seen_at = now() WHERE id = $2 RETURNING 1";
+/// Adds `$2[i]` to the counter named `$1[i]`, creating it, and records the counts in this
+/// store's row `$3`. The rows are inserted or locked in name order (the `ORDER BY` feeds the
+/// insertion), so two batches sharing names, from any instances, lock them in the same order
+/// and cannot deadlock. Returns, in the order given, each count and whether the row was
+/// created (`xmax = 0`: inserted, not updated by `ON CONFLICT`).
+pub(super) const ADD_NAMED: &str = "WITH input AS (SELECT name, delta, pos \
+       FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS t(name, delta, pos)), \
+     counted AS (INSERT INTO tally_counters AS c (name, count) \
+       SELECT name, delta FROM input ORDER BY name COLLATE \"C\" \
+       ON CONFLICT (name) DO UPDATE SET count = c.count + excluded.count \
+       RETURNING c.name, c.count, (c.xmax = 0) AS created), \
+     marked AS (UPDATE tally_instances SET named_counts = (SELECT array_agg(k.count \
+       ORDER BY i.pos) FROM input i JOIN counted k ON k.name = i.name) WHERE id = $3 \
+       RETURNING 1) \
+     SELECT k.count, k.created FROM input i JOIN counted k ON k.name = i.name ORDER BY i.pos";
+/// Settling an in-doubt named batch: waits for the lock [`MARK_NAMED`] took (so for the old
+/// session's transaction to end), then says which batch committed last and its counts.
+pub(super) const FIND_NAMED_BATCH: &str =
+    "SELECT batch, named_counts FROM tally_instances WHERE id = $1 FOR UPDATE";
+/// Which of the names `$1` have a row (before a batch that could pass the counter limit).
+pub(super) const EXISTING_NAMES: &str =
+    "SELECT name FROM tally_counters WHERE name = ANY($1::text[])";
+/// The counts of the names `$1` that have a row.
+pub(super) const READ_NAMED: &str =
+    "SELECT name, count FROM tally_counters WHERE name = ANY($1::text[])";
+pub(super) const DELETE_NAMED: &str =
+    "DELETE FROM tally_counters WHERE name = $1 RETURNING count";
+pub(super) const COUNT_NAMED: &str = "SELECT count(*) FROM tally_counters";

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::config::StoreConfig;
 use super::error::CommitError;
-use super::messages::{Add, KeyedIncrement, Reply, Request};
+use super::messages::{Add, Request};
 use super::shared::Shared;
 use super::sweep::Sweep;
 
@@ -38,16 +38,16 @@ pub(super) struct Store<'a> {
     /// once, and are sent, in order, before anything else on the new connection. Each is
     /// answered `Unavailable` at its deadline, or when the outage outlasts the commit timeout.
     pub(super) held: RefCell<VecDeque<Add>>,
+    /// When the number of named counters is next read (see `named::NamedLimit`).
+    pub(super) named_recount_at: Cell<Instant>,
 }
 
 /// A batch whose commit outcome was lost: settled on the next connection, or answered `why`
 /// at its deadline.
 pub(super) struct InDoubt {
     pub(super) id: i64,
-    pub(super) delta: i64,
-    pub(super) keyed: Vec<KeyedIncrement>,
-    pub(super) deadline: Instant,
-    pub(super) reply: Reply,
+    /// The batch, its reply and its deadline.
+    pub(super) add: Add,
     /// `Timeout` or `Unknown`: what the caller is told if it cannot be settled in time.
     pub(super) why: CommitError,
 }

@@ -1,0 +1,438 @@
+//! Named counters in the store: committing a batch of increments to many names in one
+//! transaction ([`ADD_NAMED`](super::sql::ADD_NAMED), rows locked in name order), settling one
+//! whose outcome was lost, reads, deletes, and the limit on how many counters the database
+//! holds ([`NamedLimit`]).
+//!
+//! The batch's transaction is `BEGIN; MARK_NAMED; ADD_NAMED; COMMIT`, pipelined (one round
+//! trip). `MARK_NAMED` comes first so that the old session's transaction holds this store's
+//! row of `tally_instances` for its whole life: settling locks that row (`FOR UPDATE`), which
+//! waits until that transaction has ended, then reads the batch id there, as for the single
+//! counter (the `store` module comment), with the batch's counts in `named_counts`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::connect::Connection;
+use super::error::{classify, CommitError, StoreError};
+use super::messages::{NamedCommitted, NamedReply, NamedWork};
+use super::state::Store;
+
+/// How often the number of named counters is read again from PostgreSQL (other instances
+/// create counters too).
+pub(super) const RECOUNT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The limit on named counters (`--max-counters`) and this instance's count of them, shared by
+/// the instance's stores: each adds what it creates and removes what it deletes, and the
+/// count is read again from PostgreSQL every [`RECOUNT_INTERVAL`]. Other instances' new
+/// counters are seen at that read, so several instances may pass the limit by what they
+/// create meanwhile; one instance alone never does.
+#[derive(Debug)]
+pub struct NamedLimit {
+    max: i64,
+    rows: AtomicI64,
+}
+
+impl NamedLimit {
+    pub fn new(max: u64) -> NamedLimit {
+        NamedLimit {
+            max: i64::try_from(max).unwrap_or(i64::MAX),
+            rows: AtomicI64::new(0),
+        }
+    }
+
+    pub fn max(&self) -> i64 {
+        self.max
+    }
+
+    /// The named counters in the database, as this instance last knew.
+    pub fn rows(&self) -> i64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Reserves room for `n` new counters if there is, all or nothing.
+    fn reserve(&self, n: i64) -> bool {
+        let before = self.rows.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) <= self.max {
+            return true;
+        }
+        self.rows.fetch_sub(n, Ordering::AcqRel);
+        false
+    }
+
+    /// Reserves room for at most `n` new counters: how many it got.
+    fn reserve_up_to(&self, n: i64) -> i64 {
+        let mut current = self.rows.load(Ordering::Acquire);
+        loop {
+            let room = (self.max - current).clamp(0, n);
+            match self.rows.compare_exchange_weak(
+                current,
+                current + room,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return room,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn release(&self, n: i64) {
+        self.rows.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Store<'_> {
+    fn named_limit(&self) -> Option<&NamedLimit> {
+        self.config.named.as_ref().map(|named| &*named.limit)
+    }
+
+    /// Records counts a statement found in the view that answers GET (see `view`).
+    fn saw_named<'n>(&self, found: impl Iterator<Item = (&'n str, i64)>) {
+        let now = Instant::now();
+        if let Ok(mut view) = self.shared.view.lock() {
+            for (name, count) in found {
+                view.put(name, count, now);
+            }
+        }
+    }
+
+    /// Commits a named batch. `refused` is filled (once, on the first attempt) with the names
+    /// the counter limit refuses; the others are sent.
+    pub(super) async fn commit_named(
+        &self,
+        connection: &Connection,
+        id: i64,
+        work: &NamedWork,
+        refused: &mut Vec<bool>,
+        deadline: Instant,
+    ) -> Result<NamedCommitted, CommitError> {
+        self.may_send(connection, deadline).await?;
+        let statement_deadline = deadline - self.config.commit_timeout / 4;
+        let reserved = match tokio::time::timeout_at(
+            statement_deadline.into(),
+            self.admit(connection, work, refused),
+        )
+        .await
+        {
+            Err(_elapsed) => return Err(CommitError::Timeout),
+            Ok(result) => result?,
+        };
+        let (names, deltas) = sent(work, refused);
+        if names.is_empty() {
+            return Ok(NamedCommitted {
+                counts: vec![None; work.names.len()],
+            });
+        }
+        let client = &connection.client;
+        let mark_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &self.instance];
+        let add_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&names, &deltas, &self.instance];
+        let transaction = async {
+            let (begin, mark, add, commit) = tokio::join!(
+                client.batch_execute("BEGIN"),
+                client.query_opt(&connection.named.mark, &mark_params),
+                client.query(&connection.named.add, &add_params),
+                client.batch_execute("COMMIT"),
+            );
+            begin.map_err(|error| classify(&error))?;
+            let marked = mark.map_err(|error| classify(&error))?.is_some();
+            let rows = add.map_err(|error| classify(&error))?;
+            commit.map_err(|error| classify(&error))?;
+            Ok::<_, CommitError>((marked, rows))
+        };
+        let result = tokio::time::timeout_at(statement_deadline.into(), transaction).await;
+        let (marked, rows) = match result {
+            Err(_elapsed) => return Err(CommitError::Timeout),
+            Ok(Err(error)) => {
+                if let Some(limit) = self.named_limit() {
+                    // Known not applied only when refused; in doubt, settling keeps it reserved.
+                    if matches!(error, CommitError::Unavailable(_)) {
+                        limit.release(reserved);
+                    }
+                }
+                return Err(error);
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        let unreadable =
+            |error: tokio_postgres::Error| CommitError::Unknown(format!("unreadable count: {error}"));
+        let mut counts = Vec::with_capacity(rows.len());
+        let mut created = 0;
+        for row in &rows {
+            counts.push(row.try_get::<_, i64>(0).map_err(unreadable)?);
+            created += i64::from(row.try_get::<_, bool>(1).map_err(unreadable)?);
+        }
+        if let Some(limit) = self.named_limit() {
+            limit.release(reserved - created);
+        }
+        self.saw_named(names.iter().copied().zip(counts.iter().copied()));
+        self.recreate_row_if_unmarked(connection, marked).await;
+        self.counted_named(&deltas);
+        spread(work, refused, counts)
+    }
+
+    /// Decides which new names the counter limit admits (see [`NamedLimit`]): without a limit
+    /// or with room for every name of the batch, all (no statement); else only as many new
+    /// names as there is room for, found with [`EXISTING_NAMES`](super::sql::EXISTING_NAMES).
+    /// Returns how many creations it reserved.
+    async fn admit(
+        &self,
+        connection: &Connection,
+        work: &NamedWork,
+        refused: &mut Vec<bool>,
+    ) -> Result<i64, CommitError> {
+        let Some(limit) = self.named_limit() else {
+            return Ok(0);
+        };
+        if !refused.is_empty() {
+            // Admitted on an earlier attempt: the same names go again.
+            return Ok(0);
+        }
+        let n = work.names.len() as i64;
+        if limit.reserve(n) {
+            return Ok(n);
+        }
+        let names: Vec<&str> = work.names.iter().map(|(name, _)| &**name).collect();
+        let rows = connection
+            .client
+            .query(&connection.named.existing, &[&names])
+            .await
+            .map_err(|error| classify(&error))?;
+        let mut existing = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let name: &str = row
+                .try_get(0)
+                .map_err(|error| CommitError::Unknown(format!("unreadable name: {error}")))?;
+            existing.insert(name.to_owned());
+        }
+        let new = names.iter().filter(|name| !existing.contains(**name)).count() as i64;
+        let mut room = limit.reserve_up_to(new);
+        let reserved = room;
+        refused.clear();
+        for name in &names {
+            let admitted = existing.contains(*name) || {
+                let fits = room > 0;
+                room -= i64::from(fits);
+                fits
+            };
+            refused.push(!admitted);
+        }
+        Ok(reserved)
+    }
+
+    fn counted_named(&self, deltas: &[i64]) {
+        let stats = &self.shared.stats;
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        let sum: i64 = deltas.iter().sum();
+        stats
+            .committed_delta_sum
+            .fetch_add(sum.unsigned_abs(), Ordering::Relaxed);
+    }
+
+    pub(super) fn answer_named(
+        &self,
+        reply: NamedReply,
+        result: Result<NamedCommitted, CommitError>,
+    ) {
+        if let Err(error) = &result {
+            self.count_error(error);
+            log::warn!("named increments not confirmed: {error}");
+        }
+        let _ = reply.send(result);
+    }
+
+    /// Settles an in-doubt named batch in one transaction (see the module comment): its
+    /// counts if it committed, else it runs again. `None` when this store's row is gone.
+    /// The flag says whether it had committed before.
+    pub(super) async fn settle_named(
+        &self,
+        connection: &Connection,
+        id: i64,
+        work: &NamedWork,
+        refused: &[bool],
+    ) -> Result<Option<(NamedCommitted, bool)>, StoreError> {
+        let client = &connection.client;
+        client.batch_execute("BEGIN").await?;
+        let found = client
+            .query_opt(&connection.named.find_batch, &[&self.instance])
+            .await?;
+        let settled = match found {
+            None => {
+                client
+                    .execute(&connection.insert_instance, &[&self.instance])
+                    .await?;
+                None
+            }
+            Some(row) if row.try_get::<_, Option<i64>>(0)? == Some(id) => {
+                let counts: Vec<i64> = row
+                    .try_get::<_, Option<Vec<i64>>>(1)?
+                    .unwrap_or_default();
+                Some((spread(work, refused, counts)?, true))
+            }
+            Some(_) => {
+                let (names, deltas) = sent(work, refused);
+                client
+                    .query_opt(&connection.named.mark, &[&id, &self.instance])
+                    .await?;
+                let rows = client
+                    .query(&connection.named.add, &[&names, &deltas, &self.instance])
+                    .await?;
+                let counts = rows
+                    .iter()
+                    .map(|row| row.try_get::<_, i64>(0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.counted_named(&deltas);
+                self.saw_named(names.iter().copied().zip(counts.iter().copied()));
+                Some((spread(work, refused, counts)?, false))
+            }
+        };
+        client.batch_execute("COMMIT").await?;
+        Ok(settled)
+    }
+
+    /// The counts of `names` (0 for a name without a row).
+    pub(super) async fn read_named(
+        &self,
+        connection: &Connection,
+        names: &[Box<str>],
+    ) -> Result<Vec<i64>, CommitError> {
+        let keys: Vec<&str> = names.iter().map(|name| &**name).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys];
+        let read = connection.client.query(&connection.named.read, &params);
+        let rows = match tokio::time::timeout(self.config.commit_timeout, read).await {
+            Err(_elapsed) => return Err(CommitError::Timeout),
+            Ok(result) => result.map_err(|error| classify(&error))?,
+        };
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let unreadable = |error: tokio_postgres::Error| {
+                CommitError::Unknown(format!("unreadable named count: {error}"))
+            };
+            let name: &str = row.try_get(0).map_err(unreadable)?;
+            let count: i64 = row.try_get(1).map_err(unreadable)?;
+            found.insert(name.to_owned(), count);
+        }
+        let counts: Vec<i64> = keys
+            .iter()
+            .map(|name| found.get(*name).copied().unwrap_or(0))
+            .collect();
+        self.saw_named(keys.iter().copied().zip(counts.iter().copied()));
+        Ok(counts)
+    }
+
+    /// Deletes the counter `name`: its last count, `None` if it had no row.
+    pub(super) async fn delete_named(
+        &self,
+        connection: &Connection,
+        name: &str,
+    ) -> Result<Option<i64>, CommitError> {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
+        let delete = connection
+            .client
+            .query_opt(&connection.named.delete, &params);
+        let row = match tokio::time::timeout(self.config.commit_timeout, delete).await {
+            Err(_elapsed) => return Err(CommitError::Timeout),
+            Ok(result) => result.map_err(|error| classify(&error))?,
+        };
+        if let Ok(mut view) = self.shared.view.lock() {
+            view.remove(name);
+        }
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if let Some(limit) = self.named_limit() {
+            limit.release(1);
+        }
+        row.try_get::<_, i64>(0)
+            .map(Some)
+            .map_err(|error| CommitError::Unknown(format!("unreadable count: {error}")))
+    }
+
+    /// Reads how many named counters the database holds, at most every [`RECOUNT_INTERVAL`].
+    pub(super) async fn recount_named(&self, connection: &Connection) -> Result<(), StoreError> {
+        let Some(limit) = self.named_limit() else {
+            return Ok(());
+        };
+        if Instant::now() < self.named_recount_at.get() {
+            return Ok(());
+        }
+        let row = connection
+            .client
+            .query_one(super::sql::COUNT_NAMED, &[])
+            .await?;
+        let rows: i64 = row.try_get(0)?;
+        limit.rows.store(rows, Ordering::Release);
+        self.named_recount_at.set(Instant::now() + RECOUNT_INTERVAL);
+        Ok(())
+    }
+}
+
+/// The names and deltas a batch sends: those the limit did not refuse.
+fn sent<'w>(work: &'w NamedWork, refused: &[bool]) -> (Vec<&'w str>, Vec<i64>) {
+    work.names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !refused.get(*i).copied().unwrap_or(false))
+        .map(|(_, (name, delta))| (&**name, *delta))
+        .unzip()
+}
+
+/// The counts of the names sent, spread over the batch's names (`None` where refused).
+fn spread(
+    work: &NamedWork,
+    refused: &[bool],
+    counts: Vec<i64>,
+) -> Result<NamedCommitted, CommitError> {
+    let mut counts = counts.into_iter();
+    let spread: Option<Vec<Option<i64>>> = (0..work.names.len())
+        .map(|i| {
+            if refused.get(i).copied().unwrap_or(false) {
+                Some(None)
+            } else {
+                counts.next().map(Some)
+            }
+        })
+        .collect();
+    match (spread, counts.next()) {
+        (Some(counts), None) => Ok(NamedCommitted { counts }),
+        _ => Err(CommitError::Unknown(
+            "the store answered a different number of named counts than it sent".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(names: &[(&str, i64)]) -> NamedWork {
+        NamedWork {
+            names: names.iter().map(|&(n, d)| (n.into(), d)).collect(),
+        }
+    }
+
+    #[test]
+    fn counts_go_back_to_their_names_and_refused_names_get_none() {
+        let w = work(&[("a", 1), ("b", 2), ("c", 3)]);
+        let refused = [false, true, false];
+        assert_eq!(sent(&w, &refused), (vec!["a", "c"], vec![1, 3]));
+        assert_eq!(
+            spread(&w, &refused, vec![10, 30]).map(|c| c.counts),
+            Ok(vec![Some(10), None, Some(30)])
+        );
+        assert!(spread(&w, &refused, vec![10]).is_err());
+        assert!(spread(&w, &[], vec![1, 2, 3, 4]).is_err());
+    }
+
+    #[test]
+    fn the_limit_reserves_all_or_nothing_and_up_to_the_room() {
+        let limit = NamedLimit::new(5);
+        assert!(limit.reserve(3));
+        assert!(!limit.reserve(3));
+        assert_eq!(limit.rows(), 3);
+        assert_eq!(limit.reserve_up_to(4), 2);
+        assert_eq!(limit.reserve_up_to(1), 0);
+        limit.release(1);
+        assert_eq!(limit.rows(), 4);
+    }
+}
