@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::{App, Instance, Route};
-use crate::counter::{self, CorePort, CounterCore, CounterShared, OwnerPort, Wiring};
+use crate::counter::{self, named, CorePort, CounterCore, CounterShared, OwnerPort, Wiring};
 use crate::kv::{
     Dataset, ReloadRequests, ReloadStatus, ReloadTrigger, Reloader, Replica, Swap, Swapped,
 };
@@ -22,6 +22,9 @@ pub struct Services {
     pub dataset: Arc<Dataset>,
     pub counter: Arc<CounterShared>,
     pub wiring: Wiring,
+    /// Named counters: what every core shares (each owner's store), and their channels.
+    pub named: Arc<named::Shared>,
+    pub named_wiring: named::Wiring,
     pub kv_reload: KvReload,
 }
 
@@ -46,6 +49,8 @@ pub fn run(
         dataset,
         counter,
         wiring,
+        named,
+        named_wiring,
         kv_reload,
     } = services;
     let instance = Arc::new(
@@ -56,6 +61,7 @@ pub fn run(
                 .map(|_| CoreMetrics::new(Route::METRIC_LABELS))
                 .collect(),
             counter,
+            named,
         )
         .with_kv_reload(kv_reload.status.clone(), kv_reload.trigger.clone())
         .with_admin_token(config.admin_token.clone()),
@@ -70,23 +76,31 @@ pub fn run(
     )?;
     let Wiring { owner, cores } = wiring;
     let mut owner = Some(owner);
+    let named::Wiring {
+        owners: named_owners,
+        cores: named_cores,
+    } = named_wiring;
     let starts = cores
         .into_iter()
         .zip(swap_receivers)
+        .zip(named_owners.into_iter().zip(named_cores))
         .enumerate()
-        .map(|(core, (port, swaps))| {
+        .map(|(core, ((port, swaps), (mut named_owner, named_port)))| {
             let mut owner = if core == 0 { owner.take() } else { None };
             // On the core thread's stack for its whole life: however the thread ends (a panic
-            // in any task included), the other cores stop waiting for the owner.
+            // in any task included), the other cores stop waiting for the owners.
             let lease = owner.as_mut().map(|port| port.lease(&instance.counter));
+            let named_lease = named_owner.lease();
             let parts = CoreParts {
                 instance: instance.clone(),
                 dataset: dataset.clone(),
                 port,
                 owner,
+                named_port,
+                named_owner,
                 swaps,
             };
-            (lease, parts)
+            ((lease, named_lease), parts)
         })
         .collect();
     // The cores hold the only references to the parsed dataset now; it is freed once the last
@@ -110,6 +124,9 @@ struct CoreParts {
     port: CorePort,
     /// Core 0 only: the counter's owner side.
     owner: Option<OwnerPort>,
+    /// This core's side of named counters, and its owner side (every core owns some names).
+    named_port: named::CorePort,
+    named_owner: named::OwnerPort,
     /// New replicas from the key/value reload thread.
     swaps: flume::Receiver<Swap>,
 }
@@ -124,6 +141,8 @@ impl CoreParts {
             dataset,
             port,
             owner,
+            named_port,
+            named_owner,
             swaps,
         } = self;
         let shared = &instance.counter;
@@ -134,7 +153,19 @@ impl CoreParts {
         let counter = CounterCore::new(port, shared.max_batch);
         glommio::spawn_local(counter.clone().run_batcher()).detach();
         glommio::spawn_local(counter.clone().run_replies()).detach();
-        let app = Rc::new(App::new(core, instance, replica, counter, owner));
+        let named_owner =
+            glommio::spawn_local(named::run_owner(named_owner, instance.named.clone()));
+        let named = named::Core::new(named_port, instance.named.clone());
+        glommio::spawn_local(named.clone().run_batcher()).detach();
+        glommio::spawn_local(named.clone().run_replies()).detach();
+        let app = Rc::new(App::new(
+            core,
+            instance,
+            replica,
+            counter,
+            owner,
+            (named, Some(named_owner)),
+        ));
         glommio::spawn_local(swap_replicas(app.clone(), swaps)).detach();
         app
     }

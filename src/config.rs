@@ -148,6 +148,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_MAX_BATCH", default_value_t = 0)]
     pub max_batch: usize,
 
+    /// Most named counters (/api/v1/counters/{name}) the database may hold: past it, an
+    /// increment that would create one is refused (507); existing ones keep counting.
+    #[arg(long, env = "TALLY_MAX_COUNTERS", default_value_t = 1_000_000)]
+    pub max_counters: u64,
+
     /// Create the io_uring rings with IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG (Linux 5.19+;
     /// tally falls back to no flags where the kernel refuses them). `false` for comparison.
     #[arg(long, env = "TALLY_IO_RING_TASKRUN_FLAGS", default_value_t = true,

@@ -115,7 +115,7 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     };
     // The store thread shares the owner core's CPU: the owner waits while it commits, and
     // their messages stay in that CPU's cache.
-    let store = store::spawn(store::StoreConfig {
+    let store_config = store::StoreConfig {
         url,
         commit_timeout: cfg.commit_timeout(),
         refresh_interval: Duration::from_millis(200),
@@ -123,13 +123,36 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
         cpu: Some(owner_cpu),
         idempotency_retention: cfg.idempotency_retention(),
         named: None,
-    })
-    .context("starting the store thread")?;
+    };
+    // Named counters: one store per core, on that core's CPU, for the names it owns.
+    let named_config = store::NamedConfig {
+        limit: Arc::new(store::NamedLimit::new(cfg.max_counters)),
+        view_capacity: store::DEFAULT_NAMED_VIEW_CAPACITY,
+    };
+    let named_stores = cpus
+        .iter()
+        .map(|&cpu| {
+            store::spawn(store::StoreConfig {
+                cpu: Some(cpu),
+                named: Some(named_config.clone()),
+                ..store_config.clone()
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("starting the named counters' store threads")?;
+    let store = store::spawn(store_config).context("starting the store thread")?;
     let counter = Arc::new(CounterShared::new(store.clone(), cfg.max_batch));
     let services = compose::Services {
         dataset,
         counter,
         wiring: counter::wire(cpus.len()),
+        named: Arc::new(counter::named::Shared::new(
+            named_stores.clone(),
+            named_config.limit.clone(),
+            cfg.max_batch,
+            Duration::from_millis(200),
+        )),
+        named_wiring: counter::named::wire(cpus.len()),
         kv_reload: compose::KvReload {
             path: cfg.kv_data.clone(),
             max_bytes: cfg.kv_reload_max_bytes,
@@ -143,6 +166,9 @@ fn serve(cfg: &ServeArgs) -> anyhow::Result<()> {
     // A reload still running must not hold up the exit (see `end_idle_priority`).
     kv::end_idle_priority();
     store.shutdown();
+    for named in &named_stores {
+        named.shutdown();
+    }
     if let Some(pg) = embedded {
         if let Err(err) = pg.stop() {
             log::warn!("stopping the embedded PostgreSQL: {err}");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::counter::{CounterCore, CounterShared};
+use crate::counter::{named, CounterCore, CounterShared};
 use crate::kv::{ReloadStatus, ReloadTrigger, Replica};
 use crate::metrics::{self, CoreMetrics};
 
@@ -24,6 +24,7 @@ pub struct Instance {
     /// One entry per core, indexed by core id.
     pub metrics: Vec<CoreMetrics>,
     pub counter: Arc<CounterShared>,
+    pub named: Arc<named::Shared>,
     /// Cores whose key/value replica is built; ready once it equals `metrics.len()`.
     kv_ready_cores: AtomicUsize,
     /// For `tally_uptime_seconds`.
@@ -38,10 +39,15 @@ pub struct Instance {
 
 impl Instance {
     /// `metrics` has one entry per core.
-    pub fn new(metrics: Vec<CoreMetrics>, counter: Arc<CounterShared>) -> Self {
+    pub fn new(
+        metrics: Vec<CoreMetrics>,
+        counter: Arc<CounterShared>,
+        named: Arc<named::Shared>,
+    ) -> Self {
         Instance {
             metrics,
             counter,
+            named,
             kv_ready_cores: AtomicUsize::new(0),
             started: Instant::now(),
             kv_status: Arc::default(),
@@ -79,7 +85,9 @@ impl Instance {
                 "the key/value replicas are still being built",
             ));
         }
-        self.counter.unavailable_reason()
+        self.counter
+            .unavailable_reason()
+            .or_else(|| self.named.unavailable_reason().map(Cow::Borrowed))
     }
 
     /// `/metrics`: every core's HTTP metrics, the counter's, uptime and the process's.
@@ -87,6 +95,7 @@ impl Instance {
         metrics::render_cores(&self.metrics, out);
         self.kv_status.render(out);
         self.counter.render_metrics(out);
+        self.named.render_metrics(out);
         metrics::write_single(
             out,
             "tally_uptime_seconds",
@@ -108,6 +117,10 @@ pub struct App {
     /// simd-json's reusable buffers for `/get_value` bodies (no allocation per lookup).
     kv_scratch: RefCell<LookupScratch>,
     pub counter: Rc<CounterCore>,
+    /// This core's side of named counters.
+    pub named: Rc<named::Core>,
+    /// This core's named counters' owner loop, awaited by [`App::finish`].
+    named_owner: RefCell<Option<glommio::Task<()>>>,
     /// Core 0 only: the counter's owner loop, awaited by [`App::finish`].
     owner: RefCell<Option<glommio::Task<()>>>,
 }
@@ -120,6 +133,7 @@ impl App {
         replica: Replica,
         counter: Rc<CounterCore>,
         owner: Option<glommio::Task<()>>,
+        named: (Rc<named::Core>, Option<glommio::Task<()>>),
     ) -> App {
         let metrics = &instance.metrics[core];
         metrics.kv_replica_bytes.set(replica.memory_bytes() as u64);
@@ -131,6 +145,8 @@ impl App {
             replica: RefCell::new(replica),
             kv_scratch: RefCell::new(LookupScratch::new()),
             counter,
+            named: named.0,
+            named_owner: RefCell::new(named.1),
             owner: RefCell::new(owner),
         }
     }
@@ -139,19 +155,26 @@ impl App {
     /// fail at once.
     pub fn close(&self) {
         self.counter.close();
+        self.named.close();
     }
 
     /// On the owner core, waits (at most `limit`) for the owner to commit what every core sent;
     /// it ends once every core has closed. Elsewhere returns at once.
     pub async fn finish(&self, limit: std::time::Duration) {
-        let Some(owner) = self.owner.borrow_mut().take() else {
-            return;
+        let owners = [
+            self.owner.borrow_mut().take(),
+            self.named_owner.borrow_mut().take(),
+        ];
+        let drained = async {
+            for owner in owners.into_iter().flatten() {
+                owner.await;
+            }
         };
         let timeout = async {
             glommio::timer::sleep(limit).await;
-            log::error!("the counter's owner did not finish draining; exiting anyway");
+            log::error!("the counters' owners did not finish draining; exiting anyway");
         };
-        futures_lite::future::or(owner, timeout).await;
+        futures_lite::future::or(drained, timeout).await;
     }
 
     /// This core's metrics.

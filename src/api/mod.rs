@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod app;
 pub mod counter;
+pub mod counters;
 pub mod kv;
 #[cfg(test)]
 mod kv_bench;
@@ -49,6 +50,8 @@ pub fn dispatch(app: &App, request: Request<'_>, out: &mut Vec<u8>) -> Reply {
         // The admin route does not exist without --admin-token, whatever the method: its
         // endpoint answers 404 before any 405, so it checks the method itself.
         Route::AdminKvReload => admin::kv_reload(app, &request, out),
+        // Checks its method itself: DELETE exists only with --admin-token.
+        Route::Counters => return counters::serve(app, request, out),
         _ if !route.allows(request.method) => method_not_allowed(out, route),
         Route::Counter if request.method == Method::Post => {
             return counter::increment(app, request, out)

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::counter::{CommitError, KeyOutcome, KeyedTicket, Ticket};
+use crate::counter::{named, CommitError, KeyOutcome, KeyedTicket, Ticket};
 use crate::http::Status;
 
 use super::response::{message, Response};
@@ -18,12 +18,21 @@ pub const REPLAYED_HEADER: &str = "Idempotency-Replayed: true";
 pub enum Pending {
     Plain(Ticket),
     Keyed(KeyedTicket),
+    /// An increment of a named counter.
+    Named(named::NamedTicket),
+    /// A named counter's count read through its store.
+    Read(named::Read),
+    /// A named counter's deletion.
+    Delete(named::Delete),
 }
 
-/// What became of an increment.
+/// What became of an increment (or of a read or deletion that had to wait).
 pub enum Committed {
     Plain(Result<i64, CommitError>),
     Keyed(Result<KeyOutcome, CommitError>),
+    Named(Result<named::Counted, CommitError>),
+    Read(Result<i64, CommitError>),
+    Delete(Result<Option<i64>, CommitError>),
 }
 
 impl Future for Pending {
@@ -33,6 +42,9 @@ impl Future for Pending {
         match self.get_mut() {
             Pending::Plain(ticket) => Pin::new(ticket).poll(cx).map(Committed::Plain),
             Pending::Keyed(ticket) => Pin::new(ticket).poll(cx).map(Committed::Keyed),
+            Pending::Named(ticket) => Pin::new(ticket).poll(cx).map(Committed::Named),
+            Pending::Read(read) => read.as_mut().poll(cx).map(Committed::Read),
+            Pending::Delete(delete) => delete.as_mut().poll(cx).map(Committed::Delete),
         }
     }
 }
@@ -43,6 +55,17 @@ impl Committed {
         match self {
             Committed::Plain(result) => committed(result, out),
             Committed::Keyed(result) => keyed_committed(result, out),
+            Committed::Named(result) => super::counters::counted(result, out),
+            Committed::Read(Ok(count)) => count_body(out, count),
+            Committed::Read(Err(err)) => {
+                log::debug!("named counter read failed: {err}");
+                message(
+                    out,
+                    Status::ServiceUnavailable,
+                    "the count could not be read from the store",
+                )
+            }
+            Committed::Delete(result) => super::counters::deleted(result, out),
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum Reply {
 pub struct Request<'a> {
     pub method: Method,
     pub route: Option<Route>,
+    /// The request target's path (no query string), as sent.
+    pub path: &'a [u8],
     /// The decoded body; endpoints may parse it in place (simd-json does).
     pub body: &'a mut [u8],
     /// The `Authorization` value, read by the admin route only.
@@ -40,6 +42,7 @@ impl<'a> Request<'a> {
         Request {
             method,
             route,
+            path: route.map_or(b"", |route| route.path().as_bytes()),
             body,
             authorization: None,
             idempotency_key: KeyField::Absent,

@@ -21,7 +21,12 @@ macro_rules! route_table {
             pub const METRIC_LABELS: &'static [&'static str] =
                 &[$($path,)+ Route::UNMATCHED_LABEL];
 
+            /// The route of a path: one of the table's paths exactly, or a named counter's
+            /// (any path under [`Route::COUNTERS_PREFIX`]; the endpoint checks the name).
             pub fn from_path(path: &[u8]) -> Option<Route> {
+                if path.starts_with(Route::COUNTERS_PREFIX.as_bytes()) {
+                    return Some(Route::Counters);
+                }
                 match path {
                     $(p if p == $path.as_bytes() => Some(Route::$route),)+
                     _ => None,
@@ -52,10 +57,13 @@ macro_rules! route_table {
     (@method GET) => { Method::Get };
     (@method HEAD) => { Method::Head };
     (@method POST) => { Method::Post };
+    (@method DELETE) => { Method::Delete };
 }
 
 route_table! {
     Counter => "/api/v1/counter", [GET, HEAD, POST];
+    // Matched by its prefix (see `from_path`); the path here is the metric label.
+    Counters => "/api/v1/counters/{name}", [GET, HEAD, POST];
     GetValue => "/get_value", [POST];
     Health => "/api/v1/system/health", [GET, HEAD];
     Ready => "/api/v1/system/ready", [GET, HEAD];
@@ -66,6 +74,9 @@ route_table! {
 impl Route {
     /// The metric label of requests that matched no route.
     pub const UNMATCHED_LABEL: &'static str = "other";
+
+    /// Where named counters' paths start; the rest is the name.
+    pub const COUNTERS_PREFIX: &'static str = "/api/v1/counters/";
 
     /// Index into [`Route::METRIC_LABELS`].
     pub fn metric_index(route: Option<Route>) -> usize {

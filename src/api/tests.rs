@@ -38,9 +38,11 @@ fn fixture() -> Fixture {
     let store = store::spawn(StoreConfig::new(NO_DATABASE)).expect("the store thread starts");
     let counter = Arc::new(CounterShared::new(store.clone(), 0));
     let port = counter::wire(1).cores.pop().expect("one core's port");
+    let (named, named_core) = counter::named::unowned_core(store.clone());
     let instance = Arc::new(Instance::new(
         vec![CoreMetrics::new(Route::METRIC_LABELS)],
         counter,
+        named,
     ));
     let app = App::new(
         0,
@@ -48,6 +50,7 @@ fn fixture() -> Fixture {
         Replica::build(&dataset),
         CounterCore::new(port, 0),
         None,
+        (named_core, None),
     );
     Fixture {
         app,

@@ -34,6 +34,7 @@ pub use store::tls;
 
 mod batch;
 mod metrics;
+pub mod named;
 mod owner;
 mod shared;
 mod ticket;

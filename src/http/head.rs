@@ -18,6 +18,7 @@ pub enum Method {
     Get,
     Head,
     Post,
+    Delete,
     Other,
 }
 
@@ -192,6 +193,7 @@ impl RequestLine {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
             "POST" => Method::Post,
+            "DELETE" => Method::Delete,
             _ => Method::Other,
         };
         let path = request_path(target);

@@ -71,6 +71,8 @@ status_table! {
     Unauthorized = 401 "Unauthorized",
     /// The request cannot be done in the server's current state (nothing to reload).
     Conflict = 409 "Conflict",
+    /// RFC 4918 §11.5: creating a named counter past `--max-counters`.
+    InsufficientStorage = 507 "Insufficient Storage",
 }
 
 /// Prints the numeric code (as a metric label wants it), not the reason phrase.

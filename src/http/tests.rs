@@ -293,13 +293,17 @@ fn the_query_string_and_absolute_form_are_not_part_of_the_path() {
 }
 
 #[test]
-fn methods_other_than_get_head_post_are_other() {
+fn methods_other_than_get_head_post_delete_are_other() {
     assert_eq!(
         complete(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
         Method::Head
     );
     assert_eq!(
         complete(b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
+        Method::Delete
+    );
+    assert_eq!(
+        complete(b"PUT / HTTP/1.1\r\nHost: x\r\n\r\n").0.method,
         Method::Other
     );
     assert_eq!(

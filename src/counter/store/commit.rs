@@ -18,22 +18,24 @@ impl Store<'_> {
         self.next_batch_id.set(id.wrapping_add(1));
         let deadline = add.deadline;
         let in_doubt = match add.job {
-            Job::Single { delta, keyed, reply } => {
-                match self.commit(connection, id, delta, &keyed, deadline).await {
-                    Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => Some((
-                        why,
-                        Job::Single {
-                            delta,
-                            keyed,
-                            reply,
-                        },
-                    )),
-                    result => {
-                        self.answer(delta, reply, result);
-                        None
-                    }
+            Job::Single {
+                delta,
+                keyed,
+                reply,
+            } => match self.commit(connection, id, delta, &keyed, deadline).await {
+                Err(why @ (CommitError::Timeout | CommitError::Unknown(_))) => Some((
+                    why,
+                    Job::Single {
+                        delta,
+                        keyed,
+                        reply,
+                    },
+                )),
+                result => {
+                    self.answer(delta, reply, result);
+                    None
                 }
-            }
+            },
             Job::Named {
                 work,
                 mut refused,
@@ -61,7 +63,10 @@ impl Store<'_> {
         let Some((why, job)) = in_doubt else {
             return true;
         };
-        log::warn!("{} (batch {id}) in doubt: {why}; reconnecting to settle it", job.what());
+        log::warn!(
+            "{} (batch {id}) in doubt: {why}; reconnecting to settle it",
+            job.what()
+        );
         self.in_doubt.set(Some(InDoubt {
             id,
             add: Add { job, deadline },

@@ -263,8 +263,12 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
         )
         .await?,
         named: NamedStatements {
-            mark: prepare(MARK_NAMED, &[Type::INT8, Type::INT8], "preparing the named mark")
-                .await?,
+            mark: prepare(
+                MARK_NAMED,
+                &[Type::INT8, Type::INT8],
+                "preparing the named mark",
+            )
+            .await?,
             add: prepare(
                 ADD_NAMED,
                 &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT8],

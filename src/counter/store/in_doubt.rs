@@ -66,16 +66,27 @@ impl Store<'_> {
             return self.upkeep_instances(connection, true).await;
         };
         let settled = match &batch.add.job {
-            Job::Single { delta, keyed, .. } => {
-                self.settle(&batch, self.settle_transaction(connection, &batch, *delta, keyed))
-                    .await
-                    .map(|found| found.map(|found| Answer::Single(self.confirm(found.count, found.added).map(|_| found.committed))))
-            }
-            Job::Named { work, refused, .. } => {
-                self.settle(&batch, self.settle_named(connection, batch.id, work, refused))
-                    .await
-                    .map(|found| found.map(|counts| Answer::Named(Ok(counts))))
-            }
+            Job::Single { delta, keyed, .. } => self
+                .settle(
+                    &batch,
+                    self.settle_transaction(connection, &batch, *delta, keyed),
+                )
+                .await
+                .map(|found| {
+                    found.map(|found| {
+                        Answer::Single(
+                            self.confirm(found.count, found.added)
+                                .map(|_| found.committed),
+                        )
+                    })
+                }),
+            Job::Named { work, refused, .. } => self
+                .settle(
+                    &batch,
+                    self.settle_named(connection, batch.id, work, refused),
+                )
+                .await
+                .map(|found| found.map(|counts| Answer::Named(Ok(counts)))),
         };
         match settled {
             Settled::Answer(Some(answer)) => {
@@ -176,7 +187,10 @@ impl Store<'_> {
                     true,
                 ))
             }
-            Some(_) => Some((self.run_again(connection, batch.id, delta, keyed).await?, false)),
+            Some(_) => Some((
+                self.run_again(connection, batch.id, delta, keyed).await?,
+                false,
+            )),
         };
         client.batch_execute("COMMIT").await?;
         Ok(outcome)

@@ -64,7 +64,6 @@ mod in_doubt;
 mod lowered_row;
 mod messages;
 mod named;
-mod view;
 mod outage;
 mod retention;
 mod session;
@@ -74,16 +73,17 @@ mod state;
 mod stats;
 mod sweep;
 pub mod tls;
+mod view;
 
 pub use config::{
-    NamedConfig, StoreConfig, DEFAULT_NAMED_VIEW_CAPACITY, DEFAULT_COMMIT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDEMPOTENCY_RETENTION,
-    DEFAULT_REFRESH_INTERVAL,
+    NamedConfig, StoreConfig, DEFAULT_COMMIT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDEMPOTENCY_RETENTION, DEFAULT_NAMED_VIEW_CAPACITY, DEFAULT_REFRESH_INTERVAL,
 };
 pub use error::{CommitError, RowLowered, StoreError};
 pub use messages::{Committed, KeyOutcome, KeyedIncrement, NamedCommitted, NamedWork};
 pub use named::NamedLimit;
-pub use view::Seen;
 pub use stats::StoreStats;
+pub use view::Seen;
 
 use config::CLOSE_TIMEOUT;
 use messages::{Add, Job, Request};

@@ -154,8 +154,9 @@ impl Store<'_> {
             }
             Ok(Ok(answer)) => answer,
         };
-        let unreadable =
-            |error: tokio_postgres::Error| CommitError::Unknown(format!("unreadable count: {error}"));
+        let unreadable = |error: tokio_postgres::Error| {
+            CommitError::Unknown(format!("unreadable count: {error}"))
+        };
         let mut counts = Vec::with_capacity(rows.len());
         let mut created = 0;
         for row in &rows {
@@ -205,7 +206,10 @@ impl Store<'_> {
                 .map_err(|error| CommitError::Unknown(format!("unreadable name: {error}")))?;
             existing.insert(name.to_owned());
         }
-        let new = names.iter().filter(|name| !existing.contains(**name)).count() as i64;
+        let new = names
+            .iter()
+            .filter(|name| !existing.contains(**name))
+            .count() as i64;
         let mut room = limit.reserve_up_to(new);
         let reserved = room;
         refused.clear();
@@ -264,9 +268,7 @@ impl Store<'_> {
                 None
             }
             Some(row) if row.try_get::<_, Option<i64>>(0)? == Some(id) => {
-                let counts: Vec<i64> = row
-                    .try_get::<_, Option<Vec<i64>>>(1)?
-                    .unwrap_or_default();
+                let counts: Vec<i64> = row.try_get::<_, Option<Vec<i64>>>(1)?.unwrap_or_default();
                 Some((spread(work, refused, counts)?, true))
             }
             Some(_) => {

@@ -155,6 +155,5 @@ pub(super) const EXISTING_NAMES: &str =
 /// The counts of the names `$1` that have a row.
 pub(super) const READ_NAMED: &str =
     "SELECT name, count FROM tally_counters WHERE name = ANY($1::text[])";
-pub(super) const DELETE_NAMED: &str =
-    "DELETE FROM tally_counters WHERE name = $1 RETURNING count";
+pub(super) const DELETE_NAMED: &str = "DELETE FROM tally_counters WHERE name = $1 RETURNING count";
 pub(super) const COUNT_NAMED: &str = "SELECT count(*) FROM tally_counters";

@@ -84,7 +84,11 @@ mod tests {
         assert_eq!(view.get("e").map(|s| s.count), Some(4));
         assert_eq!(view.get("b"), None, "the oldest name was dropped");
         view.put("e", 2, at);
-        assert_eq!(view.get("e").map(|s| s.count), Some(2), "a read after a delete");
+        assert_eq!(
+            view.get("e").map(|s| s.count),
+            Some(2),
+            "a read after a delete"
+        );
         view.remove("e");
         assert_eq!(view.get("e"), None);
     }

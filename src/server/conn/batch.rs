@@ -158,6 +158,7 @@ impl Batch {
         // credentials are read from one while the body is parsed in place in the other.
         let (head_bytes, after_head) = input.buf[start..].split_at_mut(head.head_len);
         let authorization = head.authorization.clone().map(|r| &head_bytes[r]);
+        let path = &head_bytes[head.path.clone()];
         let idempotency_key = match &head.idempotency_key {
             _ if head.idempotency_key_repeated => KeyField::Repeated,
             Some(r) => KeyField::One(&head_bytes[r.clone()]),
@@ -175,6 +176,7 @@ impl Batch {
         let request = Request {
             method: head.method,
             route,
+            path,
             body,
             authorization,
             idempotency_key,

@@ -186,15 +186,24 @@ fn core(request_timeout_secs: u64) -> Core {
     let mut wiring = counter::wire(1);
     let port = wiring.cores.pop().expect("one core's port");
     let owner = glommio::spawn_local(counter::run_owner(wiring.owner, shared.clone()));
+    let (named, named_core) = counter::named::unowned_core(store.clone());
     let instance = Arc::new(Instance::new(
         vec![CoreMetrics::new(Route::METRIC_LABELS)],
         shared,
+        named,
     ));
     let counter = CounterCore::new(port, 0);
     glommio::spawn_local(counter.clone().run_batcher()).detach();
     glommio::spawn_local(counter.clone().run_replies()).detach();
     let replica = Replica::build(&kv::sample(10, 1));
-    let app = Rc::new(App::new(0, instance, replica, counter, Some(owner)));
+    let app = Rc::new(App::new(
+        0,
+        instance,
+        replica,
+        counter,
+        Some(owner),
+        (named_core, None),
+    ));
     let ctx = Rc::new(ConnContext {
         app,
         limits: Limits::default(),

@@ -1,0 +1,322 @@
+//! A core's side of named counters ([`Core`]): each increment joins this core's open batch for
+//! the name's owner; the batcher task sends closed batches to their owners, the reply task
+//! resolves them in order, per owner. GET is answered from what the owner's store last saw,
+//! or by a read through it. Lives on one core; knows nothing of PostgreSQL.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use crate::counter::ticket::{Outcome, Resolves, Ticket};
+use crate::counter::CommitError;
+
+use super::name::owner_of;
+use super::wiring::{BatchAnswer, BatchReply, CoreBatch, CorePort};
+use super::Shared;
+
+/// Increments one core gathered for one owner between two sends.
+pub struct Batch {
+    owner: usize,
+    requests: Cell<u32>,
+    /// Each name's place in `deltas`.
+    index: RefCell<HashMap<Box<str>, u32>>,
+    deltas: RefCell<Vec<i64>>,
+    outcome: Outcome<BatchAnswer>,
+}
+
+impl Resolves for Batch {
+    type Answer = BatchAnswer;
+
+    fn outcome(&self) -> &Outcome<BatchAnswer> {
+        &self.outcome
+    }
+}
+
+/// An increment's place in its batch: its name's entry, and the sum of that name's deltas in
+/// the batch up to and including its own.
+pub struct NamedPlace {
+    entry: u32,
+    offset: i64,
+}
+
+/// What became of an increment of a named counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// The count right after this increment.
+    Count(i64),
+    /// Not counted: the counter did not exist and the counter limit (`--max-counters`) is
+    /// reached.
+    LimitReached { limit: i64 },
+}
+
+impl crate::counter::ticket::Place for NamedPlace {
+    type Batch = Batch;
+    type Value = Counted;
+
+    fn read(&self, answer: &BatchAnswer) -> Result<Counted, CommitError> {
+        match answer.bases.get(self.entry as usize) {
+            Some(Some(base)) => Ok(Counted::Count(base + self.offset)),
+            Some(None) => Ok(Counted::LimitReached {
+                limit: answer.limit,
+            }),
+            None => Err(CommitError::Unknown(
+                "the owner answered fewer names than it was sent".into(),
+            )),
+        }
+    }
+}
+
+/// A request's claim on its named increment's outcome.
+pub type NamedTicket = Ticket<NamedPlace>;
+
+/// A read whose answer is not in memory: a query through the owner's store.
+pub type Read = Pin<Box<dyn Future<Output = Result<i64, CommitError>>>>;
+
+/// A deletion through the owner's store: the counter's last count, `None` if it had none.
+pub type Delete = Pin<Box<dyn Future<Output = Result<Option<i64>, CommitError>>>>;
+
+/// What a GET gets: the count now, or a read to await.
+pub enum Get {
+    Now(i64),
+    Later(Read),
+}
+
+/// A core's side of named counters; lives on that core only.
+pub struct Core {
+    port: CorePort,
+    shared: Arc<Shared>,
+    /// Batches not yet sent; an increment joins the last one for its owner while it has room.
+    open: RefCell<Vec<Rc<Batch>>>,
+    /// Per owner: batches sent and not yet answered, in the order they were sent.
+    in_flight: RefCell<Vec<VecDeque<Rc<Batch>>>>,
+    batcher: Cell<Option<Waker>>,
+    /// Per owner: set once its lease is gone (nothing sent to it would be answered).
+    owner_gone: Vec<Cell<bool>>,
+}
+
+impl Core {
+    pub fn new(port: CorePort, shared: Arc<Shared>) -> Rc<Core> {
+        let owners = port.owners_alive.len();
+        Rc::new(Core {
+            port,
+            shared,
+            open: RefCell::new(Vec::new()),
+            in_flight: RefCell::new((0..owners).map(|_| VecDeque::new()).collect()),
+            batcher: Cell::new(None),
+            owner_gone: (0..owners).map(|_| Cell::new(false)).collect(),
+        })
+    }
+
+    fn owner(&self, name: &str) -> usize {
+        owner_of(name, self.owner_gone.len())
+    }
+
+    /// Adds `by` to the counter `name` (a valid name: `counter_name`). The ticket resolves
+    /// once its owner committed it.
+    pub fn increment(&self, name: &str, by: i64) -> NamedTicket {
+        let owner = self.owner(name);
+        let max_batch = self.shared.max_batch;
+        let mut open = self.open.borrow_mut();
+        let found = open.iter().rposition(|b| b.owner == owner);
+        let batch = match found {
+            Some(at) if max_batch == 0 || (open[at].requests.get() as usize) < max_batch => {
+                open[at].clone()
+            }
+            _ => {
+                let batch = Rc::new(Batch {
+                    owner,
+                    requests: Cell::new(0),
+                    index: RefCell::new(HashMap::new()),
+                    deltas: RefCell::new(Vec::new()),
+                    outcome: Outcome::default(),
+                });
+                open.push(batch.clone());
+                batch
+            }
+        };
+        drop(open);
+        batch.requests.set(batch.requests.get() + 1);
+        let mut deltas = batch.deltas.borrow_mut();
+        let mut index = batch.index.borrow_mut();
+        let entry = match index.get(name) {
+            Some(&entry) => entry,
+            None => {
+                let entry = deltas.len() as u32;
+                index.insert(name.into(), entry);
+                deltas.push(0);
+                entry
+            }
+        };
+        let offset = deltas[entry as usize] + by;
+        deltas[entry as usize] = offset;
+        drop((deltas, index));
+        if let Some(waker) = self.batcher.take() {
+            waker.wake();
+        }
+        Ticket::new(batch, NamedPlace { entry, offset })
+    }
+
+    /// The count of `name` (0 for a counter never incremented): from what its owner's store
+    /// last committed or read, if that is fresh, else read through that store. Never below a
+    /// count this instance answered: the store records each commit before it is answered, and
+    /// a read runs after the commits sent before it.
+    pub fn get(&self, name: &str) -> Get {
+        let store = &self.shared.stores[self.owner(name)];
+        if let Some(seen) = store.seen_named(name) {
+            if seen.at.elapsed() < self.shared.fresh_for {
+                self.shared.reads_cached.fetch_add(1, Relaxed);
+                return Get::Now(seen.count);
+            }
+        }
+        self.shared.reads_queried.fetch_add(1, Relaxed);
+        let store = store.clone();
+        let name: Box<str> = name.into();
+        Get::Later(Box::pin(async move {
+            let counts = store.read_named(vec![name]).await?;
+            counts
+                .first()
+                .copied()
+                .ok_or_else(|| CommitError::Unknown("the store read no count".into()))
+        }))
+    }
+
+    /// Deletes the counter `name`: its last count, `None` if it did not exist.
+    pub fn delete(&self, name: &str) -> Delete {
+        let store = self.shared.stores[self.owner(name)].clone();
+        let name: Box<str> = name.into();
+        Box::pin(async move { store.delete_named(name).await })
+    }
+
+    /// Counts an increment refused by the limit (for `/metrics`).
+    pub fn refused(&self) {
+        self.shared.refused.fetch_add(1, Relaxed);
+    }
+
+    /// Sends open batches to their owners once this core's current round of work is done.
+    pub async fn run_batcher(self: Rc<Self>) {
+        loop {
+            let batches = std::future::poll_fn(|cx| {
+                let mut open = self.open.borrow_mut();
+                if open.is_empty() {
+                    self.batcher.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(std::mem::take(&mut *open))
+                }
+            })
+            .await;
+            self.send(batches);
+        }
+    }
+
+    fn send(&self, batches: Vec<Rc<Batch>>) {
+        let to_owners = self.port.to_owners.borrow();
+        for batch in batches {
+            let owner = batch.owner;
+            if self.owner_gone[owner].get() {
+                batch.outcome.resolve(Err(CommitError::Unavailable(
+                    "the owner core of this counter has stopped".into(),
+                )));
+                continue;
+            }
+            let deltas = batch.deltas.take();
+            let mut names: Vec<(Box<str>, i64)> = vec![(Box::default(), 0); deltas.len()];
+            for (name, entry) in batch.index.take() {
+                names[entry as usize] = (name, deltas[entry as usize]);
+            }
+            let msg = CoreBatch {
+                core: self.port.id,
+                requests: batch.requests.get(),
+                names,
+            };
+            match to_owners.get(owner).map(|tx| tx.send(msg)) {
+                Some(Ok(())) => self.in_flight.borrow_mut()[owner].push_back(batch),
+                _ => batch.outcome.resolve(Err(CommitError::Unavailable(
+                    "named counters are shutting down".into(),
+                ))),
+            }
+        }
+    }
+
+    /// Resolves batches as the owners' replies arrive; fails what was sent to an owner whose
+    /// lease is gone, and makes later sends to it fail at once.
+    pub async fn run_replies(self: Rc<Self>) {
+        let mut watches: Vec<Option<flume::r#async::RecvFut<'static, std::convert::Infallible>>> =
+            self.port
+                .owners_alive
+                .iter()
+                .map(|alive| Some(alive.clone().into_recv_async()))
+                .collect();
+        loop {
+            // Replies first: one sent just before an owner died is still delivered.
+            let event = futures_lite::future::or(
+                async { Event::Reply(self.port.replies.recv_async().await.ok()) },
+                std::future::poll_fn(|cx| poll_gone(&mut watches, cx)),
+            )
+            .await;
+            match event {
+                Event::Reply(Some((owner, reply))) => self.resolve(owner, reply),
+                Event::Reply(None) => break,
+                Event::OwnerGone(owner) => {
+                    self.owner_gone[owner].set(true);
+                    let orphans = std::mem::take(&mut self.in_flight.borrow_mut()[owner]);
+                    for batch in orphans {
+                        batch.outcome.resolve(Err(CommitError::Unknown(
+                            "the owner core of this counter stopped before answering".into(),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn resolve(&self, owner: usize, reply: BatchReply) {
+        let batch = self
+            .in_flight
+            .borrow_mut()
+            .get_mut(owner)
+            .and_then(VecDeque::pop_front);
+        match batch {
+            Some(batch) => batch.outcome.resolve(reply),
+            None => log::error!("named counter reply from core {owner} without a batch in flight"),
+        }
+    }
+
+    /// Sends any increment still open, then drops this core's senders so the owners can finish
+    /// once every core is done. Replies to what was sent keep arriving.
+    pub fn close(&self) {
+        let open = std::mem::take(&mut *self.open.borrow_mut());
+        self.send(open);
+        self.port.to_owners.borrow_mut().clear();
+    }
+
+    /// Batches sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.borrow().iter().map(VecDeque::len).sum()
+    }
+}
+
+enum Event {
+    Reply(Option<(usize, BatchReply)>),
+    OwnerGone(usize),
+}
+
+/// Ready with the first owner whose lease is gone (each reported once).
+fn poll_gone(
+    watches: &mut [Option<flume::r#async::RecvFut<'static, std::convert::Infallible>>],
+    cx: &mut Context<'_>,
+) -> Poll<Event> {
+    for (owner, watch) in watches.iter_mut().enumerate() {
+        let Some(fut) = watch else { continue };
+        if Pin::new(fut).poll(cx).is_ready() {
+            *watch = None;
+            return Poll::Ready(Event::OwnerGone(owner));
+        }
+    }
+    Poll::Pending
+}
