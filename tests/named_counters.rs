@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::pg::TestPg as TestCluster;
@@ -192,7 +192,8 @@ struct Ack {
 }
 
 /// Sends `plan` (name, by) on one keep-alive connection, `depth` requests at a time
-/// (pipelined); returns every 200 and every other answer as "status body".
+/// (pipelined); returns the 200s and, as "name: status body", the first other answer (or
+/// the lack of one), where it stops.
 fn post_plan(addr: SocketAddr, plan: &[(String, i64)], depth: usize) -> (Vec<Ack>, Vec<String>) {
     let mut c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(20)))
@@ -206,17 +207,23 @@ fn post_plan(addr: SocketAddr, plan: &[(String, i64)], depth: usize) -> (Vec<Ack
         }
         c.write_all(&bytes).expect("write");
         for (name, by) in chunk {
-            let r = read_response(&mut c).expect("response");
-            if r.status == 200 {
-                let value = count_of(&r, name);
-                acks.push(Ack {
-                    name: name.clone(),
-                    by: *by,
-                    value,
-                });
-            } else {
+            let r = match read_response(&mut c) {
+                Ok(r) => r,
+                Err(error) => {
+                    failures.push(format!("{name}: no answer ({error})"));
+                    return (acks, failures);
+                }
+            };
+            if r.status != 200 {
                 failures.push(format!("{name}: {} {}", r.status, r.text()));
+                return (acks, failures);
             }
+            let value = count_of(&r, name);
+            acks.push(Ack {
+                name: name.clone(),
+                by: *by,
+                value,
+            });
         }
     }
     (acks, failures)
@@ -854,25 +861,29 @@ fn named_counts_and_keys_survive_a_restart() {
 }
 
 /// Keeps `clients` connections POSTing by 1 to `names` in turn until `stop`; records the 200s
-/// and, as "status body", every other answer.
+/// and, as "name: status body", the first other answer of each client (which stops there).
 struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<(Vec<Ack>, Vec<String>)>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<Vec<Ack>>>,
 }
 
 impl Load {
     fn start(addr: SocketAddr, clients: usize, names: &[&str]) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
         let names: Arc<Vec<String>> = Arc::new(names.iter().map(|n| n.to_string()).collect());
         let threads = (0..clients)
             .map(|client| {
-                let (stop, acked, names) = (stop.clone(), acked.clone(), names.clone());
+                let (stop, acked, failures, names) =
+                    (stop.clone(), acked.clone(), failures.clone(), names.clone());
                 std::thread::spawn(move || {
-                    let (mut acks, mut failures) = (Vec::new(), Vec::new());
+                    let mut acks = Vec::new();
                     let mut i = client;
                     while !stop.load(Ordering::Relaxed) {
+                        // Refused once the server stopped listening: that client is done.
                         let Ok(mut c) = TcpStream::connect(addr) else {
                             break;
                         };
@@ -893,36 +904,55 @@ impl Load {
                                     acked.fetch_add(1, Ordering::Relaxed);
                                 }
                                 Ok(r) => {
-                                    failures.push(format!("{name}: {} {}", r.status, r.text()))
+                                    let failure = format!("{name}: {} {}", r.status, r.text());
+                                    failures.lock().expect("lock").push(failure);
+                                    return acks;
                                 }
+                                // Closed by the server (shutting down): a new connection.
                                 Err(_) => break,
                             }
                         }
                     }
-                    (acks, failures)
+                    acks
                 })
             })
             .collect();
         Load {
             stop,
             acked,
+            failures,
             threads,
         }
+    }
+
+    /// Panics with the first answers other than 200 so far, if any.
+    fn assert_no_failure(&self, when: &str) {
+        let failures = self.failures.lock().expect("lock").clone();
+        assert!(
+            failures.is_empty(),
+            "answers other than 200 {when}: {failures:?}"
+        );
     }
 
     fn acked(&self) -> usize {
         self.acked.load(Ordering::Relaxed)
     }
 
-    fn finish(self) -> (Vec<Ack>, Vec<String>) {
+    fn finish(mut self) -> (Vec<Ack>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        let (mut acks, mut failures) = (Vec::new(), Vec::new());
-        for t in self.threads {
-            let (a, f) = t.join().expect("client thread");
-            acks.extend(a);
-            failures.extend(f);
+        let mut acks = Vec::new();
+        for t in std::mem::take(&mut self.threads) {
+            acks.extend(t.join().expect("client thread"));
         }
+        let failures = self.failures.lock().expect("lock").clone();
         (acks, failures)
+    }
+}
+
+/// Stops the clients of a test that failed before [`Load::finish`].
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -932,9 +962,14 @@ fn sigterm_under_load_on_several_names_loses_no_acknowledged_increment() {
     let mut server = tally(&cluster, &["--cores", "2", "--shutdown-grace-secs", "10"]);
     let names = ["drain-a", "drain-b", "drain-c", "drain-d", "drain-e"];
     let load = Load::start(server.addr, 8, &names);
-    wait_for("load before SIGTERM", Duration::from_secs(20), || {
-        load.acked() > 300
-    });
+    wait_for(
+        "300 acknowledged POSTs before SIGTERM",
+        Duration::from_secs(20),
+        || {
+            load.assert_no_failure("before SIGTERM");
+            load.acked() > 300
+        },
+    );
     let status = server.terminate(Duration::from_secs(20));
     let (acks, failures) = load.finish();
     assert_eq!(
