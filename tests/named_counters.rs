@@ -866,7 +866,14 @@ struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
     failures: Arc<Mutex<Vec<String>>>,
-    threads: Vec<std::thread::JoinHandle<Vec<Ack>>>,
+    threads: Vec<std::thread::JoinHandle<Finished>>,
+}
+
+/// What a client of a [`Load`] saw: its 200s, and the name of each POST sent (or being sent)
+/// when its connection failed, unanswered: the server may or may not have counted it.
+struct Finished {
+    acks: Vec<Ack>,
+    unanswered: Vec<String>,
 }
 
 impl Load {
@@ -880,7 +887,7 @@ impl Load {
                 let (stop, acked, failures, names) =
                     (stop.clone(), acked.clone(), failures.clone(), names.clone());
                 std::thread::spawn(move || {
-                    let mut acks = Vec::new();
+                    let (mut acks, mut unanswered) = (Vec::new(), Vec::new());
                     let mut i = client;
                     while !stop.load(Ordering::Relaxed) {
                         // Refused once the server stopped listening: that client is done.
@@ -892,6 +899,7 @@ impl Load {
                             let name = &names[i % names.len()];
                             i += 1;
                             if c.write_all(&post_request(name, 1, None)).is_err() {
+                                unanswered.push(name.clone());
                                 break;
                             }
                             match read_response(&mut c) {
@@ -906,14 +914,17 @@ impl Load {
                                 Ok(r) => {
                                     let failure = format!("{name}: {} {}", r.status, r.text());
                                     failures.lock().expect("lock").push(failure);
-                                    return acks;
+                                    return Finished { acks, unanswered };
                                 }
                                 // Closed by the server (shutting down): a new connection.
-                                Err(_) => break,
+                                Err(_) => {
+                                    unanswered.push(name.clone());
+                                    break;
+                                }
                             }
                         }
                     }
-                    acks
+                    Finished { acks, unanswered }
                 })
             })
             .collect();
@@ -938,14 +949,17 @@ impl Load {
         self.acked.load(Ordering::Relaxed)
     }
 
-    fn finish(mut self) -> (Vec<Ack>, Vec<String>) {
+    /// Stops the clients: their 200s, the names of their unanswered POSTs, the other answers.
+    fn finish(mut self) -> (Vec<Ack>, Vec<String>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut acks = Vec::new();
+        let (mut acks, mut unanswered) = (Vec::new(), Vec::new());
         for t in std::mem::take(&mut self.threads) {
-            acks.extend(t.join().expect("client thread"));
+            let finished = t.join().expect("client thread");
+            acks.extend(finished.acks);
+            unanswered.extend(finished.unanswered);
         }
         let failures = self.failures.lock().expect("lock").clone();
-        (acks, failures)
+        (acks, unanswered, failures)
     }
 }
 
@@ -971,7 +985,7 @@ fn sigterm_under_load_on_several_names_loses_no_acknowledged_increment() {
         },
     );
     let status = server.terminate(Duration::from_secs(20));
-    let (acks, failures) = load.finish();
+    let (acks, unanswered, failures) = load.finish();
     assert_eq!(
         status.code(),
         Some(0),
@@ -1001,18 +1015,22 @@ fn sigterm_under_load_on_several_names_loses_no_acknowledged_increment() {
             "{name}: a value was handed out twice"
         );
         let n = acknowledged.get(name).copied().unwrap_or(0) as i64;
+        let cut = unanswered.iter().filter(|u| *u == name).count() as i64;
         let row = in_db.get(name).copied().unwrap_or(0);
         assert!(
             row >= n,
             "{name}: the row holds {row}, below the {n} acknowledged increments"
         );
-        // As for /api/v1/counter: what the server received it committed and answered, so the
-        // acknowledged values are exactly 1..=row.
-        assert_eq!(
-            distinct,
-            (1..=row).collect::<BTreeSet<i64>>(),
-            "{name}: the acknowledged values are not exactly 1..={row} (row {row}, {n} acked)"
+        assert!(
+            row <= n + cut,
+            "{name}: the row holds {row}, more than the {n} acknowledged increments and the \
+             {cut} POSTs cut off unanswered"
         );
+        assert!(
+            distinct.last().copied().unwrap_or(0) <= row,
+            "{name}: a value acknowledged above the row's {row}"
+        );
+        eprintln!("{name}: {n} acknowledged, {cut} unanswered, row {row}");
     }
 }
 
@@ -1108,5 +1126,37 @@ fn metrics_have_named_families_without_per_name_labels() {
             leaked.is_empty(),
             "/metrics names the counter {name:?} (per-name labels): {leaked:?}"
         );
+    }
+}
+
+/// The checker the load tests rely on: it accepts disjoint covering ranges and refuses a
+/// duplicate, a gap and an overlap.
+#[test]
+fn check_ranges_refuses_duplicates_gaps_and_overlaps() {
+    let ack = |name: &str, by: i64, value: i64| Ack {
+        name: name.to_owned(),
+        by,
+        value,
+    };
+    let good = [
+        ack("a", 1, 2),
+        ack("a", 3, 5),
+        ack("a", 1, 1),
+        ack("b", 4, 4),
+    ];
+    let totals = check_ranges(&good);
+    assert_eq!(
+        totals,
+        [("a".to_owned(), 5), ("b".to_owned(), 4)].into(),
+        "the totals of covering ranges"
+    );
+    for (what, bad) in [
+        ("a duplicate", vec![ack("a", 1, 1), ack("a", 1, 1)]),
+        ("a gap", vec![ack("a", 1, 1), ack("a", 1, 3)]),
+        ("an overlap", vec![ack("a", 2, 2), ack("a", 2, 3)]),
+        ("a range not from 1", vec![ack("a", 1, 2)]),
+    ] {
+        let refused = std::panic::catch_unwind(|| check_ranges(&bad)).is_err();
+        assert!(refused, "check_ranges accepted {what}");
     }
 }
