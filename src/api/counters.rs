@@ -49,10 +49,8 @@ fn increment(app: &App, name: &str, request: Request<'_>, out: &mut Vec<u8>) -> 
     ) {
         (Err(msg), _) | (_, Err(msg)) => Reply::Now(message(out, Status::BadRequest, msg)),
         (Ok(by), Ok(None)) => Reply::Later(Pending::Named(app.named.increment(name, by))),
-        (Ok(_), Ok(Some(_))) => Reply::Now(message(
-            out,
-            Status::NotImplemented,
-            "Idempotency-Key is not supported on named counters yet",
+        (Ok(by), Ok(Some(key))) => Reply::Later(Pending::NamedKeyed(
+            app.named.increment_keyed(name, by, key),
         )),
     }
 }
@@ -90,6 +88,22 @@ pub(super) fn deleted(
                 "the deletion was not confirmed by the store",
             )
         }
+    }
+}
+
+/// The response to a keyed named increment.
+pub(super) fn keyed_counted(
+    result: Result<named::KeyedCounted, crate::counter::CommitError>,
+    out: &mut Vec<u8>,
+) -> Response {
+    match result {
+        Ok(named::KeyedCounted::Outcome(outcome)) => {
+            super::pending::keyed_committed(Ok(outcome), out)
+        }
+        Ok(named::KeyedCounted::LimitReached { limit }) => {
+            counted(Ok(named::Counted::LimitReached { limit }), out)
+        }
+        Err(err) => super::pending::committed(Err(err), out),
     }
 }
 

@@ -20,6 +20,7 @@ pub enum Pending {
     Keyed(KeyedTicket),
     /// An increment of a named counter.
     Named(named::NamedTicket),
+    NamedKeyed(named::NamedKeyedTicket),
     /// A named counter's count read through its store.
     Read(named::Read),
     /// A named counter's deletion.
@@ -31,6 +32,7 @@ pub enum Committed {
     Plain(Result<i64, CommitError>),
     Keyed(Result<KeyOutcome, CommitError>),
     Named(Result<named::Counted, CommitError>),
+    NamedKeyed(Result<named::KeyedCounted, CommitError>),
     Read(Result<i64, CommitError>),
     Delete(Result<Option<i64>, CommitError>),
 }
@@ -43,6 +45,7 @@ impl Future for Pending {
             Pending::Plain(ticket) => Pin::new(ticket).poll(cx).map(Committed::Plain),
             Pending::Keyed(ticket) => Pin::new(ticket).poll(cx).map(Committed::Keyed),
             Pending::Named(ticket) => Pin::new(ticket).poll(cx).map(Committed::Named),
+            Pending::NamedKeyed(ticket) => Pin::new(ticket).poll(cx).map(Committed::NamedKeyed),
             Pending::Read(read) => read.as_mut().poll(cx).map(Committed::Read),
             Pending::Delete(delete) => delete.as_mut().poll(cx).map(Committed::Delete),
         }
@@ -56,6 +59,7 @@ impl Committed {
             Committed::Plain(result) => committed(result, out),
             Committed::Keyed(result) => keyed_committed(result, out),
             Committed::Named(result) => super::counters::counted(result, out),
+            Committed::NamedKeyed(result) => super::counters::keyed_counted(result, out),
             Committed::Read(Ok(count)) => count_body(out, count),
             Committed::Read(Err(err)) => {
                 log::debug!("named counter read failed: {err}");

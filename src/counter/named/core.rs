@@ -4,7 +4,7 @@
 //! or by a read through it. Lives on one core; knows nothing of PostgreSQL.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use crate::counter::store::NamedKeyed;
 use crate::counter::ticket::{Outcome, Resolves, Ticket};
-use crate::counter::CommitError;
+use crate::counter::{CommitError, KeyOutcome};
 
 use super::name::owner_of;
 use super::wiring::{BatchAnswer, BatchReply, CoreBatch, CorePort};
@@ -26,7 +27,34 @@ pub struct Batch {
     /// Each name's place in `deltas`.
     index: RefCell<HashMap<Box<str>, u32>>,
     deltas: RefCell<Vec<i64>>,
+    /// Keyed increments (`name` indexes `deltas`); `keys` holds each (name, key) once.
+    keyed: RefCell<Vec<NamedKeyed>>,
+    keys: RefCell<HashSet<(u32, Box<str>)>>,
     outcome: Outcome<BatchAnswer>,
+}
+
+impl Batch {
+    /// `name`'s entry in this batch, added (with no delta yet) if it has none.
+    fn entry(&self, name: &str) -> u32 {
+        let mut index = self.index.borrow_mut();
+        if let Some(&entry) = index.get(name) {
+            return entry;
+        }
+        let mut deltas = self.deltas.borrow_mut();
+        let entry = deltas.len() as u32;
+        index.insert(name.into(), entry);
+        deltas.push(0);
+        entry
+    }
+
+    fn has_key(&self, name: &str, key: &str) -> bool {
+        let Some(&entry) = self.index.borrow().get(name) else {
+            return false;
+        };
+        let keys = self.keys.borrow();
+        // Allocates only to look up a key that may repeat; keyed increments allocate anyway.
+        keys.contains(&(entry, key.into()))
+    }
 }
 
 impl Resolves for Batch {
@@ -74,6 +102,39 @@ impl crate::counter::ticket::Place for NamedPlace {
 /// A request's claim on its named increment's outcome.
 pub type NamedTicket = Ticket<NamedPlace>;
 
+/// What became of a keyed increment of a named counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyedCounted {
+    Outcome(KeyOutcome),
+    /// Not counted: the counter did not exist and the counter limit is reached.
+    LimitReached {
+        limit: i64,
+    },
+}
+
+/// A keyed increment's place among its batch's keyed increments.
+pub struct NamedKeyIndex(usize);
+
+impl crate::counter::ticket::Place for NamedKeyIndex {
+    type Batch = Batch;
+    type Value = KeyedCounted;
+
+    fn read(&self, answer: &BatchAnswer) -> Result<KeyedCounted, CommitError> {
+        match answer.keyed.get(self.0) {
+            Some(Some(outcome)) => Ok(KeyedCounted::Outcome(*outcome)),
+            Some(None) => Ok(KeyedCounted::LimitReached {
+                limit: answer.limit,
+            }),
+            None => Err(CommitError::Unknown(
+                "the owner answered fewer keys than it was sent".into(),
+            )),
+        }
+    }
+}
+
+/// A keyed request's claim on what became of its key.
+pub type NamedKeyedTicket = Ticket<NamedKeyIndex>;
+
 /// A read whose answer is not in memory: a query through the owner's store.
 pub type Read = Pin<Box<dyn Future<Output = Result<i64, CommitError>>>>;
 
@@ -119,12 +180,45 @@ impl Core {
     /// Adds `by` to the counter `name` (a valid name: `counter_name`). The ticket resolves
     /// once its owner committed it.
     pub fn increment(&self, name: &str, by: i64) -> NamedTicket {
+        let batch = self.open_batch(name, None);
+        let entry = batch.entry(name);
+        let mut deltas = batch.deltas.borrow_mut();
+        let offset = deltas[entry as usize] + by;
+        deltas[entry as usize] = offset;
+        drop(deltas);
+        Ticket::new(batch, NamedPlace { entry, offset })
+    }
+
+    /// Adds a keyed increment to the counter `name` (in a new batch if the open one already
+    /// has this key for this name). The ticket resolves once its owner committed it: counted,
+    /// replayed or a mismatch.
+    pub fn increment_keyed(&self, name: &str, by: i64, key: &str) -> NamedKeyedTicket {
+        let batch = self.open_batch(name, Some(key));
+        let entry = batch.entry(name);
+        batch.keys.borrow_mut().insert((entry, key.into()));
+        let mut keyed = batch.keyed.borrow_mut();
+        let index = keyed.len();
+        keyed.push(NamedKeyed {
+            name: entry,
+            key: key.into(),
+            by,
+        });
+        drop(keyed);
+        Ticket::new(batch, NamedKeyIndex(index))
+    }
+
+    /// The open batch for `name`'s owner an increment joins (counted in it), a new one if the
+    /// last is full or already has `key` for `name`; wakes the batcher.
+    fn open_batch(&self, name: &str, key: Option<&str>) -> Rc<Batch> {
         let owner = self.owner(name);
         let max_batch = self.shared.max_batch;
         let mut open = self.open.borrow_mut();
         let found = open.iter().rposition(|b| b.owner == owner);
         let batch = match found {
-            Some(at) if max_batch == 0 || (open[at].requests.get() as usize) < max_batch => {
+            Some(at)
+                if (max_batch == 0 || (open[at].requests.get() as usize) < max_batch)
+                    && !key.is_some_and(|key| open[at].has_key(name, key)) =>
+            {
                 open[at].clone()
             }
             _ => {
@@ -133,32 +227,19 @@ impl Core {
                     requests: Cell::new(0),
                     index: RefCell::new(HashMap::new()),
                     deltas: RefCell::new(Vec::new()),
+                    keyed: RefCell::new(Vec::new()),
+                    keys: RefCell::new(HashSet::new()),
                     outcome: Outcome::default(),
                 });
                 open.push(batch.clone());
                 batch
             }
         };
-        drop(open);
         batch.requests.set(batch.requests.get() + 1);
-        let mut deltas = batch.deltas.borrow_mut();
-        let mut index = batch.index.borrow_mut();
-        let entry = match index.get(name) {
-            Some(&entry) => entry,
-            None => {
-                let entry = deltas.len() as u32;
-                index.insert(name.into(), entry);
-                deltas.push(0);
-                entry
-            }
-        };
-        let offset = deltas[entry as usize] + by;
-        deltas[entry as usize] = offset;
-        drop((deltas, index));
         if let Some(waker) = self.batcher.take() {
             waker.wake();
         }
-        Ticket::new(batch, NamedPlace { entry, offset })
+        batch
     }
 
     /// The count of `name` (0 for a counter never incremented): from what its owner's store
@@ -229,10 +310,12 @@ impl Core {
             for (name, entry) in batch.index.take() {
                 names[entry as usize] = (name, deltas[entry as usize]);
             }
+            drop(batch.keys.take());
             let msg = CoreBatch {
                 core: self.port.id,
                 requests: batch.requests.get(),
                 names,
+                keyed: batch.keyed.take(),
             };
             match to_owners.get(owner).map(|tx| tx.send(msg)) {
                 Some(Ok(())) => self.in_flight.borrow_mut()[owner].push_back(batch),

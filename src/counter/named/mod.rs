@@ -23,7 +23,9 @@ mod owner;
 mod shared;
 mod wiring;
 
-pub use self::core::{Core, Counted, Delete, Get, NamedTicket, Read};
+pub use self::core::{
+    Core, Counted, Delete, Get, KeyedCounted, NamedKeyedTicket, NamedTicket, Read,
+};
 pub use name::{counter_name, owner_of, MAX_NAME_BYTES, NAME_RULE};
 pub use owner::run_owner;
 pub use shared::Shared;

@@ -2,11 +2,11 @@
 //! one transaction on its store, and each core is answered with where its increments start.
 //! The owners run in parallel, each on its own store connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::counter::store::NamedWork;
+use crate::counter::store::{NamedCommitted, NamedKeyed, NamedWork};
 
 use super::wiring::{BatchAnswer, CoreBatch, OwnerPort};
 use super::Shared;
@@ -26,18 +26,29 @@ struct Merged {
 fn merge(queue: &mut VecDeque<CoreBatch>, max_batch: usize) -> (Merged, Vec<CoreBatch>) {
     let mut requests = 0u32;
     let mut take = 0;
+    // A (name, key) already taken ends the transaction: the repeat waits for the first and
+    // replays its result, as for the single counter.
+    let mut keys: HashSet<(&str, &str)> = HashSet::new();
     for batch in queue.iter() {
         let over = max_batch > 0 && (requests + batch.requests) as usize > max_batch;
-        if take > 0 && over {
+        let pairs = batch
+            .keyed
+            .iter()
+            .map(|k| (&*batch.names[k.name as usize].0, &*k.key));
+        let repeats = pairs.clone().any(|pair| keys.contains(&pair));
+        if take > 0 && (over || repeats) {
             break;
         }
+        keys.extend(pairs);
         take += 1;
         requests += batch.requests;
     }
+    drop(keys);
     let mut taken: Vec<CoreBatch> = queue.drain(..take).collect();
     let mut index: HashMap<Box<str>, usize> = HashMap::new();
     let mut names: Vec<(Box<str>, i64)> = Vec::new();
     let mut places = Vec::with_capacity(taken.len());
+    let mut keyed = Vec::new();
     for batch in &mut taken {
         let mut batch_places = Vec::with_capacity(batch.names.len());
         for (name, delta) in &mut batch.names {
@@ -55,11 +66,16 @@ fn merge(queue: &mut VecDeque<CoreBatch>, max_batch: usize) -> (Merged, Vec<Core
             };
             batch_places.push(at);
         }
+        keyed.extend(batch.keyed.iter().map(|k| NamedKeyed {
+            name: batch_places[k.name as usize] as u32,
+            key: k.key.clone(),
+            by: k.by,
+        }));
         places.push(batch_places);
     }
     (
         Merged {
-            work: NamedWork { names },
+            work: NamedWork { names, keyed },
             places,
             requests,
         },
@@ -67,15 +83,18 @@ fn merge(queue: &mut VecDeque<CoreBatch>, max_batch: usize) -> (Merged, Vec<Core
     )
 }
 
-/// Each batch's answer from the counts after the transaction (`None`: refused): a name's
-/// increments take the values just below its count, the batches in queue order.
+/// Each batch's answer from the counts after the transaction's unkeyed increments (`None`:
+/// refused): a name's increments take the values just below its count, the batches in queue
+/// order; the keyed outcomes go back to their batches in order.
 fn answers(
     limit: i64,
     totals: &[i64],
-    counts: &[Option<i64>],
+    committed: NamedCommitted,
     batches: &[CoreBatch],
     places: &[Vec<usize>],
 ) -> Vec<BatchAnswer> {
+    let counts = &committed.counts;
+    let mut keyed = committed.keyed.into_iter();
     let mut next: Vec<Option<i64>> = counts
         .iter()
         .zip(totals)
@@ -86,6 +105,7 @@ fn answers(
         .zip(places)
         .map(|(batch, places)| BatchAnswer {
             limit,
+            keyed: keyed.by_ref().take(batch.keyed.len()).collect(),
             bases: batch
                 .names
                 .iter()
@@ -128,7 +148,7 @@ pub async fn run_owner(port: OwnerPort, shared: Arc<Shared>) {
                 let answers = answers(
                     shared.limit.max(),
                     &totals,
-                    &committed.counts,
+                    committed,
                     &batches,
                     &merged.places,
                 );
@@ -159,7 +179,43 @@ mod tests {
             core,
             requests: names.len() as u32,
             names: names.iter().map(|&(n, d)| (n.into(), d)).collect(),
+            keyed: Vec::new(),
         }
+    }
+
+    fn keyed_batch(core: usize, name: &str, keys: &[&str]) -> CoreBatch {
+        CoreBatch {
+            core,
+            requests: keys.len() as u32,
+            names: vec![(name.into(), 0)],
+            keyed: keys
+                .iter()
+                .map(|&key| NamedKeyed {
+                    name: 0,
+                    key: key.into(),
+                    by: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_key_repeated_on_its_name_waits_for_the_next_transaction() {
+        let mut queue: VecDeque<_> = [
+            keyed_batch(0, "a", &["k1", "k2"]),
+            keyed_batch(1, "b", &["k1"]),
+            keyed_batch(1, "a", &["k2"]),
+        ]
+        .into();
+        let (merged, batches) = merge(&mut queue, 0);
+        assert_eq!((batches.len(), queue.len()), (2, 1));
+        let keyed: Vec<_> = merged
+            .work
+            .keyed
+            .iter()
+            .map(|k| (k.name, &*k.key))
+            .collect();
+        assert_eq!(keyed, [(0, "k1"), (0, "k2"), (1, "k1")]);
     }
 
     #[test]
@@ -179,7 +235,10 @@ mod tests {
         let answers = answers(
             9,
             &[3, 4, 1],
-            &[Some(13), Some(4), None],
+            NamedCommitted {
+                counts: vec![Some(13), Some(4), None],
+                keyed: Vec::new(),
+            },
             &batches,
             &merged.places,
         );

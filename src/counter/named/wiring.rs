@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 
-use crate::counter::CommitError;
+use crate::counter::store::NamedKeyed;
+use crate::counter::{CommitError, KeyOutcome};
 
 /// The channels of named counters, made once at start-up: one [`OwnerPort`] and one
 /// [`CorePort`] per core (every core owns the names that hash to it).
@@ -81,8 +82,11 @@ pub fn wire(cores: usize) -> Wiring {
 pub(super) struct CoreBatch {
     pub(super) core: usize,
     pub(super) requests: u32,
-    /// Unique names, each with the sum of this core's increments to it.
+    /// Unique names, each with the sum of this core's unkeyed increments to it (0 for a name
+    /// with keyed increments only).
     pub(super) names: Vec<(Box<str>, i64)>,
+    /// Keyed increments (`name` indexes `names`), no (name, key) twice.
+    pub(super) keyed: Vec<NamedKeyed>,
 }
 
 /// The owner's answer for one [`CoreBatch`].
@@ -93,6 +97,8 @@ pub(super) type BatchReply = Result<BatchAnswer, CommitError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchAnswer {
     pub(super) bases: Vec<Option<i64>>,
+    /// Per keyed increment, in order: what became of it (`None`: its name was refused).
+    pub(super) keyed: Vec<Option<KeyOutcome>>,
     /// `--max-counters`, for the message of a refused name.
     pub(super) limit: i64,
 }

@@ -10,10 +10,10 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use super::config::{StoreConfig, CLOSE_TIMEOUT};
 use super::error::StoreError;
 use super::sql::{
-    ADD, ADD_KEYED, ADD_NAMED, ADD_NAMED_COUNTS, CREATE_INSTANCES, CREATE_KEYS, CREATE_NAMED,
-    CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES, FIND_BATCH, FIND_KEYS, FIND_NAMED_BATCH,
-    INSERT_INSTANCE, INSERT_ROW, LOCK_ROW, MARK_NAMED, OLD_KEYS_TIME_INDEX, READ, READ_NAMED,
-    SCHEMA_LOCK_KEY, SWEEP_KEYS,
+    ADD, ADD_KEYED, ADD_NAMED, ADD_NAMED_COUNTS, ADD_NAMED_KEYED, CREATE_INSTANCES, CREATE_KEYS,
+    CREATE_NAMED, CREATE_NAMED_KEYS, CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES, FIND_BATCH,
+    FIND_KEYS, FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE, INSERT_ROW, LOCK_ROW,
+    MARK_NAMED, OLD_KEYS_TIME_INDEX, READ, READ_NAMED, SCHEMA_LOCK_KEY, SWEEP_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -166,7 +166,7 @@ async fn create_schema(client: &Client, highest_seen: i64) -> Result<(), StoreEr
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
          SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_INSTANCES}; \
-         {CREATE_KEYS}; {CREATE_NAMED}; {ADD_NAMED_COUNTS}; COMMIT"
+         {CREATE_KEYS}; {CREATE_NAMED}; {ADD_NAMED_COUNTS}; {CREATE_NAMED_KEYS}; COMMIT"
     );
     client
         .batch_execute(&create_schema)
@@ -221,6 +221,8 @@ pub(super) struct NamedStatements {
     pub(super) existing: Statement,
     pub(super) read: Statement,
     pub(super) delete: Statement,
+    pub(super) add_keyed: Statement,
+    pub(super) find_keys: Statement,
 }
 
 async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
@@ -289,6 +291,24 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
             .await?,
             read: prepare(READ_NAMED, &[Type::TEXT_ARRAY], "preparing the named read").await?,
             delete: prepare(DELETE_NAMED, &[Type::TEXT], "preparing the named delete").await?,
+            add_keyed: prepare(
+                ADD_NAMED_KEYED,
+                &[
+                    Type::TEXT_ARRAY,
+                    Type::UUID_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::FLOAT8,
+                    Type::INT8,
+                ],
+                "preparing the named keyed increment",
+            )
+            .await?,
+            find_keys: prepare(
+                FIND_NAMED_KEYS,
+                &[Type::UUID_ARRAY],
+                "preparing the named key lookup",
+            )
+            .await?,
         },
     })
 }

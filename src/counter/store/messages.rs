@@ -41,9 +41,20 @@ pub(super) type Reply = oneshot::Sender<Result<Committed, CommitError>>;
 /// A batch of increments to named counters (`/api/v1/counters/{name}`), for one owner core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedWork {
-    /// Unique names, each with the sum of its unkeyed increments (> 0). The store sorts them
-    /// before it locks their rows.
+    /// Unique names, each with the sum of its unkeyed increments (> 0, or 0 for a name that
+    /// only has keyed increments). The rows are locked in name order.
     pub names: Vec<(Box<str>, i64)>,
+    /// Keyed increments, no (name, key) twice; they count after their name's unkeyed delta.
+    pub keyed: Vec<NamedKeyed>,
+}
+
+/// A keyed increment of a named counter: its name (an index into [`NamedWork::names`]), its
+/// `Idempotency-Key` (scoped to the name) and `by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedKeyed {
+    pub name: u32,
+    pub key: Box<str>,
+    pub by: i64,
 }
 
 /// What a committed [`NamedWork`] got: per name, in the order given, the count right after its
@@ -51,6 +62,8 @@ pub struct NamedWork {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedCommitted {
     pub counts: Vec<Option<i64>>,
+    /// Per keyed increment, in order: what became of it, `None` when its name was refused.
+    pub keyed: Vec<Option<KeyOutcome>>,
 }
 
 pub(super) type NamedReply = oneshot::Sender<Result<NamedCommitted, CommitError>>;

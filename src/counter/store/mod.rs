@@ -59,6 +59,7 @@ use tokio::sync::oneshot;
 mod commit;
 mod config;
 mod connect;
+mod digest;
 mod error;
 mod in_doubt;
 mod lowered_row;
@@ -79,8 +80,9 @@ pub use config::{
     NamedConfig, StoreConfig, DEFAULT_COMMIT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDEMPOTENCY_RETENTION, DEFAULT_NAMED_VIEW_CAPACITY, DEFAULT_REFRESH_INTERVAL,
 };
+pub use digest::key_digest;
 pub use error::{CommitError, RowLowered, StoreError};
-pub use messages::{Committed, KeyOutcome, KeyedIncrement, NamedCommitted, NamedWork};
+pub use messages::{Committed, KeyOutcome, KeyedIncrement, NamedCommitted, NamedKeyed, NamedWork};
 pub use named::NamedLimit;
 pub use stats::StoreStats;
 pub use view::Seen;
@@ -178,8 +180,20 @@ impl StoreHandle {
     /// Adds each name's delta (> 0) to its counter, creating it (unless the counter limit
     /// refuses: that name's count is `None`), in one transaction. Names must be unique.
     pub async fn add_named(&self, work: NamedWork) -> Result<NamedCommitted, CommitError> {
-        if let Some(&(_, bad)) = work.names.iter().find(|(_, delta)| *delta <= 0) {
+        let keyed_names: std::collections::HashSet<u32> =
+            work.keyed.iter().map(|k| k.name).collect();
+        let empty = (0..)
+            .zip(&work.names)
+            .find(|(i, (_, delta))| *delta < 0 || (*delta == 0 && !keyed_names.contains(i)));
+        if let Some((_, &(_, bad))) = empty {
             return Err(CommitError::InvalidDelta(bad));
+        }
+        if let Some(bad) = work
+            .keyed
+            .iter()
+            .find(|k| k.by <= 0 || k.name as usize >= work.names.len())
+        {
+            return Err(CommitError::InvalidDelta(bad.by));
         }
         self.ask(|reply| {
             Request::Add(Add {

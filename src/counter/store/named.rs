@@ -13,9 +13,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::connect::Connection;
+use super::digest::key_digest;
 use super::error::{classify, CommitError, StoreError};
-use super::messages::{NamedCommitted, NamedReply, NamedWork};
+use super::messages::{KeyOutcome, NamedCommitted, NamedReply, NamedWork};
 use super::state::Store;
+use std::collections::HashMap;
 
 /// How often the number of named counters is read again from PostgreSQL (other instances
 /// create counters too).
@@ -121,27 +123,42 @@ impl Store<'_> {
         if names.is_empty() {
             return Ok(NamedCommitted {
                 counts: vec![None; work.names.len()],
+                keyed: vec![None; work.keyed.len()],
             });
         }
+        let keys = KeyedParams::new(work, refused);
+        let retention = self.config.idempotency_retention.as_secs_f64();
         let client = &connection.client;
         let mark_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &self.instance];
         let add_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&names, &deltas, &self.instance];
+        let keyed_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&keys.names, &keys.digests, &keys.bys, &retention, &id];
+        // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
         let transaction = async {
-            let (begin, mark, add, commit) = tokio::join!(
+            let (begin, mark, add, keyed, commit) = tokio::join!(
                 client.batch_execute("BEGIN"),
                 client.query_opt(&connection.named.mark, &mark_params),
                 client.query(&connection.named.add, &add_params),
+                async {
+                    if keys.names.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    client
+                        .query(&connection.named.add_keyed, &keyed_params)
+                        .await
+                },
                 client.batch_execute("COMMIT"),
             );
             begin.map_err(|error| classify(&error))?;
             let marked = mark.map_err(|error| classify(&error))?.is_some();
             let rows = add.map_err(|error| classify(&error))?;
+            let keyed = keyed.map_err(|error| classify(&error))?;
             commit.map_err(|error| classify(&error))?;
-            Ok::<_, CommitError>((marked, rows))
+            Ok::<_, CommitError>((marked, rows, keyed))
         };
         let result = tokio::time::timeout_at(statement_deadline.into(), transaction).await;
-        let (marked, rows) = match result {
+        let (marked, rows, keyed_rows) = match result {
             Err(_elapsed) => return Err(CommitError::Timeout),
             Ok(Err(error)) => {
                 if let Some(limit) = self.named_limit() {
@@ -166,10 +183,51 @@ impl Store<'_> {
         if let Some(limit) = self.named_limit() {
             limit.release(reserved - created);
         }
-        self.saw_named(names.iter().copied().zip(counts.iter().copied()));
+        let keyed = keys
+            .outcomes(&keyed_rows)
+            .map_err(|error| CommitError::Unknown(format!("unreadable keyed result: {error}")))?;
         self.recreate_row_if_unmarked(connection, marked).await;
-        self.counted_named(&deltas);
-        spread(work, refused, counts)
+        self.committed_named(work, refused, &names, &deltas, counts, keyed, &keys)
+    }
+
+    /// Records a committed named batch (statistics, the view) and spreads its answer over the
+    /// batch's names and keyed increments.
+    #[allow(clippy::too_many_arguments)]
+    fn committed_named(
+        &self,
+        work: &NamedWork,
+        refused: &[bool],
+        names: &[&str],
+        deltas: &[i64],
+        counts: Vec<i64>,
+        keyed: Vec<KeyOutcome>,
+        keys: &KeyedParams<'_>,
+    ) -> Result<NamedCommitted, CommitError> {
+        let added: i64 = keyed
+            .iter()
+            .zip(&keys.bys)
+            .filter(|(outcome, _)| matches!(outcome, KeyOutcome::Counted(_)))
+            .map(|(_, by)| by)
+            .sum();
+        self.counted_named(deltas, added);
+        // The view gets each name's count after its keyed increments too.
+        let mut last: HashMap<&str, i64> =
+            names.iter().copied().zip(counts.iter().copied()).collect();
+        for (outcome, name) in keyed.iter().zip(&keys.names) {
+            if let (KeyOutcome::Counted(count), Some(seen)) = (outcome, last.get_mut(name)) {
+                *seen = (*seen).max(*count);
+            }
+        }
+        self.saw_named(last.into_iter());
+        let mut committed = spread(work, refused, counts)?;
+        let mut outcomes = keyed.into_iter();
+        let mut sent_keys = keys.index.iter().peekable();
+        for (i, slot) in committed.keyed.iter_mut().enumerate() {
+            if sent_keys.next_if(|&&at| at == i).is_some() {
+                *slot = outcomes.next();
+            }
+        }
+        Ok(committed)
     }
 
     /// Decides which new names the counter limit admits (see [`NamedLimit`]): without a limit
@@ -224,10 +282,10 @@ impl Store<'_> {
         Ok(reserved)
     }
 
-    fn counted_named(&self, deltas: &[i64]) {
+    fn counted_named(&self, deltas: &[i64], keyed: i64) {
         let stats = &self.shared.stats;
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        let sum: i64 = deltas.iter().sum();
+        let sum: i64 = deltas.iter().sum::<i64>() + keyed;
         stats
             .committed_delta_sum
             .fetch_add(sum.unsigned_abs(), Ordering::Relaxed);
@@ -269,10 +327,17 @@ impl Store<'_> {
             }
             Some(row) if row.try_get::<_, Option<i64>>(0)? == Some(id) => {
                 let counts: Vec<i64> = row.try_get::<_, Option<Vec<i64>>>(1)?.unwrap_or_default();
-                Some((spread(work, refused, counts)?, true))
+                let keys = KeyedParams::new(work, refused);
+                let keyed = self.find_named_keys(connection, id, &keys).await?;
+                let (names, deltas) = sent(work, refused);
+                let committed =
+                    self.committed_named(work, refused, &names, &deltas, counts, keyed, &keys)?;
+                Some((committed, true))
             }
             Some(_) => {
                 let (names, deltas) = sent(work, refused);
+                let keys = KeyedParams::new(work, refused);
+                let retention = self.config.idempotency_retention.as_secs_f64();
                 client
                     .query_opt(&connection.named.mark, &[&id, &self.instance])
                     .await?;
@@ -283,13 +348,66 @@ impl Store<'_> {
                     .iter()
                     .map(|row| row.try_get::<_, i64>(0))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.counted_named(&deltas);
-                self.saw_named(names.iter().copied().zip(counts.iter().copied()));
-                Some((spread(work, refused, counts)?, false))
+                let keyed_rows = if keys.names.is_empty() {
+                    Vec::new()
+                } else {
+                    client
+                        .query(
+                            &connection.named.add_keyed,
+                            &[&keys.names, &keys.digests, &keys.bys, &retention, &id],
+                        )
+                        .await?
+                };
+                let keyed = keys.outcomes(&keyed_rows)?;
+                let committed =
+                    self.committed_named(work, refused, &names, &deltas, counts, keyed, &keys)?;
+                Some((committed, false))
             }
         };
         client.batch_execute("COMMIT").await?;
         Ok(settled)
+    }
+
+    /// What each key of a named batch found committed got: counted by it, or by an earlier
+    /// batch (replayed, or a mismatch).
+    async fn find_named_keys(
+        &self,
+        connection: &Connection,
+        id: i64,
+        keys: &KeyedParams<'_>,
+    ) -> Result<Vec<KeyOutcome>, StoreError> {
+        if keys.names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = connection
+            .client
+            .query(&connection.named.find_keys, &[&keys.digests])
+            .await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let digest: uuid::Uuid = row.try_get(0)?;
+            let by: i64 = row.try_get(1)?;
+            let count: i64 = row.try_get(2)?;
+            let batch_id: i64 = row.try_get(3)?;
+            found.insert(digest, (by, count, batch_id));
+        }
+        keys.digests
+            .iter()
+            .zip(&keys.bys)
+            .zip(&keys.keys)
+            .map(|((digest, &mine), key)| {
+                let &(by, count, batch_id) = found
+                    .get(digest)
+                    .ok_or_else(|| StoreError::KeyGone((*key).into()))?;
+                Ok(if batch_id == id {
+                    KeyOutcome::Counted(count)
+                } else if by == mine {
+                    KeyOutcome::Replayed(count)
+                } else {
+                    KeyOutcome::Mismatch
+                })
+            })
+            .collect()
     }
 
     /// The counts of `names` (0 for a name without a row).
@@ -369,6 +487,64 @@ impl Store<'_> {
     }
 }
 
+/// The keyed increments a batch sends (those whose name the limit did not refuse), as
+/// [`ADD_NAMED_KEYED`](super::sql::ADD_NAMED_KEYED) takes them.
+struct KeyedParams<'w> {
+    names: Vec<&'w str>,
+    keys: Vec<&'w str>,
+    digests: Vec<uuid::Uuid>,
+    bys: Vec<i64>,
+    /// Each one's index in the batch's `keyed`, ascending.
+    index: Vec<usize>,
+}
+
+impl<'w> KeyedParams<'w> {
+    fn new(work: &'w NamedWork, refused: &[bool]) -> Self {
+        let mut params = KeyedParams {
+            names: Vec::new(),
+            keys: Vec::new(),
+            digests: Vec::new(),
+            bys: Vec::new(),
+            index: Vec::new(),
+        };
+        for (i, keyed) in work.keyed.iter().enumerate() {
+            let at = keyed.name as usize;
+            if refused.get(at).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some((name, _)) = work.names.get(at) else {
+                continue;
+            };
+            params.names.push(name);
+            params.keys.push(&keyed.key);
+            params.digests.push(key_digest(name, &keyed.key));
+            params.bys.push(keyed.by);
+            params.index.push(i);
+        }
+        params
+    }
+
+    /// Each sent increment's outcome from [`ADD_NAMED_KEYED`](super::sql::ADD_NAMED_KEYED)'s
+    /// rows (seen live, the `by` then, the count).
+    fn outcomes(
+        &self,
+        rows: &[tokio_postgres::Row],
+    ) -> Result<Vec<KeyOutcome>, tokio_postgres::Error> {
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for (row, &mine) in rows.iter().zip(&self.bys) {
+            let seen: bool = row.try_get(0)?;
+            let by: i64 = row.try_get(1)?;
+            let count: i64 = row.try_get(2)?;
+            outcomes.push(match (seen, by == mine) {
+                (false, _) => KeyOutcome::Counted(count),
+                (true, true) => KeyOutcome::Replayed(count),
+                (true, false) => KeyOutcome::Mismatch,
+            });
+        }
+        Ok(outcomes)
+    }
+}
+
 /// The names and deltas a batch sends: those the limit did not refuse.
 fn sent<'w>(work: &'w NamedWork, refused: &[bool]) -> (Vec<&'w str>, Vec<i64>) {
     work.names
@@ -396,7 +572,10 @@ fn spread(
         })
         .collect();
     match (spread, counts.next()) {
-        (Some(counts), None) => Ok(NamedCommitted { counts }),
+        (Some(counts), None) => Ok(NamedCommitted {
+            counts,
+            keyed: vec![None; work.keyed.len()],
+        }),
         _ => Err(CommitError::Unknown(
             "the store answered a different number of named counts than it sent".into(),
         )),
@@ -410,6 +589,7 @@ mod tests {
     fn work(names: &[(&str, i64)]) -> NamedWork {
         NamedWork {
             names: names.iter().map(|&(n, d)| (n.into(), d)).collect(),
+            keyed: Vec::new(),
         }
     }
 

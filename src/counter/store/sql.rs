@@ -157,3 +157,40 @@ pub(super) const READ_NAMED: &str =
     "SELECT name, count FROM tally_counters WHERE name = ANY($1::text[])";
 pub(super) const DELETE_NAMED: &str = "DELETE FROM tally_counters WHERE name = $1 RETURNING count";
 pub(super) const COUNT_NAMED: &str = "SELECT count(*) FROM tally_counters";
+
+/// Idempotency keys of named counters, stored as a digest of (name, key) (see `digest`).
+pub(super) const CREATE_NAMED_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_keys \
+     (digest uuid PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, \
+     batch_id bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())";
+/// The keyed increments of a named batch, run after [`ADD_NAMED`] in the same transaction,
+/// which locked (or created) the row of every name here: no other writer can count these
+/// keys meanwhile. As [`ADD_KEYED`] does for the single counter: keys seen within the retention
+/// `$4` are not counted; fresh ones count after their name's unkeyed delta, in the order given,
+/// recorded with the batch id `$5`. Returns per increment, in order: whether its key was seen
+/// live, the `by` it was seen with, and its count (then, or now).
+pub(super) const ADD_NAMED_KEYED: &str = "WITH input AS (SELECT name, digest, by, pos \
+       FROM unnest($1::text[], $2::uuid[], $3::bigint[]) WITH ORDINALITY AS t(name, digest, by, pos)), \
+     present AS (SELECT i.pos, k.by, k.count, \
+       k.created_at > now() - make_interval(secs => $4) AS live \
+       FROM input i JOIN tally_keys k ON k.digest = i.digest), \
+     fresh AS (SELECT i.name, i.digest, i.by, i.pos, \
+       (sum(i.by) OVER (PARTITION BY i.name ORDER BY i.pos))::bigint AS running, \
+       p.pos IS NOT NULL AS expired \
+       FROM input i LEFT JOIN present p ON p.pos = i.pos WHERE p.live IS NOT TRUE), \
+     totals AS (SELECT name, sum(by)::bigint AS keyed FROM fresh GROUP BY name), \
+     counted AS (UPDATE tally_counters c SET count = c.count + t.keyed FROM totals t \
+       WHERE c.name = t.name RETURNING c.name, c.count - t.keyed AS base), \
+     inserted AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
+       SELECT f.digest, f.by, c.base + f.running, $5 FROM fresh f JOIN counted c \
+       ON c.name = f.name WHERE NOT f.expired), \
+     renewed AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
+       SELECT f.digest, f.by, c.base + f.running, $5 FROM fresh f JOIN counted c \
+       ON c.name = f.name WHERE f.expired \
+       ON CONFLICT (digest) DO UPDATE SET by = excluded.by, count = excluded.count, \
+       batch_id = excluded.batch_id, created_at = now()) \
+     SELECT p.pos IS NOT NULL, COALESCE(p.by, i.by), COALESCE(p.count, c.base + f.running) \
+     FROM input i LEFT JOIN present p ON p.pos = i.pos AND p.live \
+     LEFT JOIN fresh f ON f.pos = i.pos LEFT JOIN counted c ON c.name = f.name ORDER BY i.pos";
+/// Settling a keyed named batch found committed: what each of its keys got, and by which batch.
+pub(super) const FIND_NAMED_KEYS: &str =
+    "SELECT digest, by, count, batch_id FROM tally_keys WHERE digest = ANY($1::uuid[])";
