@@ -278,8 +278,9 @@ done
 echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, DURATION=${DURATION}s, CONNECTIONS=$CONNECTIONS) =="
 printf '%s\n' "${ROWS[@]}" >"$OUT/rows.txt"
-python3 - "$OUT/rows.txt" <<'PY' | tee "$OUT/summary.txt"
-import statistics, sys
+NON200="${NON200_ROWS[*]}" python3 - "$OUT/rows.txt" <<'PY' | tee "$OUT/summary.txt"
+import os, statistics, sys
+non200 = set(os.environ["NON200"].split())
 order, runs = [], {}
 for line in open(sys.argv[1]):
     f = line.split()
@@ -295,17 +296,21 @@ for name in order:
     m = [statistics.median(c) for c in cols]
     # wrk reports no latency percentiles for pipelined batches beyond the median (it prints 0).
     p99 = f"{m[2]:>9.3f}" if m[2] > 0 else f"{'n/a':>9}"
-    print(f"{name:<28} {m[0]:>12,.0f} {m[1]:>9.3f} {p99} {m[3]:>12.2f} {len(runs[name])}")
+    flag = "  NOT-200 answers (see the rounds above)" if name in non200 else ""
+    print(f"{name:<28} {m[0]:>12,.0f} {m[1]:>9.3f} {p99} {m[3]:>12.2f} {len(runs[name])}{flag}")
 PY
-python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
+NON200="${NON200_ROWS[*]}" python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
 import sys, os
+non200 = set(os.environ["NON200"].split())
 rows = {}
 for line in list(open(sys.argv[1]))[1:]:
     f = line.split()
     if len(f) >= 5:
         rows[f[0]] = (float(f[1].replace(",", "")), float(f[4]), float(f[2]))
 def ratio(a, b, i, label):
-    if a in rows and b in rows and rows[b][i] > 0:
+    if a in non200 or b in non200:
+        print(f"{label:<48} n/a: answers other than 200")
+    elif a in rows and b in rows and rows[b][i] > 0:
         print(f"{label:<48} {rows[a][i] / rows[b][i]:.2f}")
 print()
 ratio("tally-health", "nginx-fixed-200", 1, "tally/nginx cpu per request (health)")
@@ -329,7 +334,9 @@ ratio("tally-counter-post", "tally-counter-post-batch-1", 0, "counter POST batch
 # Named counters (issue 20): each against the single counter's POST in the same rounds, with
 # the same wrk script (bench/named.lua); the targets are the issue's.
 def target(a, b, label, ok):
-    if a in rows and b in rows and rows[b][0] > 0:
+    if a in non200 or b in non200:
+        print(f"{label:<60} n/a: answers other than 200")
+    elif a in rows and b in rows and rows[b][0] > 0:
         r = rows[a][0] / rows[b][0]
         print(f"{label:<60} {r:.2f}  {'meets' if ok(r) else 'MISSES'} the target")
 for n in [k[len("tally-named-random-"):] for k in rows if k.startswith("tally-named-random-")]:
