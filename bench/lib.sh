@@ -57,10 +57,13 @@ CONF
 
 # launch_tally BIN DATA_DIR LOG_FILE [tally args...]: BIN pinned to SERVER_CPU with one core on
 # 127.0.0.1:$PORT (LOG_LEVEL, default warn); sets TALLY_PID, added to PIDS, once health answers.
+# SERVER_CORES (default 1) is passed as --cores, on the CPUs SERVER_CPUS (a taskset list,
+# default SERVER_CPU): tally puts one core on each of the first SERVER_CORES CPUs it may use.
 launch_tally() {
     local bin=$1 data=$2 log=$3
     shift 3
-    taskset -c "$SERVER_CPU" "$bin" --listen "127.0.0.1:$PORT" --cores 1 --data-dir "$data" \
+    taskset -c "${SERVER_CPUS:-$SERVER_CPU}" "$bin" --listen "127.0.0.1:$PORT" \
+        --cores "${SERVER_CORES:-1}" --data-dir "$data" \
         --log "${LOG_LEVEL:-warn}" "$@" >"$log" 2>&1 &
     TALLY_PID=$!
     PIDS+=("$TALLY_PID")

@@ -6,6 +6,10 @@
 #   bench/run.sh reload           # lookups on a RELOAD_PAIRS (10M) dataset, steady and across
 #                                 # a SIGHUP reload, at a load that leaves CPU headroom (see
 #                                 # reload_workload; not in the default set: ~1 GB of files)
+#   bench/run.sh named            # named counters (issue 20) at CONNECTIONS_HIGH connections,
+#                                 # with the single counter in the same rounds as the baseline
+#                                 # (see named_workload; not in the default set). NAMED_CORES=2
+#                                 # runs that server with --cores 2 on both CPUs, wrk's too
 #   BASELINE_BIN=/path/to/old/tally bench/run.sh  # also runs an older build in every round
 #                                                 # (rows prefixed base-), for before/after
 #   BASELINE_ARGS="--io glommio" bench/run.sh   # the baseline is this build with these flags
@@ -38,6 +42,8 @@ OUT=bench/out
 WORKLOADS=${*:-health nginx kv counter}
 RELOAD_PAIRS=${RELOAD_PAIRS:-10000000}
 KEYED_RETENTION=${KEYED_RETENTION:-1}
+NAMES=${NAMES:-10000}
+NAMED_CORES=${NAMED_CORES:-1}
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -61,6 +67,8 @@ trap cleanup EXIT
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 ROWS=()
+# Rows whose wrk script (bench/named.lua) saw an answer other than 200: the run exits 1.
+NON200_ROWS=()
 # load NAME PID URL [wrk args...]: runs wrk pinned to LOAD_CPU and records one table row.
 load() {
     local name=$1 pid=$2 url=$3
@@ -84,15 +92,24 @@ def pct(p):
     return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: (.*)", text)
+# bench/named.lua counts the answers by status ("statuses: 200=N 404=M", "non-200: M").
+non200 = re.search(r"^non-200: (\d+)$", text, re.M)
+statuses = re.search(r"^statuses:(.*)$", text, re.M)
 cpu_us = (after - before) / ticks * 1e6 / max(reqs, 1)
 note = []
-if errors: note.append("non-2xx=" + errors.group(1))
+if non200 and int(non200.group(1)) > 0:
+    note.append("NOT-200=" + non200.group(1) + " (" + statuses.group(1).strip() + ")")
+elif errors: note.append("non-2xx=" + errors.group(1))
 if sock: note.append("socket errors: " + sock.group(1).strip())
 print(f"{name:<28} {rps:>12,.0f} {pct(50):>9.3f} {pct(99):>9.3f} {cpu_us:>12.2f}  {' '.join(note)}")
 PY
 )
     ROWS+=("$row")
     echo "$row"
+    if grep -Eq '^non-200: [1-9]' "$log"; then
+        NON200_ROWS+=("$name")
+        echo "bench: $name: $(grep '^non-200:' "$log") of $(grep -Eo '[0-9]+ requests in' "$log" | cut -d' ' -f1) answers ($(grep '^statuses:' "$log")): the row measures errors, not counting" >&2
+    fi
 }
 
 start_tally() { # name, extra args...
@@ -146,6 +163,39 @@ tally_workloads() {
             stop_tally
         fi
     fi
+    if [[ " $WORKLOADS " == *" named "* ]]; then
+        named_workload
+    fi
+}
+
+# named_workload: named counters (issue 20, docs/benchmarks.md "Named counters and Redis"),
+# every row at CONNECTIONS_HIGH connections and with bench/named.lua, whose response() hook
+# counts the answers by status (a row with any but 200 is flagged and the run exits 1). The
+# baseline, the single counter's POST, runs in the same rounds with the same script, so wrk's
+# cost is the same in every row. Names c0..c(NAMES-1), default 10,000. The server runs with
+# --cores NAMED_CORES (default 1, pinned as the rest); with NAMED_CORES>1 it may use every CPU
+# this script may, wrk's included, so only ratios within that run mean anything (rows suffixed
+# -Ncores). The keyed rows run on their own instance with KEYED_RETENTION, as the counter's.
+named_workload() {
+    local url="http://127.0.0.1:$PORT/" c=$CONNECTIONS_HIGH sfx=""
+    local SERVER_CORES=$NAMED_CORES SERVER_CPUS=$SERVER_CPU
+    if [ "$NAMED_CORES" != 1 ]; then
+        sfx=-${NAMED_CORES}cores
+        SERVER_CPUS=$(python3 -c 'import os; print(",".join(map(str, sorted(os.sched_getaffinity(0)))))')
+    fi
+    # shellcheck disable=SC2086 # RUN_ARGS is a list of flags
+    start_tally named $RUN_ARGS
+    CONNS=$c load "${TAG}tally-named-counter-post-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- single "$NAMES"
+    CONNS=$c load "${TAG}tally-named-random-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- random "$NAMES"
+    CONNS=$c load "${TAG}tally-named-hot-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- hot "$NAMES"
+    CONNS=$c load "${TAG}tally-named-get-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- get "$NAMES"
+    curl -fsS "http://127.0.0.1:$PORT/metrics" >"$OUT/${TAG}metrics-named.txt"
+    stop_tally
+    # shellcheck disable=SC2086
+    start_tally named-keyed --idempotency-retention-secs "$KEYED_RETENTION" $RUN_ARGS
+    CONNS=$c load "${TAG}tally-named-counter-post-keyed-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- single-keyed "$NAMES"
+    CONNS=$c load "${TAG}tally-named-keyed-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- keyed "$NAMES"
+    stop_tally
 }
 
 # reload_workload: lookups on a RELOAD_PAIRS dataset, steady, then across a SIGHUP reload of
@@ -228,8 +278,9 @@ done
 echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, DURATION=${DURATION}s, CONNECTIONS=$CONNECTIONS) =="
 printf '%s\n' "${ROWS[@]}" >"$OUT/rows.txt"
-python3 - "$OUT/rows.txt" <<'PY' | tee "$OUT/summary.txt"
-import statistics, sys
+NON200="${NON200_ROWS[*]}" python3 - "$OUT/rows.txt" <<'PY' | tee "$OUT/summary.txt"
+import os, statistics, sys
+non200 = set(os.environ["NON200"].split())
 order, runs = [], {}
 for line in open(sys.argv[1]):
     f = line.split()
@@ -245,17 +296,21 @@ for name in order:
     m = [statistics.median(c) for c in cols]
     # wrk reports no latency percentiles for pipelined batches beyond the median (it prints 0).
     p99 = f"{m[2]:>9.3f}" if m[2] > 0 else f"{'n/a':>9}"
-    print(f"{name:<28} {m[0]:>12,.0f} {m[1]:>9.3f} {p99} {m[3]:>12.2f} {len(runs[name])}")
+    flag = "  NOT-200 answers (see the rounds above)" if name in non200 else ""
+    print(f"{name:<28} {m[0]:>12,.0f} {m[1]:>9.3f} {p99} {m[3]:>12.2f} {len(runs[name])}{flag}")
 PY
-python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
+NON200="${NON200_ROWS[*]}" python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
 import sys, os
+non200 = set(os.environ["NON200"].split())
 rows = {}
 for line in list(open(sys.argv[1]))[1:]:
     f = line.split()
     if len(f) >= 5:
         rows[f[0]] = (float(f[1].replace(",", "")), float(f[4]), float(f[2]))
 def ratio(a, b, i, label):
-    if a in rows and b in rows and rows[b][i] > 0:
+    if a in non200 or b in non200:
+        print(f"{label:<48} n/a: answers other than 200")
+    elif a in rows and b in rows and rows[b][i] > 0:
         print(f"{label:<48} {rows[a][i] / rows[b][i]:.2f}")
 print()
 ratio("tally-health", "nginx-fixed-200", 1, "tally/nginx cpu per request (health)")
@@ -276,6 +331,23 @@ for k in high:
 ratio("tally-counter-post-keyed-256c", "tally-counter-post-256c", 0, "keyed / unkeyed counter POST req/s (256c)")
 ratio("tally-counter-post-keyed-256c", "tally-counter-post-256c", 1, "keyed / unkeyed counter POST cpu per request (256c)")
 ratio("tally-counter-post", "tally-counter-post-batch-1", 0, "counter POST batched / one transaction each")
+# Named counters (issue 20): each against the single counter's POST in the same rounds, with
+# the same wrk script (bench/named.lua); the targets are the issue's.
+def target(a, b, label, ok):
+    if a in non200 or b in non200:
+        print(f"{label:<60} n/a: answers other than 200")
+    elif a in rows and b in rows and rows[b][0] > 0:
+        r = rows[a][0] / rows[b][0]
+        print(f"{label:<60} {r:.2f}  {'meets' if ok(r) else 'MISSES'} the target")
+for n in [k[len("tally-named-random-"):] for k in rows if k.startswith("tally-named-random-")]:
+    post, keyed = f"tally-named-counter-post-{n}", f"tally-named-counter-post-keyed-{n}"
+    target(f"tally-named-random-{n}", post, f"named random / counter POST req/s ({n}, target >= 0.8)", lambda r: r >= 0.8)
+    target(f"tally-named-hot-{n}", post, f"named hot / counter POST req/s ({n}, target 0.95-1.05)", lambda r: 0.95 <= r <= 1.05)
+    target(f"tally-named-keyed-{n}", f"tally-named-random-{n}", f"named keyed / unkeyed req/s ({n}, target >= 0.7)", lambda r: r >= 0.7)
+    target(keyed, post, f"counter keyed / unkeyed req/s, named.lua ({n}, target >= 0.7)", lambda r: r >= 0.7)
+    ratio(f"tally-named-random-{n}", post, 1, f"named random / counter POST cpu per request ({n})")
+    ratio(f"tally-named-hot-{n}", post, 1, f"named hot / counter POST cpu per request ({n})")
+target("tally-counter-post-keyed-256c", "tally-counter-post-256c", "keyed / unkeyed counter POST req/s (256c, target >= 0.7)", lambda r: r >= 0.7)
 if "tally-counter-post" in rows:
     print(f"{'seed counter API (published, other hardware)':<48} 4,630 req/s -> tally {rows['tally-counter-post'][0] / 4630:,.0f}x")
 if "tally-kv-lookup" in rows:
@@ -298,3 +370,7 @@ if os.path.exists(m):
         print(f"{'average counter batch (increments/transaction)':<48} {vals['tally_counter_batch_size_sum'] / vals['tally_counter_batch_size_count']:.1f}")
         print(f"{'average commit round trip (ms)':<48} {1000 * vals['tally_counter_commit_seconds_sum'] / vals['tally_counter_commit_seconds_count']:.2f}")
 PY
+if [ "${#NON200_ROWS[@]}" -gt 0 ]; then
+    echo "bench: answers other than 200 in: ${NON200_ROWS[*]} (bench/out/<row>.txt has the statuses)" >&2
+    exit 1
+fi
