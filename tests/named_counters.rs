@@ -1160,3 +1160,33 @@ fn check_ranges_refuses_duplicates_gaps_and_overlaps() {
         assert!(refused, "check_ranges accepted {what}");
     }
 }
+
+/// Keys of named counters are stored as digests in `tally_keys` and swept once expired: with a
+/// one-second retention, the table empties, and the same key then counts again.
+#[test]
+fn expired_keys_of_named_counters_are_swept_and_count_again() {
+    let cluster = TestCluster::start();
+    let server = tally(&cluster, &["--idempotency-retention-secs", "1"]);
+    assert_eq!(keyed(&server, "swept", "k", 1), (1, false), "a new key");
+    assert_eq!(keyed(&server, "swept", "k", 1), (1, true), "its replay");
+    let stored = || {
+        with_client(&cluster, |client| async move {
+            client
+                .query_one("SELECT count(*) FROM tally_keys", &[])
+                .await
+                .expect("count tally_keys")
+                .get::<_, i64>(0)
+        })
+    };
+    assert_eq!(stored(), 1, "one digest stored for the key");
+    wait_for(
+        "the expired key to be swept",
+        Duration::from_secs(20),
+        || stored() == 0,
+    );
+    assert_eq!(
+        keyed(&server, "swept", "k", 1),
+        (2, false),
+        "an expired key counts again"
+    );
+}

@@ -14,6 +14,7 @@ use super::sql::{
     CREATE_NAMED, CREATE_NAMED_KEYS, CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES, FIND_BATCH,
     FIND_KEYS, FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE, INSERT_ROW, LOCK_ROW,
     MARK_NAMED, OLD_KEYS_TIME_INDEX, READ, READ_NAMED, SCHEMA_LOCK_KEY, SWEEP_KEYS,
+    SWEEP_NAMED_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -76,7 +77,7 @@ pub(super) async fn connect(
             tls: tls.clone(),
         })?;
         // If set-up fails below, dropping the client ends the I/O task.
-        prepare(client, io, closed, highest_seen).await
+        prepare(client, io, closed, highest_seen, config.named.is_some()).await
     };
     tokio::time::timeout(config.connect_timeout, set_up)
         .await
@@ -109,10 +110,11 @@ async fn prepare(
     io: tokio::task::JoinHandle<()>,
     closed: oneshot::Receiver<()>,
     highest_seen: i64,
+    named: bool,
 ) -> Result<Connection, StoreError> {
     insist_on_durability(&client).await?;
     create_schema(&client, highest_seen).await?;
-    let statements = prepare_statements(&client).await?;
+    let statements = prepare_statements(&client, named).await?;
     Ok(Connection {
         client,
         add: statements.add,
@@ -225,7 +227,8 @@ pub(super) struct NamedStatements {
     pub(super) find_keys: Statement,
 }
 
-async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
+/// `named`: a named counters' store, whose sweep goes over their keys' table.
+async fn prepare_statements(client: &Client, named: bool) -> Result<Statements, StoreError> {
     let prepare = |text: &'static str, types: &'static [Type], step: &'static str| async move {
         client
             .prepare_typed(text, types)
@@ -259,7 +262,7 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
         .await?,
         find_keys: prepare(FIND_KEYS, &[Type::TEXT_ARRAY], "preparing the key lookup").await?,
         sweep_keys: prepare(
-            SWEEP_KEYS,
+            if named { SWEEP_NAMED_KEYS } else { SWEEP_KEYS },
             &[Type::INT8, Type::INT8, Type::FLOAT8],
             "preparing the key sweep",
         )

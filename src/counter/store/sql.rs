@@ -194,3 +194,10 @@ pub(super) const ADD_NAMED_KEYED: &str = "WITH input AS (SELECT name, digest, by
 /// Settling a keyed named batch found committed: what each of its keys got, and by which batch.
 pub(super) const FIND_NAMED_KEYS: &str =
     "SELECT digest, by, count, batch_id FROM tally_keys WHERE digest = ANY($1::uuid[])";
+/// [`SWEEP_KEYS`] over `tally_keys`, the named counters' keys: a named counters' store sweeps
+/// that table instead (each of an instance's named stores at the pace, on its own cursor).
+pub(super) const SWEEP_NAMED_KEYS: &str = "WITH gone AS (DELETE FROM tally_keys \
+     WHERE ctid >= format('(%s,0)', $1)::tid AND ctid < format('(%s,0)', $2)::tid \
+     AND created_at < now() - make_interval(secs => $3) RETURNING 1) \
+     SELECT (SELECT count(*) FROM gone), \
+     pg_relation_size('tally_keys') / current_setting('block_size')::bigint";
