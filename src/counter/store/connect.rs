@@ -12,9 +12,8 @@ use super::error::StoreError;
 use super::sql::{
     ADD, ADD_KEYED, ADD_NAMED, ADD_NAMED_COUNTS, ADD_NAMED_KEYED, CREATE_INSTANCES, CREATE_KEYS,
     CREATE_NAMED, CREATE_NAMED_KEYS, CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES, FIND_BATCH,
-    FIND_KEYS, FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE, INSERT_ROW, LOCK_ROW,
-    MARK_NAMED, OLD_KEYS_TIME_INDEX, READ, READ_NAMED, SCHEMA_LOCK_KEY, SWEEP_KEYS,
-    SWEEP_NAMED_KEYS,
+    FIND_KEYS, FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE, INSERT_ROW, LOCK_NAMED,
+    LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, READ_NAMED, SCHEMA_LOCK_KEY, SWEEP_KEYS, SWEEP_NAMED_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -217,7 +216,7 @@ struct Statements {
 
 /// The named counters' statements (`sql`: [`ADD_NAMED`] and its neighbours).
 pub(super) struct NamedStatements {
-    pub(super) mark: Statement,
+    pub(super) lock: Statement,
     pub(super) add: Statement,
     pub(super) find_batch: Statement,
     pub(super) existing: Statement,
@@ -268,15 +267,10 @@ async fn prepare_statements(client: &Client, named: bool) -> Result<Statements, 
         )
         .await?,
         named: NamedStatements {
-            mark: prepare(
-                MARK_NAMED,
-                &[Type::INT8, Type::INT8],
-                "preparing the named mark",
-            )
-            .await?,
+            lock: prepare(LOCK_NAMED, &[Type::TEXT_ARRAY], "preparing the named lock").await?,
             add: prepare(
                 ADD_NAMED,
-                &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT8],
+                &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT8, Type::INT8],
                 "preparing the named increment",
             )
             .await?,

@@ -3,11 +3,12 @@
 //! whose outcome was lost, reads, deletes, and the limit on how many counters the database
 //! holds ([`NamedLimit`]).
 //!
-//! The batch's transaction is `BEGIN; MARK_NAMED; ADD_NAMED; COMMIT`, pipelined (one round
-//! trip). `MARK_NAMED` comes first so that the old session's transaction holds this store's
-//! row of `tally_instances` for its whole life: settling locks that row (`FOR UPDATE`), which
-//! waits until that transaction has ended, then reads the batch id there, as for the single
-//! counter (the `store` module comment), with the batch's counts in `named_counts`.
+//! An unkeyed batch is one statement, [`ADD_NAMED`](super::sql::ADD_NAMED), which also records
+//! the batch id and its counts in this store's row of `tally_instances`, as the single
+//! counter's `ADD` does; with keys, `BEGIN; ADD_NAMED; ADD_NAMED_KEYED; COMMIT`, pipelined (one
+//! round trip). Settling an in-doubt batch locks its rows in name order, then this store's
+//! row, so it waits for the old session's transaction to end, then reads the batch id there
+//! (the `store` module comment), with the batch's counts in `named_counts`.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -129,36 +130,34 @@ impl Store<'_> {
         let keys = KeyedParams::new(work, refused);
         let retention = self.config.idempotency_retention.as_secs_f64();
         let client = &connection.client;
-        let mark_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &self.instance];
-        let add_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&names, &deltas, &self.instance];
+        let add_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&names, &deltas, &self.instance, &id];
         let keyed_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&keys.names, &keys.digests, &keys.bys, &retention, &id];
-        // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
         let transaction = async {
-            let (begin, mark, add, keyed, commit) = tokio::join!(
+            if keys.names.is_empty() {
+                // One statement, its own transaction (as the single counter's `ADD`).
+                let rows = client
+                    .query(&connection.named.add, &add_params)
+                    .await
+                    .map_err(|error| classify(&error))?;
+                return Ok::<_, CommitError>((rows, Vec::new()));
+            }
+            // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
+            let (begin, add, keyed, commit) = tokio::join!(
                 client.batch_execute("BEGIN"),
-                client.query_opt(&connection.named.mark, &mark_params),
                 client.query(&connection.named.add, &add_params),
-                async {
-                    if keys.names.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    client
-                        .query(&connection.named.add_keyed, &keyed_params)
-                        .await
-                },
+                client.query(&connection.named.add_keyed, &keyed_params),
                 client.batch_execute("COMMIT"),
             );
             begin.map_err(|error| classify(&error))?;
-            let marked = mark.map_err(|error| classify(&error))?.is_some();
             let rows = add.map_err(|error| classify(&error))?;
             let keyed = keyed.map_err(|error| classify(&error))?;
             commit.map_err(|error| classify(&error))?;
-            Ok::<_, CommitError>((marked, rows, keyed))
+            Ok((rows, keyed))
         };
         let result = tokio::time::timeout_at(statement_deadline.into(), transaction).await;
-        let (marked, rows, keyed_rows) = match result {
+        let (rows, keyed_rows) = match result {
             Err(_elapsed) => return Err(CommitError::Timeout),
             Ok(Err(error)) => {
                 if let Some(limit) = self.named_limit() {
@@ -176,9 +175,11 @@ impl Store<'_> {
         };
         let mut counts = Vec::with_capacity(rows.len());
         let mut created = 0;
+        let mut marked = true;
         for row in &rows {
             counts.push(row.try_get::<_, i64>(0).map_err(unreadable)?);
             created += i64::from(row.try_get::<_, bool>(1).map_err(unreadable)?);
+            marked &= row.try_get::<_, bool>(2).map_err(unreadable)?;
         }
         if let Some(limit) = self.named_limit() {
             limit.release(reserved - created);
@@ -314,7 +315,9 @@ impl Store<'_> {
         refused: &[bool],
     ) -> Result<Option<(NamedCommitted, bool)>, StoreError> {
         let client = &connection.client;
+        let (names, deltas) = sent(work, refused);
         client.batch_execute("BEGIN").await?;
+        client.query(&connection.named.lock, &[&names]).await?;
         let found = client
             .query_opt(&connection.named.find_batch, &[&self.instance])
             .await?;
@@ -329,20 +332,18 @@ impl Store<'_> {
                 let counts: Vec<i64> = row.try_get::<_, Option<Vec<i64>>>(1)?.unwrap_or_default();
                 let keys = KeyedParams::new(work, refused);
                 let keyed = self.find_named_keys(connection, id, &keys).await?;
-                let (names, deltas) = sent(work, refused);
                 let committed =
                     self.committed_named(work, refused, &names, &deltas, counts, keyed, &keys)?;
                 Some((committed, true))
             }
             Some(_) => {
-                let (names, deltas) = sent(work, refused);
                 let keys = KeyedParams::new(work, refused);
                 let retention = self.config.idempotency_retention.as_secs_f64();
-                client
-                    .query_opt(&connection.named.mark, &[&id, &self.instance])
-                    .await?;
                 let rows = client
-                    .query(&connection.named.add, &[&names, &deltas, &self.instance])
+                    .query(
+                        &connection.named.add,
+                        &[&names, &deltas, &self.instance, &id],
+                    )
                     .await?;
                 let counts = rows
                     .iter()

@@ -125,28 +125,33 @@ pub(super) const ADD_NAMED_COUNTS: &str = "DO $$ BEGIN IF NOT EXISTS (SELECT FRO
      information_schema.columns WHERE table_schema = current_schema() \
      AND table_name = 'tally_instances' AND column_name = 'named_counts') THEN \
      ALTER TABLE tally_instances ADD COLUMN named_counts bigint[]; END IF; END $$";
-/// The first statement of a named batch's transaction: records the batch `$1` in this store's
-/// row `$2`, and so holds that row's lock until the transaction ends: a settling store waits on
-/// it ([`FIND_NAMED_BATCH`]). Returns the row if it was there.
-pub(super) const MARK_NAMED: &str = "UPDATE tally_instances SET previous_batch = batch, \
-     batch = $1, seen_at = now() WHERE id = $2 RETURNING 1";
-/// Adds `$2[i]` to the counter named `$1[i]`, creating it, and records the counts in this
-/// store's row `$3`. The rows are inserted or locked in name order (the `ORDER BY` feeds the
-/// insertion), so two batches sharing names, from any instances, lock them in the same order
-/// and cannot deadlock. Returns, in the order given, each count and whether the row was
-/// created (`xmax = 0`: inserted, not updated by `ON CONFLICT`).
+/// Adds `$2[i]` to the counter named `$1[i]`, creating it, and records the batch `$4` with its
+/// counts in this store's row `$3`: one statement, its own transaction for an unkeyed batch,
+/// as [`ADD`] is for the single counter. The rows are inserted or locked in name order (the
+/// `ORDER BY` feeds the insertion), so two batches sharing names, from any instances, lock
+/// them in the same order and cannot deadlock; this store's row comes last. Returns, in the
+/// order given, each count, whether the row was created (`xmax = 0`: inserted, not updated by
+/// `ON CONFLICT`), and whether this store's row recorded the batch.
 pub(super) const ADD_NAMED: &str = "WITH input AS (SELECT name, delta, pos \
        FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS t(name, delta, pos)), \
      counted AS (INSERT INTO tally_counters AS c (name, count) \
        SELECT name, delta FROM input ORDER BY name COLLATE \"C\" \
        ON CONFLICT (name) DO UPDATE SET count = c.count + excluded.count \
        RETURNING c.name, c.count, (c.xmax = 0) AS created), \
-     marked AS (UPDATE tally_instances SET named_counts = (SELECT array_agg(k.count \
-       ORDER BY i.pos) FROM input i JOIN counted k ON k.name = i.name) WHERE id = $3 \
+     marked AS (UPDATE tally_instances SET previous_batch = batch, batch = $4, \
+       named_counts = (SELECT array_agg(k.count ORDER BY i.pos) \
+       FROM input i JOIN counted k ON k.name = i.name), seen_at = now() WHERE id = $3 \
        RETURNING 1) \
-     SELECT k.count, k.created FROM input i JOIN counted k ON k.name = i.name ORDER BY i.pos";
-/// Settling an in-doubt named batch: waits for the lock [`MARK_NAMED`] took (so for the old
-/// session's transaction to end), then says which batch committed last and its counts.
+     SELECT k.count, k.created, EXISTS (SELECT FROM marked) \
+     FROM input i JOIN counted k ON k.name = i.name ORDER BY i.pos";
+/// Settling an in-doubt named batch, first: waits for every transaction holding a lock on the
+/// batch's rows to end, taking them in name order as [`ADD_NAMED`] does.
+pub(super) const LOCK_NAMED: &str = "SELECT 1 FROM tally_counters \
+     WHERE name = ANY($1::text[]) ORDER BY name COLLATE \"C\" FOR UPDATE";
+/// Settling an in-doubt named batch, then (after [`LOCK_NAMED`]): waits for this store's row,
+/// which the old batch's statement updates last, and says which batch committed last and its
+/// counts. A statement of the old session still on its way finds the row locked, and once
+/// this transaction commits, fails the row's `CHECK` (see the `store` module comment).
 pub(super) const FIND_NAMED_BATCH: &str =
     "SELECT batch, named_counts FROM tally_instances WHERE id = $1 FOR UPDATE";
 /// Which of the names `$1` have a row (before a batch that could pass the counter limit).
