@@ -242,17 +242,15 @@ impl Core {
         batch
     }
 
-    /// The count of `name` (0 for a counter never incremented): from what its owner's store
-    /// last committed or read, if that is fresh, else read through that store. Never below a
-    /// count this instance answered: the store records each commit before it is answered, and
-    /// a read runs after the commits sent before it.
+    /// The count of `name` (0 for a counter never incremented): what its owner's store last
+    /// committed or read (refreshed in the background when older than `fresh_for`), else read
+    /// through that store. Never below a count this instance answered: the store records each
+    /// commit before it is answered, and a read runs after the commits sent before it.
     pub fn get(&self, name: &str) -> Get {
         let store = &self.shared.stores[self.owner(name)];
-        if let Some(seen) = store.seen_named(name) {
-            if seen.at.elapsed() < self.shared.fresh_for {
-                self.shared.reads_cached.fetch_add(1, Relaxed);
-                return Get::Now(seen.count);
-            }
+        if let Some(count) = store.named_count(name, self.shared.fresh_for) {
+            self.shared.reads_cached.fetch_add(1, Relaxed);
+            return Get::Now(count);
         }
         self.shared.reads_queried.fetch_add(1, Relaxed);
         let store = store.clone();

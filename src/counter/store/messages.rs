@@ -66,14 +66,17 @@ pub struct NamedCommitted {
     pub keyed: Vec<Option<KeyOutcome>>,
 }
 
+pub(super) type NamedCountsReply = oneshot::Sender<Result<Vec<i64>, CommitError>>;
+
 pub(super) type NamedReply = oneshot::Sender<Result<NamedCommitted, CommitError>>;
 
 pub(super) enum Request {
     Add(Add),
-    /// Reads named counters: the count of each name given (0 for a name with no row).
+    /// Reads named counters: the count of each name given (0 for a name with no row). Without
+    /// a reply, a refresh of what the store remembers (its view, which every read updates).
     ReadNamed {
         names: Vec<Box<str>>,
-        reply: oneshot::Sender<Result<Vec<i64>, CommitError>>,
+        reply: Option<NamedCountsReply>,
     },
     /// Deletes a named counter: its last count, `None` if there was none.
     DeleteNamed {

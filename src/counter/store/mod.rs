@@ -211,7 +211,26 @@ impl StoreHandle {
     /// The counts of `names` as PostgreSQL has them now (0 for a counter never incremented).
     /// Queued behind the commits sent before it.
     pub async fn read_named(&self, names: Vec<Box<str>>) -> Result<Vec<i64>, CommitError> {
-        self.ask(|reply| Request::ReadNamed { names, reply }).await
+        self.ask(|reply| Request::ReadNamed {
+            names,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// The count of the named counter `name` as this store last committed or read it, if it
+    /// remembers; older than `fresh_for`, the count is answered all the same and a read is
+    /// queued (once) to refresh it, as the single counter's count is refreshed in the
+    /// background.
+    pub fn named_count(&self, name: &str, fresh_for: std::time::Duration) -> Option<i64> {
+        let (count, refresh) = self.shared.view.lock().ok()?.ask(name, fresh_for)?;
+        if refresh {
+            let _ = self.requests.send(Request::ReadNamed {
+                names: vec![name.into()],
+                reply: None,
+            });
+        }
+        Some(count)
     }
 
     /// Deletes the counter `name`: its last count, `None` if there was none.

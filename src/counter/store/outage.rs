@@ -45,7 +45,9 @@ impl Request {
                 add.job.send_error(error());
             }
             Request::ReadNamed { reply, .. } => {
-                let _ = reply.send(Err(error()));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error()));
+                }
             }
             Request::DeleteNamed { reply, .. } => {
                 let _ = reply.send(Err(error()));

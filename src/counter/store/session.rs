@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 use super::config::StoreConfig;
 use super::connect::{connect, Connection};
 use super::error::{statement_was_rejected, CommitError, StoreError};
-use super::messages::Request;
+use super::messages::{NamedCountsReply, Request};
 use super::outage::refuse_until_shutdown;
 use super::shared::Shared;
 use super::state::Store;
 use super::sweep::{Sweep, INSTANCE_TOUCH_INTERVAL, PRUNE_INTERVAL};
+
+/// Most read requests of named counters served by one statement.
+const READS_AT_ONCE: usize = 256;
 
 /// Reconnect back-off: doubles from the first to the last value after each failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -49,6 +52,7 @@ pub(super) fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, s
         outage_since: Cell::new(None),
         held: RefCell::new(VecDeque::new()),
         named_recount_at: Cell::new(Instant::now()),
+        stashed: RefCell::new(None),
     };
     runtime.block_on(store.run());
 }
@@ -195,11 +199,19 @@ impl Store<'_> {
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // What waited for this connection goes first, in the order it arrived.
+            // What waited for this connection goes first, in the order it arrived; then a
+            // request taken off the queue while gathering reads.
             let held = self.held.borrow_mut().pop_front();
             if let Some(add) = held {
                 if !self.run_add(connection, add).await {
                     return Served::Lost;
+                }
+                continue;
+            }
+            let stashed = self.stashed.borrow_mut().take();
+            if let Some(request) = stashed {
+                if let Some(served) = self.serve_request(connection, request).await {
+                    return served;
                 }
                 continue;
             }
@@ -212,28 +224,12 @@ impl Store<'_> {
                     return Served::Lost;
                 }
                 request = self.queue.recv_async() => match request {
-                    Ok(Request::Add(add)) => {
-                        if !self.run_add(connection, add).await {
-                            return Served::Lost;
+                    Ok(request) => {
+                        if let Some(served) = self.serve_request(connection, request).await {
+                            return served;
                         }
                     }
-                    Ok(Request::ReadNamed { names, reply }) => {
-                        let read = self.read_named(connection, &names).await;
-                        let lost = read.as_ref().is_err_and(CommitError::leaves_connection_unusable);
-                        let _ = reply.send(read);
-                        if lost {
-                            return Served::Lost;
-                        }
-                    }
-                    Ok(Request::DeleteNamed { name, reply }) => {
-                        let deleted = self.delete_named(connection, &name).await;
-                        let lost = deleted.as_ref().is_err_and(CommitError::leaves_connection_unusable);
-                        let _ = reply.send(deleted);
-                        if lost {
-                            return Served::Lost;
-                        }
-                    }
-                    Ok(Request::Shutdown) | Err(_) => return Served::ShutDown,
+                    Err(_) => return Served::ShutDown,
                 },
                 _ = refresh.tick() => {
                     if !self.refresh(connection).await {
@@ -248,6 +244,72 @@ impl Store<'_> {
                 },
             }
         }
+    }
+
+    /// Serves one request from the queue; `Some` when serving on this connection ends.
+    async fn serve_request(&self, connection: &Connection, request: Request) -> Option<Served> {
+        match request {
+            Request::Add(add) => (!self.run_add(connection, add).await).then_some(Served::Lost),
+            Request::ReadNamed { names, reply } => self.serve_reads(connection, names, reply).await,
+            Request::DeleteNamed { name, reply } => {
+                let deleted = self.delete_named(connection, &name).await;
+                let lost = deleted
+                    .as_ref()
+                    .is_err_and(CommitError::leaves_connection_unusable);
+                let _ = reply.send(deleted);
+                lost.then_some(Served::Lost)
+            }
+            Request::Shutdown => Some(Served::ShutDown),
+        }
+    }
+
+    /// Serves a read of named counters with every read queued behind it, in one statement
+    /// (up to [`READS_AT_ONCE`] requests); the first other request taken off the queue waits
+    /// in `stashed` and goes next.
+    async fn serve_reads(
+        &self,
+        connection: &Connection,
+        names: Vec<Box<str>>,
+        reply: Option<NamedCountsReply>,
+    ) -> Option<Served> {
+        let mut reads = vec![(names, reply)];
+        while reads.len() < READS_AT_ONCE {
+            match self.queue.try_recv() {
+                Ok(Request::ReadNamed { names, reply }) => reads.push((names, reply)),
+                Ok(other) => {
+                    *self.stashed.borrow_mut() = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut all: Vec<Box<str>> = reads
+            .iter()
+            .flat_map(|(names, _)| names.iter().cloned())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let read = self.read_named(connection, &all).await;
+        let lost = read
+            .as_ref()
+            .is_err_and(CommitError::leaves_connection_unusable);
+        for (names, reply) in reads {
+            let Some(reply) = reply else { continue };
+            let answer = match &read {
+                Ok(counts) => Ok(names
+                    .iter()
+                    .map(|name| {
+                        all.binary_search(name)
+                            .ok()
+                            .and_then(|at| counts.get(at).copied())
+                            .unwrap_or(0)
+                    })
+                    .collect()),
+                Err(error) => Err(error.clone()),
+            };
+            let _ = reply.send(answer);
+        }
+        lost.then_some(Served::Lost)
     }
 
     /// Reads the row (a named store: the number of named counters, now and then); false when

@@ -40,6 +40,8 @@ pub(super) struct Store<'a> {
     pub(super) held: RefCell<VecDeque<Add>>,
     /// When the number of named counters is next read (see `named::NamedLimit`).
     pub(super) named_recount_at: Cell<Instant>,
+    /// A request taken off the queue while gathering reads (see `session`), served next.
+    pub(super) stashed: RefCell<Option<Request>>,
 }
 
 /// A batch whose commit outcome was lost: settled on the next connection, or answered `why`

@@ -6,7 +6,7 @@
 //! written again moves back to the young map.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A count and when the store last confirmed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +19,15 @@ pub struct Seen {
 pub(super) struct NameView {
     /// Entries per generation.
     generation: usize,
-    young: HashMap<Box<str>, Seen>,
-    old: HashMap<Box<str>, Seen>,
+    young: HashMap<Box<str>, Entry>,
+    old: HashMap<Box<str>, Entry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    seen: Seen,
+    /// A refresh was asked for since the count was last confirmed.
+    asked: bool,
 }
 
 impl NameView {
@@ -34,14 +41,32 @@ impl NameView {
     }
 
     pub(super) fn get(&self, name: &str) -> Option<Seen> {
-        self.young.get(name).or_else(|| self.old.get(name)).copied()
+        self.young
+            .get(name)
+            .or_else(|| self.old.get(name))
+            .map(|entry| entry.seen)
+    }
+
+    /// The count of `name`, if known, and whether a refresh should be asked for now: it is
+    /// older than `fresh_for` and none was asked for since.
+    pub(super) fn ask(&mut self, name: &str, fresh_for: Duration) -> Option<(i64, bool)> {
+        let entry = match self.young.get_mut(name) {
+            Some(entry) => entry,
+            None => self.old.get_mut(name)?,
+        };
+        let refresh = !entry.asked && entry.seen.at.elapsed() >= fresh_for;
+        entry.asked |= refresh;
+        Some((entry.seen.count, refresh))
     }
 
     /// Records what a statement found: a commit's count, or a read's (which may be lower than
     /// what the view held only when the counter was deleted, here or by another instance:
     /// this store's commits and reads run in order).
     pub(super) fn put(&mut self, name: &str, count: i64, at: Instant) {
-        let seen = Seen { count, at };
+        let seen = Entry {
+            seen: Seen { count, at },
+            asked: false,
+        };
         if let Some(entry) = self.young.get_mut(name) {
             *entry = seen;
             return;
@@ -91,5 +116,20 @@ mod tests {
         );
         view.remove("e");
         assert_eq!(view.get("e"), None);
+    }
+
+    #[test]
+    fn a_stale_count_is_answered_and_refreshed_once() {
+        let fresh_for = Duration::from_millis(200);
+        let mut view = NameView::new(8);
+        let old = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .expect("a second after boot");
+        view.put("a", 5, old);
+        assert_eq!(view.ask("a", fresh_for), Some((5, true)));
+        assert_eq!(view.ask("a", fresh_for), Some((5, false)), "asked once");
+        view.put("a", 6, Instant::now());
+        assert_eq!(view.ask("a", fresh_for), Some((6, false)));
+        assert_eq!(view.ask("b", fresh_for), None);
     }
 }
