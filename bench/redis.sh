@@ -134,7 +134,7 @@ PY
     local note=""
     if [ $((calls1 - calls0)) -ne "$REDIS_REQUESTS" ] || [ "$failed" -ne 0 ]; then
         note="INCRs counted by redis: $((calls1 - calls0)) of $REDIS_REQUESTS, $failed failed in all"
-        FAILED+=("redis-incr-${CONNECTIONS}c")
+        [[ " ${FAILED[*]} " == *" redis-incr-${CONNECTIONS}c "* ]] || FAILED+=("redis-incr-${CONNECTIONS}c")
     fi
     # shellcheck disable=SC2086 # four numbers
     row "redis-incr-${CONNECTIONS}c" $fields "$note"
@@ -161,7 +161,7 @@ PY
     local note=""
     if grep -Eq '^non-200: [1-9]' "$log"; then
         note="NOT-200: $(grep '^statuses:' "$log")"
-        FAILED+=("$TALLY_ROW")
+        [[ " ${FAILED[*]} " == *" $TALLY_ROW "* ]] || FAILED+=("$TALLY_ROW")
     fi
     # shellcheck disable=SC2086
     row "$TALLY_ROW" $fields "$note"

@@ -107,7 +107,7 @@ PY
     ROWS+=("$row")
     echo "$row"
     if grep -Eq '^non-200: [1-9]' "$log"; then
-        NON200_ROWS+=("$name")
+        [[ " ${NON200_ROWS[*]} " == *" $name "* ]] || NON200_ROWS+=("$name")
         echo "bench: $name: $(grep '^non-200:' "$log") of $(grep -Eo '[0-9]+ requests in' "$log" | cut -d' ' -f1) answers ($(grep '^statuses:' "$log")): the row measures errors, not counting" >&2
     fi
 }
