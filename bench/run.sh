@@ -348,6 +348,8 @@ for n in [k[len("tally-named-random-"):] for k in rows if k.startswith("tally-na
     ratio(f"tally-named-random-{n}", post, 1, f"named random / counter POST cpu per request ({n})")
     ratio(f"tally-named-hot-{n}", post, 1, f"named hot / counter POST cpu per request ({n})")
 target("tally-counter-post-keyed-256c", "tally-counter-post-256c", "keyed / unkeyed counter POST req/s (256c, target >= 0.7)", lambda r: r >= 0.7)
+# The same load with and without named.lua's response() hook (`bench/run.sh counter named`).
+ratio("tally-named-counter-post-256c", "tally-counter-post-256c", 0, "counter POST req/s, named.lua / pipeline.lua (256c)")
 if "tally-counter-post" in rows:
     print(f"{'seed counter API (published, other hardware)':<48} 4,630 req/s -> tally {rows['tally-counter-post'][0] / 4630:,.0f}x")
 if "tally-kv-lookup" in rows:
