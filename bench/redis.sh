@@ -94,6 +94,8 @@ echo "redis: $(redis-server --version | cut -d' ' -f1-3), $(redis-benchmark --ve
 }
 
 launch_tally "$BIN" "$OUT/data" "$OUT/tally.log"
+# Health answers before PostgreSQL is connected (a POST then is a 503): wait until ready.
+wait_http "http://127.0.0.1:$PORT/api/v1/system/ready"
 TALLY_URL="http://127.0.0.1:$PORT/"
 TALLY_ROW=tally-named-$TALLY_MODE-${CONNECTIONS}c
 [ "$TALLY_MODE" = single ] && TALLY_ROW=tally-counter-post-${CONNECTIONS}c

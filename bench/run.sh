@@ -183,8 +183,11 @@ named_workload() {
         sfx=-${NAMED_CORES}cores
         SERVER_CPUS=$(python3 -c 'import os; print(",".join(map(str, sorted(os.sched_getaffinity(0)))))')
     fi
+    # Health answers before PostgreSQL is connected, and a POST then is a 503: the named rows
+    # start once the server is ready (GET /api/v1/system/ready).
     # shellcheck disable=SC2086 # RUN_ARGS is a list of flags
     start_tally named $RUN_ARGS
+    wait_http "http://127.0.0.1:$PORT/api/v1/system/ready"
     CONNS=$c load "${TAG}tally-named-counter-post-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- single "$NAMES"
     CONNS=$c load "${TAG}tally-named-random-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- random "$NAMES"
     CONNS=$c load "${TAG}tally-named-hot-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- hot "$NAMES"
@@ -193,6 +196,7 @@ named_workload() {
     stop_tally
     # shellcheck disable=SC2086
     start_tally named-keyed --idempotency-retention-secs "$KEYED_RETENTION" $RUN_ARGS
+    wait_http "http://127.0.0.1:$PORT/api/v1/system/ready"
     CONNS=$c load "${TAG}tally-named-counter-post-keyed-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- single-keyed "$NAMES"
     CONNS=$c load "${TAG}tally-named-keyed-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- keyed "$NAMES"
     stop_tally
