@@ -303,7 +303,7 @@ for name in order:
     flag = "  NOT-200 answers (see the rounds above)" if name in non200 else ""
     print(f"{name:<28} {m[0]:>12,.0f} {m[1]:>9.3f} {p99} {m[3]:>12.2f} {len(runs[name])}{flag}")
 PY
-NON200="${NON200_ROWS[*]}" python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
+NON200="${NON200_ROWS[*]}" python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" "$OUT/metrics-named.txt" <<'PY'
 import sys, os
 non200 = set(os.environ["NON200"].split())
 rows = {}
@@ -375,6 +375,19 @@ if os.path.exists(m):
     if vals.get("tally_counter_batch_size_count"):
         print(f"{'average counter batch (increments/transaction)':<48} {vals['tally_counter_batch_size_sum'] / vals['tally_counter_batch_size_count']:.1f}")
         print(f"{'average commit round trip (ms)':<48} {1000 * vals['tally_counter_commit_seconds_sum'] / vals['tally_counter_commit_seconds_count']:.2f}")
+# The named instance's metrics after its last round (this run's, if it ran named rows).
+m = sys.argv[3]
+if os.path.exists(m) and any(k.startswith("tally-named-") for k in rows):
+    vals = {}
+    for line in open(m):
+        f = line.split()
+        if len(f) == 2 and f[0].startswith("tally_named_"):
+            vals[f[0]] = float(f[1])
+    if vals.get("tally_named_batch_size_count"):
+        print(f"{'named: increments / names a transaction (random, hot)':<48} {vals.get('tally_named_batch_size_sum', 0) / vals['tally_named_batch_size_count']:.1f} / {vals.get('tally_named_batch_names_sum', 0) / vals['tally_named_batch_size_count']:.1f}")
+    reads = vals.get("tally_named_reads_cached_total", 0) + vals.get("tally_named_reads_queried_total", 0)
+    if reads:
+        print(f"{'named: GETs answered from memory / all GETs':<48} {vals.get('tally_named_reads_cached_total', 0) / reads:.2f}")
 PY
 if [ "${#NON200_ROWS[@]}" -gt 0 ]; then
     echo "bench: answers other than 200 in: ${NON200_ROWS[*]} (bench/out/<row>.txt has the statuses)" >&2
