@@ -94,6 +94,8 @@ echo "redis: $(redis-server --version | cut -d' ' -f1-3), $(redis-benchmark --ve
 }
 
 launch_tally "$BIN" "$OUT/data" "$OUT/tally.log"
+# Health answers before PostgreSQL is connected (a POST then is a 503): wait until ready.
+wait_http "http://127.0.0.1:$PORT/api/v1/system/ready"
 TALLY_URL="http://127.0.0.1:$PORT/"
 TALLY_ROW=tally-named-$TALLY_MODE-${CONNECTIONS}c
 [ "$TALLY_MODE" = single ] && TALLY_ROW=tally-counter-post-${CONNECTIONS}c
@@ -134,7 +136,7 @@ PY
     local note=""
     if [ $((calls1 - calls0)) -ne "$REDIS_REQUESTS" ] || [ "$failed" -ne 0 ]; then
         note="INCRs counted by redis: $((calls1 - calls0)) of $REDIS_REQUESTS, $failed failed in all"
-        FAILED+=("redis-incr-${CONNECTIONS}c")
+        [[ " ${FAILED[*]} " == *" redis-incr-${CONNECTIONS}c "* ]] || FAILED+=("redis-incr-${CONNECTIONS}c")
     fi
     # shellcheck disable=SC2086 # four numbers
     row "redis-incr-${CONNECTIONS}c" $fields "$note"
@@ -161,7 +163,7 @@ PY
     local note=""
     if grep -Eq '^non-200: [1-9]' "$log"; then
         note="NOT-200: $(grep '^statuses:' "$log")"
-        FAILED+=("$TALLY_ROW")
+        [[ " ${FAILED[*]} " == *" $TALLY_ROW "* ]] || FAILED+=("$TALLY_ROW")
     fi
     # shellcheck disable=SC2086
     row "$TALLY_ROW" $fields "$note"

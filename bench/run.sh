@@ -107,7 +107,7 @@ PY
     ROWS+=("$row")
     echo "$row"
     if grep -Eq '^non-200: [1-9]' "$log"; then
-        NON200_ROWS+=("$name")
+        [[ " ${NON200_ROWS[*]} " == *" $name "* ]] || NON200_ROWS+=("$name")
         echo "bench: $name: $(grep '^non-200:' "$log") of $(grep -Eo '[0-9]+ requests in' "$log" | cut -d' ' -f1) answers ($(grep '^statuses:' "$log")): the row measures errors, not counting" >&2
     fi
 }
@@ -183,8 +183,11 @@ named_workload() {
         sfx=-${NAMED_CORES}cores
         SERVER_CPUS=$(python3 -c 'import os; print(",".join(map(str, sorted(os.sched_getaffinity(0)))))')
     fi
+    # Health answers before PostgreSQL is connected, and a POST then is a 503: the named rows
+    # start once the server is ready (GET /api/v1/system/ready).
     # shellcheck disable=SC2086 # RUN_ARGS is a list of flags
     start_tally named $RUN_ARGS
+    wait_http "http://127.0.0.1:$PORT/api/v1/system/ready"
     CONNS=$c load "${TAG}tally-named-counter-post-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- single "$NAMES"
     CONNS=$c load "${TAG}tally-named-random-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- random "$NAMES"
     CONNS=$c load "${TAG}tally-named-hot-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- hot "$NAMES"
@@ -193,6 +196,7 @@ named_workload() {
     stop_tally
     # shellcheck disable=SC2086
     start_tally named-keyed --idempotency-retention-secs "$KEYED_RETENTION" $RUN_ARGS
+    wait_http "http://127.0.0.1:$PORT/api/v1/system/ready"
     CONNS=$c load "${TAG}tally-named-counter-post-keyed-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- single-keyed "$NAMES"
     CONNS=$c load "${TAG}tally-named-keyed-${c}c$sfx" "$TALLY_PID" "$url" -s bench/named.lua -- keyed "$NAMES"
     stop_tally
@@ -299,7 +303,7 @@ for name in order:
     flag = "  NOT-200 answers (see the rounds above)" if name in non200 else ""
     print(f"{name:<28} {m[0]:>12,.0f} {m[1]:>9.3f} {p99} {m[3]:>12.2f} {len(runs[name])}{flag}")
 PY
-NON200="${NON200_ROWS[*]}" python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" <<'PY'
+NON200="${NON200_ROWS[*]}" python3 - "$OUT/summary.txt" "$OUT/metrics-counter.txt" "$OUT/metrics-named.txt" <<'PY'
 import sys, os
 non200 = set(os.environ["NON200"].split())
 rows = {}
@@ -348,6 +352,8 @@ for n in [k[len("tally-named-random-"):] for k in rows if k.startswith("tally-na
     ratio(f"tally-named-random-{n}", post, 1, f"named random / counter POST cpu per request ({n})")
     ratio(f"tally-named-hot-{n}", post, 1, f"named hot / counter POST cpu per request ({n})")
 target("tally-counter-post-keyed-256c", "tally-counter-post-256c", "keyed / unkeyed counter POST req/s (256c, target >= 0.7)", lambda r: r >= 0.7)
+# The same load with and without named.lua's response() hook (`bench/run.sh counter named`).
+ratio("tally-named-counter-post-256c", "tally-counter-post-256c", 0, "counter POST req/s, named.lua / pipeline.lua (256c)")
 if "tally-counter-post" in rows:
     print(f"{'seed counter API (published, other hardware)':<48} 4,630 req/s -> tally {rows['tally-counter-post'][0] / 4630:,.0f}x")
 if "tally-kv-lookup" in rows:
@@ -369,6 +375,19 @@ if os.path.exists(m):
     if vals.get("tally_counter_batch_size_count"):
         print(f"{'average counter batch (increments/transaction)':<48} {vals['tally_counter_batch_size_sum'] / vals['tally_counter_batch_size_count']:.1f}")
         print(f"{'average commit round trip (ms)':<48} {1000 * vals['tally_counter_commit_seconds_sum'] / vals['tally_counter_commit_seconds_count']:.2f}")
+# The named instance's metrics after its last round (this run's, if it ran named rows).
+m = sys.argv[3]
+if os.path.exists(m) and any(k.startswith("tally-named-") for k in rows):
+    vals = {}
+    for line in open(m):
+        f = line.split()
+        if len(f) == 2 and f[0].startswith("tally_named_"):
+            vals[f[0]] = float(f[1])
+    if vals.get("tally_named_batch_size_count"):
+        print(f"{'named: increments / names a transaction (random, hot)':<48} {vals.get('tally_named_batch_size_sum', 0) / vals['tally_named_batch_size_count']:.1f} / {vals.get('tally_named_batch_names_sum', 0) / vals['tally_named_batch_size_count']:.1f}")
+    reads = vals.get("tally_named_reads_cached_total", 0) + vals.get("tally_named_reads_queried_total", 0)
+    if reads:
+        print(f"{'named: GETs answered from memory / all GETs':<48} {vals.get('tally_named_reads_cached_total', 0) / reads:.2f}")
 PY
 if [ "${#NON200_ROWS[@]}" -gt 0 ]; then
     echo "bench: answers other than 200 in: ${NON200_ROWS[*]} (bench/out/<row>.txt has the statuses)" >&2
