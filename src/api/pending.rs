@@ -58,8 +58,8 @@ impl Committed {
         match self {
             Committed::Plain(result) => committed(result, out),
             Committed::Keyed(result) => keyed_committed(result, out),
-            Committed::Named(result) => super::counters::counted(result, out),
-            Committed::NamedKeyed(result) => super::counters::keyed_counted(result, out),
+            Committed::Named(result) => counted(result, out),
+            Committed::NamedKeyed(result) => keyed_counted(result, out),
             Committed::Read(Ok(count)) => count_body(out, count),
             Committed::Read(Err(err)) => {
                 log::debug!("named counter read failed: {err}");
@@ -69,7 +69,7 @@ impl Committed {
                     "the count could not be read from the store",
                 )
             }
-            Committed::Delete(result) => super::counters::deleted(result, out),
+            Committed::Delete(result) => deleted(result, out),
         }
     }
 }
@@ -114,4 +114,56 @@ pub(super) fn count_body(out: &mut Vec<u8>, count: i64) -> Response {
     out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
     out.push(b'}');
     Response::json(Status::Ok)
+}
+
+/// The response to a deletion.
+pub(super) fn deleted(
+    result: Result<Option<i64>, crate::counter::CommitError>,
+    out: &mut Vec<u8>,
+) -> Response {
+    match result {
+        Ok(Some(count)) => count_body(out, count),
+        Ok(None) => message(out, Status::NotFound, "no counter has this name"),
+        Err(err) => {
+            log::debug!("delete not confirmed: {err}");
+            message(
+                out,
+                Status::ServiceUnavailable,
+                "the deletion was not confirmed by the store",
+            )
+        }
+    }
+}
+
+/// The response to a keyed named increment.
+pub(super) fn keyed_counted(
+    result: Result<named::KeyedCounted, crate::counter::CommitError>,
+    out: &mut Vec<u8>,
+) -> Response {
+    match result {
+        Ok(named::KeyedCounted::Outcome(outcome)) => keyed_committed(Ok(outcome), out),
+        Ok(named::KeyedCounted::LimitReached { limit }) => {
+            counted(Ok(named::Counted::LimitReached { limit }), out)
+        }
+        Err(err) => committed(Err(err), out),
+    }
+}
+
+/// The response to a named increment.
+pub(super) fn counted(
+    result: Result<named::Counted, crate::counter::CommitError>,
+    out: &mut Vec<u8>,
+) -> Response {
+    match result {
+        Ok(named::Counted::Count(count)) => count_body(out, count),
+        Ok(named::Counted::LimitReached { limit }) => message(
+            out,
+            Status::InsufficientStorage,
+            &format!(
+                "the counter limit ({limit}) is reached: existing counters keep counting; \
+                 delete counters or raise --max-counters"
+            ),
+        ),
+        Err(err) => committed(Err(err), out),
+    }
 }

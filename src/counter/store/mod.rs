@@ -62,6 +62,7 @@ mod connect;
 mod digest;
 mod error;
 mod in_doubt;
+mod limit;
 mod lowered_row;
 mod messages;
 mod named;
@@ -82,8 +83,8 @@ pub use config::{
 };
 pub use digest::key_digest;
 pub use error::{CommitError, RowLowered, StoreError};
+pub use limit::NamedLimit;
 pub use messages::{Committed, KeyOutcome, KeyedIncrement, NamedCommitted, NamedKeyed, NamedWork};
-pub use named::NamedLimit;
 pub use stats::StoreStats;
 pub use view::Seen;
 

@@ -1,7 +1,7 @@
 //! Named counters in the store: committing a batch of increments to many names in one
 //! transaction ([`ADD_NAMED`](super::sql::ADD_NAMED), rows locked in name order), settling one
-//! whose outcome was lost, reads, deletes, and the limit on how many counters the database
-//! holds ([`NamedLimit`]).
+//! whose outcome was lost, reads, deletes, and keeping the limit on how many counters the
+//! database holds (`limit`).
 //!
 //! An unkeyed batch is one statement, [`ADD_NAMED`](super::sql::ADD_NAMED), which also records
 //! the batch id and its counts in this store's row of `tally_instances`, as the single
@@ -10,12 +10,13 @@
 //! row, so it waits for the old session's transaction to end, then reads the batch id there
 //! (the `store` module comment), with the batch's counts in `named_counts`.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::connect::Connection;
 use super::digest::key_digest;
 use super::error::{classify, CommitError, StoreError};
+use super::limit::NamedLimit;
 use super::messages::{KeyOutcome, NamedCommitted, NamedReply, NamedWork};
 use super::state::Store;
 use std::collections::HashMap;
@@ -23,66 +24,6 @@ use std::collections::HashMap;
 /// How often the number of named counters is read again from PostgreSQL (other instances
 /// create counters too).
 pub(super) const RECOUNT_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The limit on named counters (`--max-counters`) and this instance's count of them, shared by
-/// the instance's stores: each adds what it creates and removes what it deletes, and the
-/// count is read again from PostgreSQL every [`RECOUNT_INTERVAL`]. Other instances' new
-/// counters are seen at that read, so several instances may pass the limit by what they
-/// create meanwhile; one instance alone never does.
-#[derive(Debug)]
-pub struct NamedLimit {
-    max: i64,
-    rows: AtomicI64,
-}
-
-impl NamedLimit {
-    pub fn new(max: u64) -> NamedLimit {
-        NamedLimit {
-            max: i64::try_from(max).unwrap_or(i64::MAX),
-            rows: AtomicI64::new(0),
-        }
-    }
-
-    pub fn max(&self) -> i64 {
-        self.max
-    }
-
-    /// The named counters in the database, as this instance last knew.
-    pub fn rows(&self) -> i64 {
-        self.rows.load(Ordering::Relaxed)
-    }
-
-    /// Reserves room for `n` new counters if there is, all or nothing.
-    fn reserve(&self, n: i64) -> bool {
-        let before = self.rows.fetch_add(n, Ordering::AcqRel);
-        if before.saturating_add(n) <= self.max {
-            return true;
-        }
-        self.rows.fetch_sub(n, Ordering::AcqRel);
-        false
-    }
-
-    /// Reserves room for at most `n` new counters: how many it got.
-    fn reserve_up_to(&self, n: i64) -> i64 {
-        let mut current = self.rows.load(Ordering::Acquire);
-        loop {
-            let room = (self.max - current).clamp(0, n);
-            match self.rows.compare_exchange_weak(
-                current,
-                current + room,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return room,
-                Err(now) => current = now,
-            }
-        }
-    }
-
-    fn release(&self, n: i64) {
-        self.rows.fetch_sub(n, Ordering::AcqRel);
-    }
-}
 
 impl Store<'_> {
     fn named_limit(&self) -> Option<&NamedLimit> {
@@ -482,7 +423,7 @@ impl Store<'_> {
             .query_one(super::sql::COUNT_NAMED, &[])
             .await?;
         let rows: i64 = row.try_get(0)?;
-        limit.rows.store(rows, Ordering::Release);
+        limit.set_rows(rows);
         self.named_recount_at.set(Instant::now() + RECOUNT_INTERVAL);
         Ok(())
     }
@@ -605,17 +546,5 @@ mod tests {
         );
         assert!(spread(&w, &refused, vec![10]).is_err());
         assert!(spread(&w, &[], vec![1, 2, 3, 4]).is_err());
-    }
-
-    #[test]
-    fn the_limit_reserves_all_or_nothing_and_up_to_the_room() {
-        let limit = NamedLimit::new(5);
-        assert!(limit.reserve(3));
-        assert!(!limit.reserve(3));
-        assert_eq!(limit.rows(), 3);
-        assert_eq!(limit.reserve_up_to(4), 2);
-        assert_eq!(limit.reserve_up_to(1), 0);
-        limit.release(1);
-        assert_eq!(limit.rows(), 4);
     }
 }
