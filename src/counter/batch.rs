@@ -8,8 +8,9 @@ use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Waker;
 
+use super::batcher::next_open;
 use super::ticket::{Batch, KeyIndex, KeyedTicket, Offset, Ticket};
 use super::wiring::{CoreBatch, CorePort};
 use super::{CommitError, KeyedIncrement};
@@ -105,16 +106,7 @@ impl CounterCore {
     /// (the batcher is woken by `increment`, and runs after the tasks already queued).
     pub async fn run_batcher(self: Rc<Self>) {
         loop {
-            let batches = std::future::poll_fn(|cx| {
-                let mut open = self.open.borrow_mut();
-                if open.is_empty() {
-                    self.batcher.set(Some(cx.waker().clone()));
-                    Poll::Pending
-                } else {
-                    Poll::Ready(std::mem::take(&mut *open))
-                }
-            })
-            .await;
+            let batches = next_open(&self.open, &self.batcher).await;
             self.send(batches);
         }
     }

@@ -33,6 +33,7 @@ pub mod store;
 pub use store::tls;
 
 mod batch;
+mod batcher;
 mod metrics;
 pub mod named;
 mod owner;

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use crate::counter::batcher::next_open;
 use crate::counter::store::NamedKeyed;
 use crate::counter::ticket::{Outcome, Resolves, Ticket};
 use crate::counter::{CommitError, KeyOutcome};
@@ -271,24 +272,10 @@ impl Core {
         Box::pin(async move { store.delete_named(name).await })
     }
 
-    /// Counts an increment refused by the limit (for `/metrics`).
-    pub fn refused(&self) {
-        self.shared.refused.fetch_add(1, Relaxed);
-    }
-
     /// Sends open batches to their owners once this core's current round of work is done.
     pub async fn run_batcher(self: Rc<Self>) {
         loop {
-            let batches = std::future::poll_fn(|cx| {
-                let mut open = self.open.borrow_mut();
-                if open.is_empty() {
-                    self.batcher.set(Some(cx.waker().clone()));
-                    Poll::Pending
-                } else {
-                    Poll::Ready(std::mem::take(&mut *open))
-                }
-            })
-            .await;
+            let batches = next_open(&self.open, &self.batcher).await;
             self.send(batches);
         }
     }

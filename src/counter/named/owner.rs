@@ -144,6 +144,7 @@ pub async fn run_owner(port: OwnerPort, shared: Arc<Shared>) {
                 let refused = committed.counts.iter().filter(|c| c.is_none()).count();
                 if refused > 0 {
                     log::debug!("{refused} new counters refused: the counter limit is reached");
+                    shared.refused.fetch_add(refused as u64, Relaxed);
                 }
                 let answers = answers(
                     shared.limit.max(),

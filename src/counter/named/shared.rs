@@ -1,6 +1,7 @@
 //! [`Shared`]: what every core knows of named counters: each owner's store, the limit on how
 //! many counters there may be, and the owners' statistics for `/metrics` (no label per name).
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub struct Shared {
     /// Increments per committed transaction.
     pub batch_size: Histogram,
     pub failed_commits: AtomicU64,
-    /// Increments refused because they would create a counter past the limit.
+    /// New counters refused because they would pass the limit (one per name and transaction).
     pub refused: AtomicU64,
     /// GETs answered from memory, and those that read PostgreSQL.
     pub reads_cached: AtomicU64,
@@ -66,20 +67,27 @@ impl Shared {
             "Increments of named counters per committed transaction.",
             out,
         );
-        let committed: u64 = self.stores.iter().map(|s| s.stats().commits).sum();
+        // One sample per owner core: the owners commit in parallel, each on its store.
+        crate::metrics::write_header(
+            out,
+            "tally_named_commits_total",
+            "counter",
+            "Transactions of named counters committed, by owner core.",
+        );
+        for (core, store) in self.stores.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tally_named_commits_total{{core=\"{core}\"}} {}",
+                store.stats().commits
+            );
+        }
         let increments: u64 = self
             .stores
             .iter()
             .map(|s| s.stats().committed_delta_sum)
             .sum();
         let remembered: usize = self.stores.iter().map(|s| s.named_view_len()).sum();
-        let lines: [(&str, &str, &str, u64); 9] = [
-            (
-                "tally_named_commits_total",
-                "counter",
-                "Transactions of named counters committed.",
-                committed,
-            ),
+        let lines: [(&str, &str, &str, u64); 8] = [
             (
                 "tally_named_committed_increments_total",
                 "counter",
@@ -95,7 +103,7 @@ impl Shared {
             (
                 "tally_named_limit_refusals_total",
                 "counter",
-                "Increments refused because they would create a counter past --max-counters.",
+                "New counters refused (per name and transaction): past --max-counters.",
                 self.refused.load(Relaxed),
             ),
             (
