@@ -41,7 +41,7 @@
 //! - `session`: the `tally-store` thread, its runtime and the connect / serve loop;
 //! - `state`: `Store`, the thread's state every room below adds methods to;
 //! - `connect` (with `tls`): opening a connection, the schema, the prepared statements;
-//! - `sql`: the statements' text;
+//! - `sql`: the statements' text; `digest`: what a key is stored as ([`key_digest`]);
 //! - `outage`: holding and refusing increments while there is no connection;
 //! - `commit`: running a batch and answering it; `lowered_row`: the second guarantee;
 //! - `in_doubt`: settling a batch whose outcome was lost;
@@ -59,6 +59,7 @@ use tokio::sync::oneshot;
 mod commit;
 mod config;
 mod connect;
+mod digest;
 mod error;
 mod in_doubt;
 mod lowered_row;
@@ -77,6 +78,7 @@ pub use config::{
     StoreConfig, DEFAULT_COMMIT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDEMPOTENCY_RETENTION,
     DEFAULT_REFRESH_INTERVAL,
 };
+pub use digest::key_digest;
 pub use error::{CommitError, RowLowered, StoreError};
 pub use messages::{Committed, KeyOutcome, KeyedIncrement};
 pub use stats::StoreStats;
