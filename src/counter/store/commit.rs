@@ -5,7 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tokio_postgres::types::ToSql;
+
 use super::connect::Connection;
+use super::digest::key_digest;
 use super::error::{classify, CommitError};
 use super::messages::{Add, Committed, KeyOutcome, KeyedIncrement, Reply};
 use super::state::{InDoubt, Store};
@@ -218,17 +221,31 @@ impl Store<'_> {
         delta: i64,
         keyed: &[KeyedIncrement],
     ) -> Result<(i64, i64, Committed, bool), CommitError> {
-        let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+        let digests = digests(keyed);
         let bys: Vec<i64> = keyed.iter().map(|k| k.by).collect();
         let retention = self.config.idempotency_retention.as_secs_f64();
-        let rows = connection
-            .client
-            .query(
-                &connection.add_keyed,
-                &[&delta, &keys, &bys, &id, &retention, &self.instance],
-            )
-            .await
-            .map_err(|error| classify(&error))?;
+        let client = &connection.client;
+        let rows = match connection.legacy_keys() {
+            None => {
+                let params: [&(dyn ToSql + Sync); 6] =
+                    [&delta, &digests, &bys, &id, &retention, &self.instance];
+                client.query(&connection.add_keyed, &params).await
+            }
+            Some(legacy) => {
+                let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+                let params: [&(dyn ToSql + Sync); 7] = [
+                    &delta,
+                    &digests,
+                    &bys,
+                    &id,
+                    &retention,
+                    &self.instance,
+                    &keys,
+                ];
+                client.query(&legacy.add_keyed, &params).await
+            }
+        }
+        .map_err(|error| classify(&error))?;
         let unreadable = |error: tokio_postgres::Error| {
             CommitError::Unknown(format!("unreadable keyed result: {error}"))
         };
@@ -269,6 +286,18 @@ impl Store<'_> {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The scope of the keys of `/api/v1/counter`, the one counter the store keeps (see
+/// [`key_digest`]).
+pub(super) const COUNTER_SCOPE: &str = "";
+
+/// The digests the keys of `keyed` are stored as, in order.
+pub(super) fn digests(keyed: &[KeyedIncrement]) -> Vec<uuid::Uuid> {
+    keyed
+        .iter()
+        .map(|k| key_digest(COUNTER_SCOPE, &k.key))
+        .collect()
 }
 
 /// What each keyed increment of a batch became, from the keys [`ADD_KEYED`](super::sql::ADD_KEYED)

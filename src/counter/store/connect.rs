@@ -2,6 +2,8 @@
 //! and the prepared statements, all within the connect timeout. Returns a [`Connection`];
 //! knows nothing of batches or of what the store does with it.
 
+use std::cell::Cell;
+
 use tokio::sync::oneshot;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::Type;
@@ -10,8 +12,9 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use super::config::{StoreConfig, CLOSE_TIMEOUT};
 use super::error::StoreError;
 use super::sql::{
-    ADD, ADD_KEYED, CREATE_INSTANCES, CREATE_KEYS, CREATE_TABLE, FIND_BATCH, FIND_KEYS,
-    INSERT_INSTANCE, INSERT_ROW, LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, SCHEMA_LOCK_KEY, SWEEP_KEYS,
+    ADD, ADD_KEYED, ADD_KEYED_LEGACY, CREATE_INSTANCES, CREATE_KEYS, CREATE_TABLE, FIND_BATCH,
+    FIND_KEYS, FIND_LEGACY_KEYS, INSERT_INSTANCE, INSERT_ROW, LEGACY_KEYS_LEFT, LEGACY_KEYS_TABLE,
+    LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, SCHEMA_LOCK_KEY, SWEEP_KEYS, SWEEP_LEGACY_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -26,13 +29,35 @@ pub(super) struct Connection {
     pub(super) add_keyed: Statement,
     pub(super) find_keys: Statement,
     pub(super) sweep_keys: Statement,
+    /// Set while `tally_idempotency` (earlier versions' keys, by text) held keys at connect;
+    /// see [`LegacyKeys`].
+    pub(super) legacy: Option<LegacyKeys>,
     /// Drives the socket; ends when the connection does.
     pub(super) io: tokio::task::JoinHandle<()>,
     /// Fires (or errors) when `io` ends.
     pub(super) closed: oneshot::Receiver<()>,
 }
 
+/// The statements for the keys earlier versions stored in `tally_idempotency`, honoured until
+/// they expire (docs/api.md, "Idempotency-Key").
+pub(super) struct LegacyKeys {
+    pub(super) add_keyed: Statement,
+    pub(super) find_keys: Statement,
+    pub(super) sweep: Statement,
+    pub(super) left: Statement,
+    /// False once the sweep found the table empty: keyed batches stop looking there (nothing
+    /// writes to it any more). Checked again at the next connect.
+    pub(super) holds_keys: Cell<bool>,
+}
+
 impl Connection {
+    /// The legacy statements while `tally_idempotency` may still hold a key.
+    pub(super) fn legacy_keys(&self) -> Option<&LegacyKeys> {
+        self.legacy
+            .as_ref()
+            .filter(|legacy| legacy.holds_keys.get())
+    }
+
     /// Drops the client (which sends Terminate) and gives the I/O task a moment to flush it.
     pub(super) async fn close(self) {
         let Connection { client, io, .. } = self;
@@ -110,6 +135,7 @@ async fn prepare(
     insist_on_durability(&client).await?;
     create_schema(&client, highest_seen).await?;
     let statements = prepare_statements(&client).await?;
+    let legacy = prepare_legacy(&client).await?;
     Ok(Connection {
         client,
         add: statements.add,
@@ -120,6 +146,7 @@ async fn prepare(
         add_keyed: statements.add_keyed,
         find_keys: statements.find_keys,
         sweep_keys: statements.sweep_keys,
+        legacy,
         io,
         closed,
     })
@@ -231,7 +258,7 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
             ADD_KEYED,
             &[
                 Type::INT8,
-                Type::TEXT_ARRAY,
+                Type::UUID_ARRAY,
                 Type::INT8_ARRAY,
                 Type::INT8,
                 Type::FLOAT8,
@@ -240,7 +267,7 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
             "preparing the keyed increment",
         )
         .await?,
-        find_keys: prepare(FIND_KEYS, &[Type::TEXT_ARRAY], "preparing the key lookup").await?,
+        find_keys: prepare(FIND_KEYS, &[Type::UUID_ARRAY], "preparing the key lookup").await?,
         sweep_keys: prepare(
             SWEEP_KEYS,
             &[Type::INT8, Type::INT8, Type::FLOAT8],
@@ -248,4 +275,72 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
         )
         .await?,
     })
+}
+
+/// The [`LegacyKeys`] statements, if `tally_idempotency` exists and holds a key.
+async fn prepare_legacy(client: &Client) -> Result<Option<LegacyKeys>, StoreError> {
+    let exists = client
+        .query_one(LEGACY_KEYS_TABLE, &[])
+        .await
+        .map_err(set_up("looking for tally_idempotency"))?;
+    if !exists.try_get::<_, bool>(0).unwrap_or(false) {
+        return Ok(None);
+    }
+    let left = client
+        .prepare_typed(LEGACY_KEYS_LEFT, &[])
+        .await
+        .map_err(set_up("preparing the legacy keys check"))?;
+    let holds_keys = client
+        .query_one(&left, &[])
+        .await
+        .map_err(set_up("reading tally_idempotency"))?
+        .try_get::<_, bool>(0)
+        .unwrap_or(true);
+    if !holds_keys {
+        log::info!(
+            "tally_idempotency (the keys of earlier tally versions) is empty and no longer \
+             used; drop it once no earlier tally uses this database: DROP TABLE tally_idempotency"
+        );
+        return Ok(None);
+    }
+    log::info!(
+        "tally_idempotency holds keys of an earlier tally version: they are honoured until \
+         they expire, then deleted"
+    );
+    let prepare = |text: &'static str, types: &'static [Type], step: &'static str| async move {
+        client
+            .prepare_typed(text, types)
+            .await
+            .map_err(set_up(step))
+    };
+    Ok(Some(LegacyKeys {
+        add_keyed: prepare(
+            ADD_KEYED_LEGACY,
+            &[
+                Type::INT8,
+                Type::UUID_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::FLOAT8,
+                Type::INT8,
+                Type::TEXT_ARRAY,
+            ],
+            "preparing the keyed increment with legacy keys",
+        )
+        .await?,
+        find_keys: prepare(
+            FIND_LEGACY_KEYS,
+            &[Type::TEXT_ARRAY],
+            "preparing the legacy key lookup",
+        )
+        .await?,
+        sweep: prepare(
+            SWEEP_LEGACY_KEYS,
+            &[Type::INT8, Type::INT8, Type::FLOAT8],
+            "preparing the legacy key sweep",
+        )
+        .await?,
+        left,
+        holds_keys: Cell::new(true),
+    }))
 }
