@@ -12,9 +12,10 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use super::config::{StoreConfig, CLOSE_TIMEOUT};
 use super::error::StoreError;
 use super::sql::{
-    ADD, ADD_KEYED, ADD_KEYED_LEGACY, CREATE_INSTANCES, CREATE_KEYS, CREATE_TABLE, FIND_BATCH,
-    FIND_KEYS, FIND_LEGACY_KEYS, INSERT_INSTANCE, INSERT_ROW, LEGACY_KEYS_LEFT, LEGACY_KEYS_TABLE,
-    LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, SCHEMA_LOCK_KEY, SWEEP_KEYS, SWEEP_LEGACY_KEYS,
+    ADD, ADD_FRESH_KEYS, ADD_KEYED, ADD_KEYED_LEGACY, CREATE_INSTANCES, CREATE_KEYS, CREATE_TABLE,
+    FIND_BATCH, FIND_KEYS, FIND_LEGACY_KEYS, INSERT_INSTANCE, INSERT_ROW, LEGACY_KEYS_LEFT,
+    LEGACY_KEYS_TABLE, LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, SCHEMA_LOCK_KEY, SWEEP_KEYS,
+    SWEEP_LEGACY_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -27,6 +28,7 @@ pub(super) struct Connection {
     pub(super) find_batch: Statement,
     pub(super) insert_instance: Statement,
     pub(super) add_keyed: Statement,
+    pub(super) add_fresh_keys: Statement,
     pub(super) find_keys: Statement,
     pub(super) sweep_keys: Statement,
     /// Set while `tally_idempotency` (earlier versions' keys, by text) held keys at connect;
@@ -144,6 +146,7 @@ async fn prepare(
         find_batch: statements.find_batch,
         insert_instance: statements.insert_instance,
         add_keyed: statements.add_keyed,
+        add_fresh_keys: statements.add_fresh_keys,
         find_keys: statements.find_keys,
         sweep_keys: statements.sweep_keys,
         legacy,
@@ -231,6 +234,7 @@ struct Statements {
     find_batch: Statement,
     insert_instance: Statement,
     add_keyed: Statement,
+    add_fresh_keys: Statement,
     find_keys: Statement,
     sweep_keys: Statement,
 }
@@ -265,6 +269,20 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
                 Type::INT8,
             ],
             "preparing the keyed increment",
+        )
+        .await?,
+        add_fresh_keys: prepare(
+            ADD_FRESH_KEYS,
+            &[
+                Type::INT8,
+                Type::UUID_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::INT8,
+            ],
+            "preparing the fresh keyed increment",
         )
         .await?,
         find_keys: prepare(FIND_KEYS, &[Type::UUID_ARRAY], "preparing the key lookup").await?,

@@ -112,6 +112,26 @@ macro_rules! add_keyed_tail {
 /// (`unkeyed_end` plus the running sum of their `by`), so they are not sent back.
 pub(super) const ADD_KEYED: &str = concat!(add_keyed_head!(), add_keyed_tail!());
 
+/// The common case of [`ADD_KEYED`], tried first: every key of the batch is fresh and absent
+/// from `tally_keys`, so each counts, in order: `$5` are the running sums of the `by`s `$3`
+/// (computed by the store), `$7` their total. It does not look the keys up: the primary key
+/// does, as it inserts them, and a key already there (seen within the retention, or expired
+/// but not yet swept) fails the statement with a unique violation, which rolls the transaction
+/// back; the batch then runs again as [`ADD_KEYED`]. That saves a probe of the index per key
+/// and the window, sort and joins of the general statement (docs/benchmarks.md, "Idempotency
+/// keys"). Run after [`LOCK_ROW`] like it; returns `unkeyed_end` and whether this store's row
+/// `$6` recorded the batch `$4`.
+pub(super) const ADD_FRESH_KEYS: &str = "WITH \
+     counted AS (UPDATE tally_counter SET count = count + $1 + $7 WHERE id = 1 \
+       RETURNING count - $7 AS unkeyed_end), \
+     inserted AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
+       SELECT t.digest, t.by, c.unkeyed_end + t.running, $4 \
+       FROM unnest($2::uuid[], $3::bigint[], $5::bigint[]) AS t(digest, by, running), counted c), \
+     marked AS (UPDATE tally_instances i SET previous_batch = i.batch, batch = $4, \
+       count = c.unkeyed_end + $7, keyed_delta = $7, seen_at = now() \
+       FROM counted c WHERE i.id = $6 RETURNING 1) \
+     SELECT c.unkeyed_end, EXISTS (SELECT FROM marked) FROM counted c";
+
 /// Whether `tally_idempotency`, the table earlier versions stored keys in by their text,
 /// exists. Keys still there within the retention are honoured (replayed, never counted again)
 /// until they expire; the sweep drains it ([`SWEEP_LEGACY_KEYS`]); nothing writes to it now.
