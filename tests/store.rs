@@ -973,6 +973,40 @@ async fn an_expired_key_counts_again_and_is_pruned() {
     store.shutdown();
 }
 
+/// Under a steady stream of keyed batches the sweep's slices go with them (in their
+/// transactions): expired keys still go, and every batch counts exactly what it should.
+#[tokio::test]
+async fn expired_keys_are_swept_while_keyed_batches_keep_coming() {
+    let pg = TestPg::start();
+    let mut config = config(pg.url(), Duration::from_secs(5));
+    config.idempotency_retention = Duration::from_secs(1);
+    let store = store::spawn(config).expect("store thread");
+    assert!(connected(&store).await);
+    let mut expected = 0;
+    for n in 0..60 {
+        let batch: Vec<KeyedIncrement> = (0..20).map(|k| keyed(&format!("{n}-{k}"), 1)).collect();
+        let committed = store.add_batch(1, batch).await.expect("a keyed batch");
+        assert_eq!(committed.unkeyed_end, expected + 1);
+        let counted = (1..=20).map(|k| KeyOutcome::Counted(expected + 1 + k));
+        assert!(committed.keyed.into_iter().eq(counted), "batch {n}");
+        expected += 21;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(row_count(&pg).await, expected);
+    let stored: i64 = pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM tally_keys", &[])
+        .await
+        .expect("count keys")
+        .get(0);
+    assert!(
+        stored < 60 * 20 / 2,
+        "{stored} keys left: the sweep fell behind"
+    );
+    store.shutdown();
+}
+
 #[tokio::test]
 async fn a_keyed_batch_whose_reply_or_statement_is_lost_is_settled_key_by_key() {
     let pg = TestPg::start();
