@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 
 use super::connect::Connection;
 use super::digest::key_digest;
-use super::error::{classify, statement_was_rejected, CommitError};
+use super::error::{classify, CommitError};
 use super::messages::{Add, Committed, KeyOutcome, KeyedIncrement, Reply};
 use super::state::{InDoubt, Store};
 
@@ -150,35 +150,18 @@ impl Store<'_> {
         let transaction = async {
             // The common case first: every key fresh (see ADD_FRESH_KEYS). `None` when a key
             // is already stored: rolled back, nothing counted; the general statement follows.
-            // The sweep's next slice, if due, goes in the same transaction: no round trip and
-            // no WAL flush of its own (see `retention`).
             if connection.legacy_keys().is_none() {
-                let slice = self.sweep_slice_due();
-                let (begin, lock, run, swept, commit) = tokio::join!(
+                let (begin, lock, run, commit) = tokio::join!(
                     client.batch_execute("BEGIN"),
                     client.query_opt(&connection.lock_row, &[]),
                     self.run_fresh_keys(connection, id, delta, keyed),
-                    self.sweep_with_commit(connection, slice),
                     client.batch_execute("COMMIT"),
                 );
                 begin.map_err(|error| classify(&error))?;
                 lock.map_err(|error| classify(&error))?;
                 if let Some(result) = run? {
-                    match swept {
-                        Ok(table_pages) => {
-                            commit.map_err(|error| classify(&error))?;
-                            if let (Some(slice), Some(table_pages)) = (slice, table_pages) {
-                                self.swept_with_commit(slice, table_pages);
-                            }
-                            return Ok(result);
-                        }
-                        // The slice failed, and the transaction with it: nothing was
-                        // counted. The batch runs again below, without it.
-                        Err(error) if statement_was_rejected(&error) => {
-                            log::warn!("pruning expired keys with a commit: {error}");
-                        }
-                        Err(error) => return Err(classify(&error)),
-                    }
+                    commit.map_err(|error| classify(&error))?;
+                    return Ok(result);
                 }
             }
             let (begin, lock, run, commit) = tokio::join!(

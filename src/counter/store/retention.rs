@@ -12,7 +12,7 @@ use super::connect::{Connection, LegacyKeys};
 use super::error::{statement_was_rejected, StoreError};
 use super::sql::{PRUNE_INSTANCES, SWEEP_BEGIN, TOUCH_INSTANCE};
 use super::state::Store;
-use super::sweep::{INSTANCE_RETENTION, INSTANCE_TOUCH_INTERVAL, PRUNE_INTERVAL};
+use super::sweep::{INSTANCE_RETENTION, INSTANCE_TOUCH_INTERVAL};
 
 impl Store<'_> {
     /// Touches this store's row (or inserts it, `insert`, only when no batch is in doubt) and
@@ -41,40 +41,6 @@ impl Store<'_> {
         Ok(())
     }
 
-    /// The sweep's next slice, to run in the transaction of a keyed batch: `None` when the
-    /// pace allows none now.
-    pub(super) fn sweep_slice_due(&self) -> Option<(i64, i64)> {
-        let slice = self.sweep.get().slice();
-        (slice.1 > slice.0).then_some(slice)
-    }
-
-    /// Runs `slice` ([`SWEEP_KEYS`](super::sql::SWEEP_KEYS)) in the caller's transaction: the
-    /// table's size in pages, or `None` without a slice.
-    pub(super) async fn sweep_with_commit(
-        &self,
-        connection: &Connection,
-        slice: Option<(i64, i64)>,
-    ) -> Result<Option<i64>, tokio_postgres::Error> {
-        let Some(slice) = slice else {
-            return Ok(None);
-        };
-        let retention = self.config.idempotency_retention.as_secs_f64();
-        let row = connection
-            .client
-            .query_one(&connection.sweep_keys, &[&slice.0, &slice.1, &retention])
-            .await?;
-        Ok(Some(row.try_get::<_, i64>(1).unwrap_or(slice.1)))
-    }
-
-    /// A slice committed with a keyed batch: the cursor moves on, and the timed sweep leaves
-    /// the slices to the commits while they keep coming.
-    pub(super) fn swept_with_commit(&self, slice: (i64, i64), table_pages: i64) {
-        let mut sweep = self.sweep.get();
-        sweep.advance(slice, table_pages);
-        self.sweep.set(sweep);
-        self.swept_with_commit_at.set(Some(Instant::now()));
-    }
-
     /// Runs the sweep's next slice of expired keys (and, once per [`INSTANCE_TOUCH_INTERVAL`],
     /// keeps `tally_instances`): whether the sweep is behind its pace and wants another slice
     /// now, or `None` when the connection should be dropped. While `tally_idempotency` holds
@@ -83,21 +49,12 @@ impl Store<'_> {
         let retention = self.config.idempotency_retention;
         let mut sweep = self.sweep.get();
         sweep.tick(retention);
-        let legacy = connection.legacy_keys();
-        let upkeep_due = Instant::now() >= self.instance_upkeep_at.get();
-        // Keyed batches take the slices while they come (see `swept_with_commit`).
-        let with_commits = self
-            .swept_with_commit_at
-            .get()
-            .is_some_and(|at| at.elapsed() < 2 * PRUNE_INTERVAL);
-        if with_commits && legacy.is_none() && !upkeep_due {
-            self.sweep.set(sweep);
-            return Some(false);
-        }
         let slice = sweep.slice();
+        let legacy = connection.legacy_keys();
         let mut legacy_sweep = self.legacy_sweep.get();
         legacy_sweep.tick(retention);
         let legacy_slice = legacy_sweep.slice();
+        let upkeep_due = Instant::now() >= self.instance_upkeep_at.get();
         let client = &connection.client;
         let delete = async {
             if upkeep_due {

@@ -30,8 +30,6 @@ pub(super) struct Store<'a> {
     pub(super) instance_upkeep_at: Cell<Instant>,
     /// Where the sweep of expired keys stands.
     pub(super) sweep: Cell<Sweep>,
-    /// When a keyed batch last took a slice of the sweep with it (see `retention`).
-    pub(super) swept_with_commit_at: Cell<Option<Instant>>,
     /// Where the sweep of `tally_idempotency` stands, while it holds keys of earlier versions.
     pub(super) legacy_sweep: Cell<Sweep>,
     /// When the connection that served was lost; `None` while connected, and before the first
