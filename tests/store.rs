@@ -973,8 +973,8 @@ async fn an_expired_key_counts_again_and_is_pruned() {
     store.shutdown();
 }
 
-/// Under a steady stream of keyed batches the sweep's slices go with them (in their
-/// transactions): expired keys still go, and every batch counts exactly what it should.
+/// Under a steady stream of keyed batches (each its own fresh keys) the sweep keeps up between
+/// them: expired keys go, and every batch counts exactly what it should.
 #[tokio::test]
 async fn expired_keys_are_swept_while_keyed_batches_keep_coming() {
     let pg = TestPg::start();
