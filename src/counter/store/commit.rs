@@ -1,7 +1,7 @@
 //! Committing a batch: the one-statement `ADD` for unkeyed increments, the row-locked
 //! `ADD_FRESH_KEYS` (then, if a key was stored already, `ADD_KEYED`) transaction for keyed
-//! ones, and answering the caller. A lost outcome is handed
-//! to `in_doubt`; the count goes through `lowered_row` before anyone sees it.
+//! ones, and answering the caller. A lost outcome is handed to `in_doubt`; the count goes
+//! through `lowered_row` before anyone sees it.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
