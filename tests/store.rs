@@ -657,6 +657,97 @@ async fn a_database_of_the_previous_schema_is_taken_over_with_its_count_and_keys
     assert_eq!(store.add(MARKED_DELTA).await, Ok(42 + MARKED_DELTA));
     assert_eq!(row_count(&pg).await, 42 + MARKED_DELTA, "counted once");
     assert_eq!(store.stats().settled, 1);
+
+    // A lost reply of a batch that replayed an old key is settled key by key, old key included.
+    proxy.arm(Cut::DropReply, MARKED_DELTA);
+    let end = 42 + 2 * MARKED_DELTA;
+    let settled = store
+        .add_batch(MARKED_DELTA, vec![keyed("old", 2), keyed("fresh", 1)])
+        .await;
+    assert_eq!(
+        settled,
+        Ok(Committed {
+            unkeyed_end: end,
+            keyed: vec![KeyOutcome::Replayed(40), KeyOutcome::Counted(end + 1)],
+        })
+    );
+    assert_eq!(store.stats().settled, 2);
+    store.shutdown();
+}
+
+/// The digest a key of `/api/v1/counter` is stored as, computed by PostgreSQL from `key`
+/// (an SQL expression): see `key_digest`.
+fn digest_sql(key: &str) -> String {
+    format!(
+        "encode(substr(sha256('\\x00'::bytea || convert_to({key}, 'UTF8')), 1, 16), 'hex')::uuid"
+    )
+}
+
+/// Upgrading from the text-keyed table: a key the earlier version counted within the
+/// retention replays (or is a mismatch) rather than counting again, until it expires; an
+/// expired one counts; the sweep then empties the old table and it stops being read.
+#[tokio::test]
+async fn keys_of_an_earlier_version_are_honoured_until_they_expire_then_swept() {
+    let pg = TestPg::start();
+    pg.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE tally_counter (id int PRIMARY KEY CHECK (id = 1), count bigint NOT NULL); \
+             INSERT INTO tally_counter VALUES (1, 41); \
+             CREATE TABLE tally_idempotency (key text PRIMARY KEY, by bigint NOT NULL, \
+               count bigint NOT NULL, batch_id bigint NOT NULL, \
+               created_at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO tally_idempotency (key, by, count, batch_id) VALUES ('old', 2, 40, 9); \
+             INSERT INTO tally_idempotency (key, by, count, batch_id, created_at) \
+               VALUES ('stale', 1, 3, 8, now() - interval '1 hour')",
+        )
+        .await
+        .expect("the earlier schema, with keys");
+    let mut config = config(pg.url(), Duration::from_secs(5));
+    config.idempotency_retention = Duration::from_secs(3);
+    let store = store::spawn(config).expect("store thread");
+    assert!(connected(&store).await);
+
+    let first = store
+        .add_batch(0, vec![keyed("old", 2), keyed("stale", 1)])
+        .await;
+    assert_eq!(
+        first.map(|c| c.keyed),
+        Ok(vec![KeyOutcome::Replayed(40), KeyOutcome::Counted(42)])
+    );
+    let changed = store.add_batch(0, vec![keyed("old", 3)]).await;
+    assert_eq!(changed.map(|c| c.keyed), Ok(vec![KeyOutcome::Mismatch]));
+    let again = store.add_batch(0, vec![keyed("stale", 1)]).await;
+    assert_eq!(again.map(|c| c.keyed), Ok(vec![KeyOutcome::Replayed(42)]));
+
+    let sql = pg.client().await;
+    let stored = sql
+        .query_one(
+            &format!(
+                "SELECT count FROM tally_keys WHERE digest = {}",
+                digest_sql("'stale'")
+            ),
+            &[],
+        )
+        .await
+        .expect("the counted key, by its digest");
+    assert_eq!(stored.get::<_, i64>(0), 42);
+
+    // Once 'old' expires the sweep deletes it, and it counts again like any expired key.
+    let old_keys = || async {
+        sql.query_one("SELECT count(*) FROM tally_idempotency", &[])
+            .await
+            .expect("count old keys")
+            .get::<_, i64>(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old_keys().await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(old_keys().await, 0, "the old table was not swept");
+    let expired = store.add_batch(0, vec![keyed("old", 2)]).await;
+    assert_eq!(expired.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(44)]));
+    assert_eq!(row_count(&pg).await, 44);
     store.shutdown();
 }
 
@@ -668,13 +759,15 @@ async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
     let store = spawn(pg.url(), Duration::from_secs(5));
     assert!(connected(&store).await);
     let sql = pg.client().await;
-    sql.batch_execute(
-        "INSERT INTO tally_idempotency (key, by, count, batch_id, created_at) \
-         SELECT 'older' || n, 1, n, 1, now() - interval '30 hours' \
+    sql.batch_execute(&format!(
+        "INSERT INTO tally_keys (digest, by, count, batch_id, created_at) \
+         SELECT {}, 1, n, 1, now() - interval '30 hours' \
          FROM generate_series(1, 50000) n; \
-         INSERT INTO tally_idempotency (key, by, count, batch_id, created_at) \
-         VALUES ('k', 5, 7, 1, now() - interval '25 hours')",
-    )
+         INSERT INTO tally_keys (digest, by, count, batch_id, created_at) \
+         VALUES ({}, 5, 7, 1, now() - interval '25 hours')",
+        digest_sql("'older' || n"),
+        digest_sql("'k'")
+    ))
     .await
     .expect("expired keys");
 
@@ -682,8 +775,11 @@ async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
     assert_eq!(counted.map(|c| c.keyed), Ok(vec![KeyOutcome::Counted(1)]));
     let row = sql
         .query_one(
-            "SELECT by, count, created_at > now() - interval '1 minute' \
-             FROM tally_idempotency WHERE key = 'k'",
+            &format!(
+                "SELECT by, count, created_at > now() - interval '1 minute' \
+                 FROM tally_keys WHERE digest = {}",
+                digest_sql("'k'")
+            ),
             &[],
         )
         .await
@@ -697,10 +793,11 @@ async fn an_expired_key_still_stored_is_counted_again_and_renewed() {
 
 /// Keys `k1` ..= `k50000`, each counted once with value n, as another writer would leave them.
 async fn insert_50000_keys(sql: &tokio_postgres::Client) {
-    sql.batch_execute(
-        "INSERT INTO tally_idempotency (key, by, count, batch_id) \
-         SELECT 'k' || n, 1, n, 1 FROM generate_series(1, 50000) n",
-    )
+    sql.batch_execute(&format!(
+        "INSERT INTO tally_keys (digest, by, count, batch_id) \
+         SELECT {}, 1, n, 1 FROM generate_series(1, 50000) n",
+        digest_sql("'k' || n")
+    ))
     .await
     .expect("50,000 keys");
 }
@@ -708,7 +805,7 @@ async fn insert_50000_keys(sql: &tokio_postgres::Client) {
 /// Rows sequential scans have read from the keys table so far (PostgreSQL's statistics).
 async fn keys_table_rows_read(sql: &tokio_postgres::Client) -> i64 {
     sql.query_one(
-        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_idempotency'",
+        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'tally_keys'",
         &[],
     )
     .await
@@ -863,7 +960,7 @@ async fn an_expired_key_counts_again_and_is_pruned() {
     // Once expired, the background prune deletes it.
     let sql = pg.client().await;
     let keys = || async {
-        sql.query_one("SELECT count(*) FROM tally_idempotency", &[])
+        sql.query_one("SELECT count(*) FROM tally_keys", &[])
             .await
             .expect("count keys")
             .get::<_, i64>(0)
@@ -874,6 +971,40 @@ async fn an_expired_key_counts_again_and_is_pruned() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(keys().await, 0, "the expired key was not pruned");
+    store.shutdown();
+}
+
+/// Under a steady stream of keyed batches (each its own fresh keys) the sweep keeps up between
+/// them: expired keys go, and every batch counts exactly what it should.
+#[tokio::test]
+async fn expired_keys_are_swept_while_keyed_batches_keep_coming() {
+    let pg = TestPg::start();
+    let mut config = config(pg.url(), Duration::from_secs(5));
+    config.idempotency_retention = Duration::from_secs(1);
+    let store = store::spawn(config).expect("store thread");
+    assert!(connected(&store).await);
+    let mut expected = 0;
+    for n in 0..60 {
+        let batch: Vec<KeyedIncrement> = (0..20).map(|k| keyed(&format!("{n}-{k}"), 1)).collect();
+        let committed = store.add_batch(1, batch).await.expect("a keyed batch");
+        assert_eq!(committed.unkeyed_end, expected + 1);
+        let counted = (1..=20).map(|k| KeyOutcome::Counted(expected + 1 + k));
+        assert!(committed.keyed.into_iter().eq(counted), "batch {n}");
+        expected += 21;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(row_count(&pg).await, expected);
+    let stored: i64 = pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM tally_keys", &[])
+        .await
+        .expect("count keys")
+        .get(0);
+    assert!(
+        stored < 60 * 20 / 2,
+        "{stored} keys left: the sweep fell behind"
+    );
     store.shutdown();
 }
 

@@ -47,7 +47,7 @@ mod batching_tests;
 pub use batch::CounterCore;
 pub use owner::{run_owner, OwnerLease};
 pub use shared::CounterShared;
-pub use store::{CommitError, KeyOutcome, KeyedIncrement, StoreHandle};
+pub use store::{key_digest, CommitError, KeyOutcome, KeyedIncrement, StoreHandle};
 pub use ticket::{KeyedTicket, Ticket};
 pub use wiring::{wire, CorePort, OwnerPort, Wiring};
 

@@ -71,8 +71,8 @@ impl CutProxy {
         self.arm_at(cut, delta.to_be_bytes());
     }
 
-    /// Cuts the connection carrying the next message that contains `marker` (e.g. an
-    /// 8-character Idempotency-Key).
+    /// Cuts the connection carrying the next message that contains `marker` (e.g. the first 8
+    /// bytes of an Idempotency-Key's digest).
     pub fn arm_at(&self, cut: Cut, marker: [u8; 8]) {
         *self.armed.lock().expect("proxy state") = Some((cut, marker));
     }

@@ -1,11 +1,16 @@
 //! Committing a batch: the one-statement `ADD` for unkeyed increments, the row-locked
-//! `ADD_KEYED` transaction for keyed ones, and answering the caller. A lost outcome is handed
-//! to `in_doubt`; the count goes through `lowered_row` before anyone sees it.
+//! `ADD_FRESH_KEYS` (then, if a key was stored already, `ADD_KEYED`) transaction for keyed
+//! ones, and answering the caller. A lost outcome is handed to `in_doubt`; the count goes
+//! through `lowered_row` before anyone sees it.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
 use super::connect::Connection;
+use super::digest::key_digest;
 use super::error::{classify, CommitError};
 use super::messages::{Add, Committed, Job, KeyOutcome, KeyedIncrement, Reply};
 use super::state::{InDoubt, Store};
@@ -182,6 +187,22 @@ impl Store<'_> {
         let client = &connection.client;
         // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
         let transaction = async {
+            // The common case first: every key fresh (see ADD_FRESH_KEYS). `None` when a key
+            // is already stored: rolled back, nothing counted; the general statement follows.
+            if connection.legacy_keys().is_none() {
+                let (begin, lock, run, commit) = tokio::join!(
+                    client.batch_execute("BEGIN"),
+                    client.query_opt(&connection.lock_row, &[]),
+                    self.run_fresh_keys(connection, id, delta, keyed),
+                    client.batch_execute("COMMIT"),
+                );
+                begin.map_err(|error| classify(&error))?;
+                lock.map_err(|error| classify(&error))?;
+                if let Some(result) = run? {
+                    commit.map_err(|error| classify(&error))?;
+                    return Ok(result);
+                }
+            }
             let (begin, lock, run, commit) = tokio::join!(
                 client.batch_execute("BEGIN"),
                 client.query_opt(&connection.lock_row, &[]),
@@ -248,6 +269,63 @@ impl Store<'_> {
         }
     }
 
+    /// Runs [`ADD_FRESH_KEYS`](super::sql::ADD_FRESH_KEYS) (the row lock must be held): as
+    /// [`run_keyed`](Self::run_keyed), every key counted; `None` when a key was already stored
+    /// (the statement failed on the primary key, and its transaction with it).
+    async fn run_fresh_keys(
+        &self,
+        connection: &Connection,
+        id: i64,
+        delta: i64,
+        keyed: &[KeyedIncrement],
+    ) -> Result<Option<(i64, i64, Committed, bool)>, CommitError> {
+        let digests = digests(keyed);
+        let bys: Vec<i64> = keyed.iter().map(|k| k.by).collect();
+        let running: Vec<i64> = bys
+            .iter()
+            .scan(0i64, |sum, by| {
+                *sum += by;
+                Some(*sum)
+            })
+            .collect();
+        let keyed_total = running.last().copied().unwrap_or(0);
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &delta,
+            &digests,
+            &bys,
+            &id,
+            &running,
+            &self.instance,
+            &keyed_total,
+        ];
+        let row = match connection
+            .client
+            .query_opt(&connection.add_fresh_keys, &params)
+            .await
+        {
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => return Ok(None),
+            Err(error) => return Err(classify(&error)),
+            // No row: tally_counter has no row (the UPDATE touched nothing).
+            Ok(None) => {
+                return Err(CommitError::Unknown(
+                    "tally_counter has no row with id = 1".into(),
+                ))
+            }
+            Ok(Some(row)) => row,
+        };
+        let unreadable = |error: tokio_postgres::Error| {
+            CommitError::Unknown(format!("unreadable keyed result: {error}"))
+        };
+        let unkeyed_end: i64 = row.try_get(0).map_err(unreadable)?;
+        let marked: bool = row.try_get(1).map_err(unreadable)?;
+        let (added, outcomes) = key_outcomes(keyed, delta, unkeyed_end, Vec::new())?;
+        let committed = Committed {
+            unkeyed_end,
+            keyed: outcomes,
+        };
+        Ok(Some((unkeyed_end + keyed_total, added, committed, marked)))
+    }
+
     /// Runs [`ADD_KEYED`](super::sql::ADD_KEYED) (the row lock must be held): the count after the
     /// batch, what it added, each key's outcome, and whether this store's row recorded the batch.
     pub(super) async fn run_keyed(
@@ -257,17 +335,31 @@ impl Store<'_> {
         delta: i64,
         keyed: &[KeyedIncrement],
     ) -> Result<(i64, i64, Committed, bool), CommitError> {
-        let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+        let digests = digests(keyed);
         let bys: Vec<i64> = keyed.iter().map(|k| k.by).collect();
         let retention = self.config.idempotency_retention.as_secs_f64();
-        let rows = connection
-            .client
-            .query(
-                &connection.add_keyed,
-                &[&delta, &keys, &bys, &id, &retention, &self.instance],
-            )
-            .await
-            .map_err(|error| classify(&error))?;
+        let client = &connection.client;
+        let rows = match connection.legacy_keys() {
+            None => {
+                let params: [&(dyn ToSql + Sync); 6] =
+                    [&delta, &digests, &bys, &id, &retention, &self.instance];
+                client.query(&connection.add_keyed, &params).await
+            }
+            Some(legacy) => {
+                let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+                let params: [&(dyn ToSql + Sync); 7] = [
+                    &delta,
+                    &digests,
+                    &bys,
+                    &id,
+                    &retention,
+                    &self.instance,
+                    &keys,
+                ];
+                client.query(&legacy.add_keyed, &params).await
+            }
+        }
+        .map_err(|error| classify(&error))?;
         let unreadable = |error: tokio_postgres::Error| {
             CommitError::Unknown(format!("unreadable keyed result: {error}"))
         };
@@ -308,6 +400,18 @@ impl Store<'_> {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The scope of the keys of `/api/v1/counter`, the one counter the store keeps (see
+/// [`key_digest`]).
+pub(super) const COUNTER_SCOPE: &str = "";
+
+/// The digests the keys of `keyed` are stored as, in order.
+pub(super) fn digests(keyed: &[KeyedIncrement]) -> Vec<uuid::Uuid> {
+    keyed
+        .iter()
+        .map(|k| key_digest(COUNTER_SCOPE, &k.key))
+        .collect()
 }
 
 /// What each keyed increment of a batch became, from the keys [`ADD_KEYED`](super::sql::ADD_KEYED)

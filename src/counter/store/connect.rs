@@ -2,6 +2,8 @@
 //! and the prepared statements, all within the connect timeout. Returns a [`Connection`];
 //! knows nothing of batches or of what the store does with it.
 
+use std::cell::Cell;
+
 use tokio::sync::oneshot;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::Type;
@@ -10,10 +12,11 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use super::config::{StoreConfig, CLOSE_TIMEOUT};
 use super::error::StoreError;
 use super::sql::{
-    ADD, ADD_KEYED, ADD_NAMED, ADD_NAMED_COUNTS, ADD_NAMED_KEYED, CREATE_INSTANCES, CREATE_KEYS,
-    CREATE_NAMED, CREATE_NAMED_KEYS, CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES, FIND_BATCH,
-    FIND_KEYS, FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE, INSERT_ROW, LOCK_NAMED,
-    LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, READ_NAMED, SCHEMA_LOCK_KEY, SWEEP_KEYS, SWEEP_NAMED_KEYS,
+    ADD, ADD_FRESH_KEYS, ADD_KEYED, ADD_KEYED_LEGACY, ADD_NAMED, ADD_NAMED_COUNTS, ADD_NAMED_KEYED,
+    CREATE_INSTANCES, CREATE_KEYS, CREATE_NAMED, CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES,
+    FIND_BATCH, FIND_KEYS, FIND_LEGACY_KEYS, FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE,
+    INSERT_ROW, LEGACY_KEYS_LEFT, LEGACY_KEYS_TABLE, LOCK_NAMED, LOCK_ROW, OLD_KEYS_TIME_INDEX,
+    READ, READ_NAMED, SCHEMA_LOCK_KEY, SWEEP_KEYS, SWEEP_LEGACY_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -26,16 +29,39 @@ pub(super) struct Connection {
     pub(super) find_batch: Statement,
     pub(super) insert_instance: Statement,
     pub(super) add_keyed: Statement,
+    pub(super) add_fresh_keys: Statement,
     pub(super) find_keys: Statement,
     pub(super) sweep_keys: Statement,
     pub(super) named: NamedStatements,
+    /// Set while `tally_idempotency` (earlier versions' keys, by text) held keys at connect;
+    /// see [`LegacyKeys`].
+    pub(super) legacy: Option<LegacyKeys>,
     /// Drives the socket; ends when the connection does.
     pub(super) io: tokio::task::JoinHandle<()>,
     /// Fires (or errors) when `io` ends.
     pub(super) closed: oneshot::Receiver<()>,
 }
 
+/// The statements for the keys earlier versions stored in `tally_idempotency`, honoured until
+/// they expire (docs/api.md, "Idempotency-Key").
+pub(super) struct LegacyKeys {
+    pub(super) add_keyed: Statement,
+    pub(super) find_keys: Statement,
+    pub(super) sweep: Statement,
+    pub(super) left: Statement,
+    /// False once the sweep found the table empty: keyed batches stop looking there (nothing
+    /// writes to it any more). Checked again at the next connect.
+    pub(super) holds_keys: Cell<bool>,
+}
+
 impl Connection {
+    /// The legacy statements while `tally_idempotency` may still hold a key.
+    pub(super) fn legacy_keys(&self) -> Option<&LegacyKeys> {
+        self.legacy
+            .as_ref()
+            .filter(|legacy| legacy.holds_keys.get())
+    }
+
     /// Drops the client (which sends Terminate) and gives the I/O task a moment to flush it.
     pub(super) async fn close(self) {
         let Connection { client, io, .. } = self;
@@ -76,7 +102,7 @@ pub(super) async fn connect(
             tls: tls.clone(),
         })?;
         // If set-up fails below, dropping the client ends the I/O task.
-        prepare(client, io, closed, highest_seen, config.named.is_some()).await
+        prepare(client, io, closed, highest_seen).await
     };
     tokio::time::timeout(config.connect_timeout, set_up)
         .await
@@ -109,11 +135,11 @@ async fn prepare(
     io: tokio::task::JoinHandle<()>,
     closed: oneshot::Receiver<()>,
     highest_seen: i64,
-    named: bool,
 ) -> Result<Connection, StoreError> {
     insist_on_durability(&client).await?;
     create_schema(&client, highest_seen).await?;
-    let statements = prepare_statements(&client, named).await?;
+    let statements = prepare_statements(&client).await?;
+    let legacy = prepare_legacy(&client).await?;
     Ok(Connection {
         client,
         add: statements.add,
@@ -122,9 +148,11 @@ async fn prepare(
         find_batch: statements.find_batch,
         insert_instance: statements.insert_instance,
         add_keyed: statements.add_keyed,
+        add_fresh_keys: statements.add_fresh_keys,
         find_keys: statements.find_keys,
         sweep_keys: statements.sweep_keys,
         named: statements.named,
+        legacy,
         io,
         closed,
     })
@@ -167,7 +195,7 @@ async fn create_schema(client: &Client, highest_seen: i64) -> Result<(), StoreEr
     let create_schema = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
          SET LOCAL client_min_messages = warning; {CREATE_TABLE}; {CREATE_INSTANCES}; \
-         {CREATE_KEYS}; {CREATE_NAMED}; {ADD_NAMED_COUNTS}; {CREATE_NAMED_KEYS}; COMMIT"
+         {CREATE_KEYS}; {CREATE_NAMED}; {ADD_NAMED_COUNTS}; COMMIT"
     );
     client
         .batch_execute(&create_schema)
@@ -209,6 +237,7 @@ struct Statements {
     find_batch: Statement,
     insert_instance: Statement,
     add_keyed: Statement,
+    add_fresh_keys: Statement,
     find_keys: Statement,
     sweep_keys: Statement,
     named: NamedStatements,
@@ -226,8 +255,7 @@ pub(super) struct NamedStatements {
     pub(super) find_keys: Statement,
 }
 
-/// `named`: a named counters' store, whose sweep goes over their keys' table.
-async fn prepare_statements(client: &Client, named: bool) -> Result<Statements, StoreError> {
+async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
     let prepare = |text: &'static str, types: &'static [Type], step: &'static str| async move {
         client
             .prepare_typed(text, types)
@@ -250,7 +278,7 @@ async fn prepare_statements(client: &Client, named: bool) -> Result<Statements, 
             ADD_KEYED,
             &[
                 Type::INT8,
-                Type::TEXT_ARRAY,
+                Type::UUID_ARRAY,
                 Type::INT8_ARRAY,
                 Type::INT8,
                 Type::FLOAT8,
@@ -259,9 +287,23 @@ async fn prepare_statements(client: &Client, named: bool) -> Result<Statements, 
             "preparing the keyed increment",
         )
         .await?,
-        find_keys: prepare(FIND_KEYS, &[Type::TEXT_ARRAY], "preparing the key lookup").await?,
+        add_fresh_keys: prepare(
+            ADD_FRESH_KEYS,
+            &[
+                Type::INT8,
+                Type::UUID_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::INT8,
+            ],
+            "preparing the fresh keyed increment",
+        )
+        .await?,
+        find_keys: prepare(FIND_KEYS, &[Type::UUID_ARRAY], "preparing the key lookup").await?,
         sweep_keys: prepare(
-            if named { SWEEP_NAMED_KEYS } else { SWEEP_KEYS },
+            SWEEP_KEYS,
             &[Type::INT8, Type::INT8, Type::FLOAT8],
             "preparing the key sweep",
         )
@@ -308,4 +350,72 @@ async fn prepare_statements(client: &Client, named: bool) -> Result<Statements, 
             .await?,
         },
     })
+}
+
+/// The [`LegacyKeys`] statements, if `tally_idempotency` exists and holds a key.
+async fn prepare_legacy(client: &Client) -> Result<Option<LegacyKeys>, StoreError> {
+    let exists = client
+        .query_one(LEGACY_KEYS_TABLE, &[])
+        .await
+        .map_err(set_up("looking for tally_idempotency"))?;
+    if !exists.try_get::<_, bool>(0).unwrap_or(false) {
+        return Ok(None);
+    }
+    let left = client
+        .prepare_typed(LEGACY_KEYS_LEFT, &[])
+        .await
+        .map_err(set_up("preparing the legacy keys check"))?;
+    let holds_keys = client
+        .query_one(&left, &[])
+        .await
+        .map_err(set_up("reading tally_idempotency"))?
+        .try_get::<_, bool>(0)
+        .unwrap_or(true);
+    if !holds_keys {
+        log::info!(
+            "tally_idempotency (the keys of earlier tally versions) is empty and no longer \
+             used; drop it once no earlier tally uses this database: DROP TABLE tally_idempotency"
+        );
+        return Ok(None);
+    }
+    log::info!(
+        "tally_idempotency holds keys of an earlier tally version: they are honoured until \
+         they expire, then deleted"
+    );
+    let prepare = |text: &'static str, types: &'static [Type], step: &'static str| async move {
+        client
+            .prepare_typed(text, types)
+            .await
+            .map_err(set_up(step))
+    };
+    Ok(Some(LegacyKeys {
+        add_keyed: prepare(
+            ADD_KEYED_LEGACY,
+            &[
+                Type::INT8,
+                Type::UUID_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+                Type::FLOAT8,
+                Type::INT8,
+                Type::TEXT_ARRAY,
+            ],
+            "preparing the keyed increment with legacy keys",
+        )
+        .await?,
+        find_keys: prepare(
+            FIND_LEGACY_KEYS,
+            &[Type::TEXT_ARRAY],
+            "preparing the legacy key lookup",
+        )
+        .await?,
+        sweep: prepare(
+            SWEEP_LEGACY_KEYS,
+            &[Type::INT8, Type::INT8, Type::FLOAT8],
+            "preparing the legacy key sweep",
+        )
+        .await?,
+        left,
+        holds_keys: Cell::new(true),
+    }))
 }

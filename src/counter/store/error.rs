@@ -100,7 +100,7 @@ pub enum StoreError {
     /// Running the in-doubt batch again failed: it stays in doubt.
     #[error(transparent)]
     Rerun(#[from] CommitError),
-    /// The batch was found committed but one of its keys is no longer in `tally_idempotency`.
+    /// The batch was found committed but one of its keys is no longer stored.
     #[error("key {0:?} of a committed batch is gone")]
     KeyGone(Box<str>),
     /// The batch's deadline passed while settling it: its caller got the outcome unknown.

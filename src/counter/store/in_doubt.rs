@@ -2,10 +2,13 @@
 //! on a fresh connection, under the counter row's lock, its id in this store's row of
 //! `tally_instances` says whether it committed; if not, it runs again in that transaction.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::commit::{digests, COUNTER_SCOPE};
 use super::connect::Connection;
+use super::digest::key_digest;
 use super::error::{CommitError, StoreError};
 use super::messages::{Committed, Job, KeyOutcome, KeyedIncrement, NamedCommitted};
 use super::state::{InDoubt, Store};
@@ -233,24 +236,38 @@ impl Store<'_> {
         if keyed.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+        let digests = digests(keyed);
         let rows = connection
             .client
-            .query(&connection.find_keys, &[&keys])
+            .query(&connection.find_keys, &[&digests])
             .await?;
-        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        let mut found = HashMap::with_capacity(rows.len());
         for row in rows {
-            let key: String = row.try_get(0)?;
+            let digest: uuid::Uuid = row.try_get(0)?;
             let by: i64 = row.try_get(1)?;
             let count: i64 = row.try_get(2)?;
             let batch_id: i64 = row.try_get(3)?;
-            found.insert(key, (by, count, batch_id));
+            found.insert(digest, (by, count, batch_id));
+        }
+        // Keys of earlier versions a batch replayed: only where tally_keys has none.
+        if let Some(legacy) = connection.legacy_keys() {
+            let keys: Vec<&str> = keyed.iter().map(|k| &*k.key).collect();
+            let rows = connection.client.query(&legacy.find_keys, &[&keys]).await?;
+            for row in rows {
+                let key: &str = row.try_get(0)?;
+                let by: i64 = row.try_get(1)?;
+                let count: i64 = row.try_get(2)?;
+                let batch_id: i64 = row.try_get(3)?;
+                found
+                    .entry(key_digest(COUNTER_SCOPE, key))
+                    .or_insert((by, count, batch_id));
+            }
         }
         keyed
             .iter()
             .map(|increment| {
                 let &(by, count, batch_id) = found
-                    .get(&*increment.key)
+                    .get(&key_digest(COUNTER_SCOPE, &increment.key))
                     .ok_or_else(|| StoreError::KeyGone(increment.key.clone()))?;
                 Ok(if batch_id == id {
                     KeyOutcome::Counted(count)

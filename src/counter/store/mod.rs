@@ -41,7 +41,7 @@
 //! - `session`: the `tally-store` thread, its runtime and the connect / serve loop;
 //! - `state`: `Store`, the thread's state every room below adds methods to;
 //! - `connect` (with `tls`): opening a connection, the schema, the prepared statements;
-//! - `sql`: the statements' text;
+//! - `sql`: the statements' text; `digest`: what a key is stored as ([`key_digest`]);
 //! - `outage`: holding and refusing increments while there is no connection;
 //! - `commit`: running a batch and answering it; `lowered_row`: the second guarantee;
 //! - `in_doubt`: settling a batch whose outcome was lost;

@@ -49,6 +49,7 @@ pub(super) fn run_thread(config: StoreConfig, queue: flume::Receiver<Request>, s
         in_doubt: Cell::new(None),
         instance_upkeep_at: Cell::new(Instant::now() + INSTANCE_TOUCH_INTERVAL),
         sweep: Cell::new(Sweep::default()),
+        legacy_sweep: Cell::new(Sweep::default()),
         outage_since: Cell::new(None),
         held: RefCell::new(VecDeque::new()),
         named_recount_at: Cell::new(Instant::now()),

@@ -49,64 +49,147 @@ pub(super) const PRUNE_INSTANCES: &str = "DELETE FROM tally_instances \
 /// [`INSTANCE_TOUCH_INTERVAL`](super::sweep::INSTANCE_TOUCH_INTERVAL).
 pub(super) const TOUCH_INSTANCE: &str = "UPDATE tally_instances SET seen_at = now() WHERE id = $1";
 
-/// Idempotency keys and what their first request got (docs/api.md, "Idempotency-Key").
+/// Idempotency keys and what their first request got (docs/api.md, "Idempotency-Key"), by
+/// [`key_digest`](super::digest::key_digest): a fixed 16-byte `uuid` whatever the key's length.
 /// `batch_id` tells a settling store whether its in-doubt batch is the one that counted a key.
 /// The primary key is the table's only index: the expired keys are found by a sweep of the
 /// heap ([`SWEEP_KEYS`]), not through an index on `created_at`, which made every keyed batch
 /// dearer: one more index entry and WAL record per key (pgbench figures in commit 8423579).
-pub(super) const CREATE_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_idempotency \
-     (key text PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, batch_id bigint NOT NULL, \
-     created_at timestamptz NOT NULL DEFAULT now())";
+/// Earlier versions kept the key's text in `tally_idempotency` ([`LEGACY_KEYS_TABLE`]).
+pub(super) const CREATE_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_keys \
+     (digest uuid PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, \
+     batch_id bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())";
+
+/// The head of [`ADD_KEYED`]: the batch's keys (by digest, with their `by`, in order) and the
+/// ones stored within the retention or expired but still there.
+macro_rules! add_keyed_head {
+    () => {
+        "WITH input AS (SELECT digest, by, pos \
+           FROM unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS t(digest, by, pos)), \
+         present AS (SELECT i.pos, k.by, k.count, \
+           k.created_at > now() - make_interval(secs => $5) AS live \
+           FROM input i JOIN tally_keys k ON k.digest = i.digest), "
+    };
+}
+
+/// The rest of [`ADD_KEYED`], after `present`.
+macro_rules! add_keyed_tail {
+    () => {
+        "fresh AS (SELECT i.digest, i.by, i.pos, \
+           (sum(i.by) OVER (ORDER BY i.pos))::bigint AS running, p.pos IS NOT NULL AS expired \
+           FROM input i LEFT JOIN present p ON p.pos = i.pos WHERE p.live IS NOT TRUE), \
+         total AS (SELECT COALESCE(sum(by), 0)::bigint AS keyed FROM fresh), \
+         counted AS (UPDATE tally_counter SET count = count + $1 + total.keyed FROM total \
+           WHERE id = 1 RETURNING tally_counter.count - total.keyed AS unkeyed_end, total.keyed), \
+         inserted AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
+           SELECT f.digest, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
+           WHERE NOT f.expired), \
+         renewed AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
+           SELECT f.digest, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
+           WHERE f.expired \
+           ON CONFLICT (digest) DO UPDATE SET by = excluded.by, count = excluded.count, \
+           batch_id = excluded.batch_id, created_at = now()), \
+         marked AS (UPDATE tally_instances i SET previous_batch = i.batch, batch = $4, \
+           count = c.unkeyed_end + c.keyed, keyed_delta = c.keyed, seen_at = now() \
+           FROM counted c WHERE i.id = $6 RETURNING 1) \
+         SELECT c.unkeyed_end, EXISTS (SELECT FROM marked), p.pos, p.by, p.count \
+         FROM counted c LEFT JOIN present p ON p.live ORDER BY p.pos"
+    };
+}
+
 /// A batch with keyed increments, run after [`LOCK_ROW`] in the same transaction. Every writer
 /// takes the row lock first, so this statement's snapshot (taken after it) holds every key
 /// committed before: no key can be counted twice, by this instance or another. Keys seen
 /// within the retention are not counted; the fresh ones count after the unkeyed delta `$1`, in
-/// the order given. Keys are unique in `$2`. A fresh key absent from the table is a plain
-/// `INSERT` (no other writer can insert it while we hold the lock; `ON CONFLICT` would cost a
-/// speculative insertion, one more WAL record per key: pgbench figures in commit 97aa6ec); an
-/// expired key still present is overwritten by an upsert, which also covers a prune deleting
-/// it meanwhile.
+/// the order given. Keys (`$2`, digests) are unique. A fresh key absent from the table is a
+/// plain `INSERT` (no other writer can insert it while we hold the lock; `ON CONFLICT` would
+/// cost a speculative insertion, one more WAL record per key: pgbench figures in commit
+/// 97aa6ec); an expired key still present is overwritten by an upsert, which also covers a
+/// prune deleting it meanwhile.
 /// Returns `unkeyed_end` and whether this store's row `$6` recorded the batch `$4`, then, for
 /// each key seen within the retention, its position (from 1) and what it got then: one row
 /// with a NULL position when there is none. The counts of fresh keys follow from the order
 /// (`unkeyed_end` plus the running sum of their `by`), so they are not sent back.
-pub(super) const ADD_KEYED: &str = "WITH input AS (SELECT key, by, pos \
-       FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS t(key, by, pos)), \
+pub(super) const ADD_KEYED: &str = concat!(add_keyed_head!(), add_keyed_tail!());
+
+/// The common case of [`ADD_KEYED`], tried first: every key of the batch is fresh and absent
+/// from `tally_keys`, so each counts, in order: `$5` are the running sums of the `by`s `$3`
+/// (computed by the store), `$7` their total. It does not look the keys up: the primary key
+/// does, as it inserts them, and a key already there (seen within the retention, or expired
+/// but not yet swept) fails the statement with a unique violation, which rolls the transaction
+/// back; the batch then runs again as [`ADD_KEYED`]. That saves a probe of the index per key
+/// and the window, sort and joins of the general statement (docs/benchmarks.md, "Idempotency
+/// keys"). Run after [`LOCK_ROW`] like it; returns `unkeyed_end` and whether this store's row
+/// `$6` recorded the batch `$4`.
+pub(super) const ADD_FRESH_KEYS: &str = "WITH \
+     counted AS (UPDATE tally_counter SET count = count + $1 + $7 WHERE id = 1 \
+       RETURNING count - $7 AS unkeyed_end), \
+     inserted AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
+       SELECT t.digest, t.by, c.unkeyed_end + t.running, $4 \
+       FROM unnest($2::uuid[], $3::bigint[], $5::bigint[]) AS t(digest, by, running), counted c), \
+     marked AS (UPDATE tally_instances i SET previous_batch = i.batch, batch = $4, \
+       count = c.unkeyed_end + $7, keyed_delta = $7, seen_at = now() \
+       FROM counted c WHERE i.id = $6 RETURNING 1) \
+     SELECT c.unkeyed_end, EXISTS (SELECT FROM marked) FROM counted c";
+
+/// Whether `tally_idempotency`, the table earlier versions stored keys in by their text,
+/// exists. Keys still there within the retention are honoured (replayed, never counted again)
+/// until they expire; the sweep drains it ([`SWEEP_LEGACY_KEYS`]); nothing writes to it now.
+pub(super) const LEGACY_KEYS_TABLE: &str = "SELECT to_regclass('tally_idempotency') IS NOT NULL";
+/// Whether `tally_idempotency` still holds a row: only then does a keyed batch look there too
+/// ([`ADD_KEYED_LEGACY`]). Read at connect and whenever its sweep has gone round.
+pub(super) const LEGACY_KEYS_LEFT: &str = "SELECT EXISTS (SELECT FROM tally_idempotency)";
+/// [`ADD_KEYED`] while `tally_idempotency` holds keys: `$7` are the keys' text, in the order
+/// of `$2`. A key live there and absent from `tally_keys` is present (replayed or a mismatch);
+/// an expired one there is fresh, and goes into `tally_keys` like any other.
+pub(super) const ADD_KEYED_LEGACY: &str = concat!(
+    "WITH input AS (SELECT digest, by, pos, key \
+       FROM unnest($2::uuid[], $3::bigint[], $7::text[]) WITH ORDINALITY AS t(digest, by, key, pos)), \
      present AS (SELECT i.pos, k.by, k.count, \
        k.created_at > now() - make_interval(secs => $5) AS live \
-       FROM input i JOIN tally_idempotency k ON k.key = i.key), \
-     fresh AS (SELECT i.key, i.by, i.pos, (sum(i.by) OVER (ORDER BY i.pos))::bigint AS running, \
-       p.pos IS NOT NULL AS expired \
-       FROM input i LEFT JOIN present p ON p.pos = i.pos WHERE p.live IS NOT TRUE), \
-     total AS (SELECT COALESCE(sum(by), 0)::bigint AS keyed FROM fresh), \
-     counted AS (UPDATE tally_counter SET count = count + $1 + total.keyed FROM total \
-       WHERE id = 1 RETURNING tally_counter.count - total.keyed AS unkeyed_end, total.keyed), \
-     inserted AS (INSERT INTO tally_idempotency (key, by, count, batch_id) \
-       SELECT f.key, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
-       WHERE NOT f.expired), \
-     renewed AS (INSERT INTO tally_idempotency (key, by, count, batch_id) \
-       SELECT f.key, f.by, c.unkeyed_end + f.running, $4 FROM fresh f, counted c \
-       WHERE f.expired \
-       ON CONFLICT (key) DO UPDATE SET by = excluded.by, count = excluded.count, \
-       batch_id = excluded.batch_id, created_at = now()), \
-     marked AS (UPDATE tally_instances i SET previous_batch = i.batch, batch = $4, \
-       count = c.unkeyed_end + c.keyed, keyed_delta = c.keyed, seen_at = now() \
-       FROM counted c WHERE i.id = $6 RETURNING 1) \
-     SELECT c.unkeyed_end, EXISTS (SELECT FROM marked), p.pos, p.by, p.count \
-     FROM counted c LEFT JOIN present p ON p.live ORDER BY p.pos";
+       FROM input i JOIN tally_keys k ON k.digest = i.digest \
+       UNION ALL SELECT i.pos, o.by, o.count, true \
+       FROM input i JOIN tally_idempotency o ON o.key = i.key \
+       WHERE o.created_at > now() - make_interval(secs => $5) \
+       AND NOT EXISTS (SELECT FROM tally_keys k WHERE k.digest = i.digest)), ",
+    add_keyed_tail!()
+);
 /// Settling a keyed batch found committed: what each of its keys got.
 pub(super) const FIND_KEYS: &str =
+    "SELECT digest, by, count, batch_id FROM tally_keys WHERE digest = ANY($1::uuid[])";
+/// The same in `tally_idempotency` while it holds keys; a row in `tally_keys` comes first (a
+/// key of the batch absent there was replayed from here).
+pub(super) const FIND_LEGACY_KEYS: &str =
     "SELECT key, by, count, batch_id FROM tally_idempotency WHERE key = ANY($1::text[])";
-/// One slice of the sweep over `tally_idempotency`: deletes the expired keys stored in pages
-/// `$1` to `$2` (exclusive) and returns how many, and the table's size in pages. A TID range
-/// scan: it reads those pages and nothing else, whatever the table's size and statistics, so a
-/// sweep that finds nothing expired costs a few page reads, and an empty range none. The time
-/// condition is checked again on a row a batch renewed meanwhile, which is then kept.
-pub(super) const SWEEP_KEYS: &str = "WITH gone AS (DELETE FROM tally_idempotency \
-     WHERE ctid >= format('(%s,0)', $1)::tid AND ctid < format('(%s,0)', $2)::tid \
-     AND created_at < now() - make_interval(secs => $3) RETURNING 1) \
-     SELECT (SELECT count(*) FROM gone), \
-     pg_relation_size('tally_idempotency') / current_setting('block_size')::bigint";
+
+/// [`SWEEP_KEYS`] for a table.
+macro_rules! sweep {
+    ($table:literal) => {
+        concat!(
+            "WITH gone AS (DELETE FROM ",
+            $table,
+            " WHERE ctid >= format('(%s,0)', $1)::tid AND ctid < format('(%s,0)', $2)::tid \
+             AND created_at < now() - make_interval(secs => $3) RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone), pg_relation_size('",
+            $table,
+            "') / current_setting('block_size')::bigint"
+        )
+    };
+}
+/// One slice of the sweep over `tally_keys`: deletes the expired keys stored in pages `$1` to
+/// `$2` (exclusive) and returns how many, and the table's size in pages. A TID range scan: it
+/// reads those pages and nothing else, whatever the table's size and statistics, so a sweep
+/// that finds nothing expired costs a few page reads, and an empty range none. The time
+/// condition is checked again on a row a batch renewed meanwhile, which is then kept. Run in a
+/// transaction of its own with `synchronous_commit = off` ([`SWEEP_BEGIN`]).
+pub(super) const SWEEP_KEYS: &str = sweep!("tally_keys");
+/// [`SWEEP_KEYS`] over `tally_idempotency`, while it holds keys.
+pub(super) const SWEEP_LEGACY_KEYS: &str = sweep!("tally_idempotency");
+/// A sweep's transaction need not wait for its commit to reach the disk: a delete a crash
+/// loses is of keys already expired, which [`ADD_KEYED`] treats as absent, and the next sweep
+/// deletes them again. Without it every slice cost a WAL flush, an fsync, between two
+/// commits (docs/benchmarks.md, "Idempotency keys").
+pub(super) const SWEEP_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 /// The index earlier versions pruned through. Still there in a database they created (and
 /// used by their prune while one of them runs): docs/api.md, "Idempotency-Key", says when to
 /// drop it.
@@ -163,10 +246,6 @@ pub(super) const READ_NAMED: &str =
 pub(super) const DELETE_NAMED: &str = "DELETE FROM tally_counters WHERE name = $1 RETURNING count";
 pub(super) const COUNT_NAMED: &str = "SELECT count(*) FROM tally_counters";
 
-/// Idempotency keys of named counters, stored as a digest of (name, key) (see `digest`).
-pub(super) const CREATE_NAMED_KEYS: &str = "CREATE TABLE IF NOT EXISTS tally_keys \
-     (digest uuid PRIMARY KEY, by bigint NOT NULL, count bigint NOT NULL, \
-     batch_id bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())";
 /// The keyed increments of a named batch, run after [`ADD_NAMED`] in the same transaction,
 /// which locked (or created) the row of every name here: no other writer can count these
 /// keys meanwhile. As [`ADD_KEYED`] does for the single counter: keys seen within the retention
@@ -199,10 +278,3 @@ pub(super) const ADD_NAMED_KEYED: &str = "WITH input AS (SELECT name, digest, by
 /// Settling a keyed named batch found committed: what each of its keys got, and by which batch.
 pub(super) const FIND_NAMED_KEYS: &str =
     "SELECT digest, by, count, batch_id FROM tally_keys WHERE digest = ANY($1::uuid[])";
-/// [`SWEEP_KEYS`] over `tally_keys`, the named counters' keys: a named counters' store sweeps
-/// that table instead (each of an instance's named stores at the pace, on its own cursor).
-pub(super) const SWEEP_NAMED_KEYS: &str = "WITH gone AS (DELETE FROM tally_keys \
-     WHERE ctid >= format('(%s,0)', $1)::tid AND ctid < format('(%s,0)', $2)::tid \
-     AND created_at < now() - make_interval(secs => $3) RETURNING 1) \
-     SELECT (SELECT count(*) FROM gone), \
-     pg_relation_size('tally_keys') / current_setting('block_size')::bigint";

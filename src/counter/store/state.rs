@@ -30,6 +30,8 @@ pub(super) struct Store<'a> {
     pub(super) instance_upkeep_at: Cell<Instant>,
     /// Where the sweep of expired keys stands.
     pub(super) sweep: Cell<Sweep>,
+    /// Where the sweep of `tally_idempotency` stands, while it holds keys of earlier versions.
+    pub(super) legacy_sweep: Cell<Sweep>,
     /// When the connection that served was lost; `None` while connected, and before the first
     /// connection (a database never reached is a configuration error: refused at once).
     pub(super) outage_since: Cell<Option<Instant>>,

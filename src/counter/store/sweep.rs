@@ -1,5 +1,6 @@
 //! The pace of retention: the intervals of the upkeep of `tally_instances`, and [`Sweep`],
-//! the cursor over `tally_idempotency` that says which slice of expired keys is next and when.
+//! the cursor over `tally_keys` (or `tally_idempotency`) that says which slice of expired keys
+//! is next and when.
 //! Arithmetic only; `retention` runs the statements.
 
 use std::time::Duration;
@@ -11,7 +12,7 @@ pub(super) const INSTANCE_TOUCH_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often the sweep of expired idempotency keys ([`SWEEP_KEYS`](super::sql::SWEEP_KEYS))
 /// takes its next slice; again at once, between commits, while it is behind its pace.
 pub(super) const PRUNE_INTERVAL: Duration = Duration::from_millis(250);
-/// Most pages of `tally_idempotency` one sweep statement reads (256 KiB of 8 KiB pages): a
+/// Most pages of `tally_keys` one sweep statement reads (256 KiB of 8 KiB pages): a
 /// slice small enough that no DELETE holds the store's connection, or row locks, for long
 /// (its cost is measured in commit 8423579).
 const SWEEP_SLICE_PAGES: i64 = 32;
@@ -21,7 +22,7 @@ const SWEEP_SLICE_PAGES: i64 = 32;
 /// stored row about this many times in its life, whatever the retention and the rate of keys.
 pub(super) const SWEEPS_PER_RETENTION: f64 = 4.0;
 
-/// The sweep over `tally_idempotency` (see [`SWEEP_KEYS`](super::sql::SWEEP_KEYS)): a cursor
+/// The sweep over `tally_keys` (see [`SWEEP_KEYS`](super::sql::SWEEP_KEYS)): a cursor
 /// over its pages, paced
 /// so that the whole table is read once per retention / [`SWEEPS_PER_RETENTION`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
