@@ -12,11 +12,12 @@ use tokio_postgres::{Client, NoTls, Socket, Statement};
 use super::config::{StoreConfig, CLOSE_TIMEOUT};
 use super::error::StoreError;
 use super::sql::{
-    ADD, ADD_FRESH_KEYS, ADD_KEYED, ADD_KEYED_LEGACY, ADD_NAMED, ADD_NAMED_COUNTS, ADD_NAMED_KEYED,
-    CREATE_INSTANCES, CREATE_KEYS, CREATE_NAMED, CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES,
-    FIND_BATCH, FIND_KEYS, FIND_LEGACY_KEYS, FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE,
-    INSERT_ROW, LEGACY_KEYS_LEFT, LEGACY_KEYS_TABLE, LOCK_NAMED, LOCK_ROW, OLD_KEYS_TIME_INDEX,
-    READ, READ_NAMED, SCHEMA_LOCK_KEY, SWEEP_KEYS, SWEEP_LEGACY_KEYS,
+    ADD, ADD_FRESH_KEYS, ADD_KEYED, ADD_KEYED_LEGACY, ADD_NAMED, ADD_NAMED_COUNTS,
+    ADD_NAMED_FRESH_KEYS, ADD_NAMED_KEYED, CREATE_INSTANCES, CREATE_KEYS, CREATE_NAMED,
+    CREATE_TABLE, DELETE_NAMED, EXISTING_NAMES, FIND_BATCH, FIND_KEYS, FIND_LEGACY_KEYS,
+    FIND_NAMED_BATCH, FIND_NAMED_KEYS, INSERT_INSTANCE, INSERT_ROW, LEGACY_KEYS_LEFT,
+    LEGACY_KEYS_TABLE, LOCK_NAMED, LOCK_ROW, OLD_KEYS_TIME_INDEX, READ, READ_NAMED,
+    SCHEMA_LOCK_KEY, SWEEP_KEYS, SWEEP_LEGACY_KEYS,
 };
 use super::tls::{self, Connector};
 
@@ -252,6 +253,7 @@ pub(super) struct NamedStatements {
     pub(super) read: Statement,
     pub(super) delete: Statement,
     pub(super) add_keyed: Statement,
+    pub(super) add_fresh_keys: Statement,
     pub(super) find_keys: Statement,
 }
 
@@ -340,6 +342,18 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
                     Type::INT8,
                 ],
                 "preparing the named keyed increment",
+            )
+            .await?,
+            add_fresh_keys: prepare(
+                ADD_NAMED_FRESH_KEYS,
+                &[
+                    Type::TEXT_ARRAY,
+                    Type::UUID_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::INT8,
+                ],
+                "preparing the named fresh keys",
             )
             .await?,
             find_keys: prepare(

@@ -21,6 +21,8 @@ use super::messages::{KeyOutcome, NamedCommitted, NamedReply, NamedWork};
 use super::state::Store;
 use std::collections::HashMap;
 
+use tokio_postgres::error::SqlState;
+
 /// How often the number of named counters is read again from PostgreSQL (other instances
 /// create counters too).
 pub(super) const RECOUNT_INTERVAL: Duration = Duration::from_secs(10);
@@ -75,6 +77,9 @@ impl Store<'_> {
             [&names, &deltas, &self.instance, &id];
         let keyed_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&keys.names, &keys.digests, &keys.bys, &retention, &id];
+        let running = keys.running();
+        let fresh_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&keys.names, &keys.digests, &keys.bys, &running, &id];
         let transaction = async {
             if keys.names.is_empty() {
                 // One statement, its own transaction (as the single counter's `ADD`).
@@ -85,6 +90,24 @@ impl Store<'_> {
                 return Ok::<_, CommitError>((rows, Vec::new()));
             }
             // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
+            // First as if every key were new (the common case); a stored key fails it on the
+            // primary key, nothing is applied, and the batch runs again the long way.
+            let (begin, add, keyed, commit) = tokio::join!(
+                client.batch_execute("BEGIN"),
+                client.query(&connection.named.add, &add_params),
+                client.query(&connection.named.add_fresh_keys, &fresh_params),
+                client.batch_execute("COMMIT"),
+            );
+            let a_key_was_stored = keyed
+                .as_ref()
+                .is_err_and(|error| error.code() == Some(&SqlState::UNIQUE_VIOLATION));
+            if !a_key_was_stored {
+                begin.map_err(|error| classify(&error))?;
+                let rows = add.map_err(|error| classify(&error))?;
+                let keyed = keyed.map_err(|error| classify(&error))?;
+                commit.map_err(|error| classify(&error))?;
+                return Ok((rows, keyed));
+            }
             let (begin, add, keyed, commit) = tokio::join!(
                 client.batch_execute("BEGIN"),
                 client.query(&connection.named.add, &add_params),
@@ -464,6 +487,21 @@ impl<'w> KeyedParams<'w> {
             params.index.push(i);
         }
         params
+    }
+
+    /// Per increment, the sum of the `by`s of its name's increments up to and including its own
+    /// (for [`ADD_NAMED_FRESH_KEYS`](super::sql::ADD_NAMED_FRESH_KEYS)).
+    fn running(&self) -> Vec<i64> {
+        let mut sums: HashMap<&str, i64> = HashMap::new();
+        self.names
+            .iter()
+            .zip(&self.bys)
+            .map(|(name, by)| {
+                let sum = sums.entry(name).or_insert(0);
+                *sum += by;
+                *sum
+            })
+            .collect()
     }
 
     /// Each sent increment's outcome from [`ADD_NAMED_KEYED`](super::sql::ADD_NAMED_KEYED)'s

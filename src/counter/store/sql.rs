@@ -278,3 +278,20 @@ pub(super) const ADD_NAMED_KEYED: &str = "WITH input AS (SELECT name, digest, by
 /// Settling a keyed named batch found committed: what each of its keys got, and by which batch.
 pub(super) const FIND_NAMED_KEYS: &str =
     "SELECT digest, by, count, batch_id FROM tally_keys WHERE digest = ANY($1::uuid[])";
+
+/// [`ADD_NAMED_KEYED`] when every key is new, tried first: inserts each key without looking
+/// it up (`$4` are the running sums of the `by`s `$3` per name, in order), so a stored key
+/// fails the statement on the primary key, and the batch runs again with [`ADD_NAMED_KEYED`]
+/// (as [`ADD_FRESH_KEYS`] is for the single counter). Returns what [`ADD_NAMED_KEYED`] does.
+pub(super) const ADD_NAMED_FRESH_KEYS: &str =
+    "WITH input AS (SELECT name, digest, by, running, pos \
+       FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[]) \
+       WITH ORDINALITY AS t(name, digest, by, running, pos)), \
+     totals AS (SELECT name, sum(by)::bigint AS keyed FROM input GROUP BY name), \
+     counted AS (UPDATE tally_counters c SET count = c.count + t.keyed FROM totals t \
+       WHERE c.name = t.name RETURNING c.name, c.count - t.keyed AS base), \
+     inserted AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
+       SELECT i.digest, i.by, c.base + i.running, $5 FROM input i JOIN counted c \
+       ON c.name = i.name) \
+     SELECT false, i.by, c.base + i.running FROM input i JOIN counted c ON c.name = i.name \
+     ORDER BY i.pos";
