@@ -348,10 +348,14 @@ async fn prepare_statements(client: &Client) -> Result<Statements, StoreError> {
                 ADD_NAMED_FRESH_KEYS,
                 &[
                     Type::TEXT_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::INT8,
+                    Type::INT8,
+                    Type::INT8_ARRAY,
+                    Type::TEXT_ARRAY,
                     Type::UUID_ARRAY,
                     Type::INT8_ARRAY,
                     Type::INT8_ARRAY,
-                    Type::INT8,
                 ],
                 "preparing the named fresh keys",
             )

@@ -78,8 +78,18 @@ impl Store<'_> {
         let keyed_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&keys.names, &keys.digests, &keys.bys, &retention, &id];
         let running = keys.running();
-        let fresh_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&keys.names, &keys.digests, &keys.bys, &running, &id];
+        let keyed_sums = keys.sums(&names);
+        let fresh_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            &names,
+            &deltas,
+            &self.instance,
+            &id,
+            &keyed_sums,
+            &keys.names,
+            &keys.digests,
+            &keys.bys,
+            &running,
+        ];
         let transaction = async {
             if keys.names.is_empty() {
                 // One statement, its own transaction (as the single counter's `ADD`).
@@ -87,27 +97,19 @@ impl Store<'_> {
                     .query(&connection.named.add, &add_params)
                     .await
                     .map_err(|error| classify(&error))?;
-                return Ok::<_, CommitError>((rows, Vec::new()));
+                return Ok::<_, CommitError>((rows, Some(Vec::new())));
+            }
+            // First as if every key were new (the common case): one statement. A stored key
+            // fails it on the primary key, nothing is applied, and the batch runs the long way.
+            match client
+                .query(&connection.named.add_fresh_keys, &fresh_params)
+                .await
+            {
+                Ok(rows) => return Ok((rows, None)),
+                Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+                Err(error) => return Err(classify(&error)),
             }
             // Pipelined: one round trip. A failed statement turns the COMMIT into a rollback.
-            // First as if every key were new (the common case); a stored key fails it on the
-            // primary key, nothing is applied, and the batch runs again the long way.
-            let (begin, add, keyed, commit) = tokio::join!(
-                client.batch_execute("BEGIN"),
-                client.query(&connection.named.add, &add_params),
-                client.query(&connection.named.add_fresh_keys, &fresh_params),
-                client.batch_execute("COMMIT"),
-            );
-            let a_key_was_stored = keyed
-                .as_ref()
-                .is_err_and(|error| error.code() == Some(&SqlState::UNIQUE_VIOLATION));
-            if !a_key_was_stored {
-                begin.map_err(|error| classify(&error))?;
-                let rows = add.map_err(|error| classify(&error))?;
-                let keyed = keyed.map_err(|error| classify(&error))?;
-                commit.map_err(|error| classify(&error))?;
-                return Ok((rows, keyed));
-            }
             let (begin, add, keyed, commit) = tokio::join!(
                 client.batch_execute("BEGIN"),
                 client.query(&connection.named.add, &add_params),
@@ -118,7 +120,7 @@ impl Store<'_> {
             let rows = add.map_err(|error| classify(&error))?;
             let keyed = keyed.map_err(|error| classify(&error))?;
             commit.map_err(|error| classify(&error))?;
-            Ok((rows, keyed))
+            Ok((rows, Some(keyed)))
         };
         let result = tokio::time::timeout_at(statement_deadline.into(), transaction).await;
         let (rows, keyed_rows) = match result {
@@ -148,9 +150,27 @@ impl Store<'_> {
         if let Some(limit) = self.named_limit() {
             limit.release(reserved - created);
         }
-        let keyed = keys
-            .outcomes(&keyed_rows)
-            .map_err(|error| CommitError::Unknown(format!("unreadable keyed result: {error}")))?;
+        let keyed = match keyed_rows {
+            Some(rows) => keys.outcomes(&rows).map_err(|error| {
+                CommitError::Unknown(format!("unreadable keyed result: {error}"))
+            })?,
+            // Every key was new: each counted after its name's unkeyed part, in order.
+            None => {
+                let ends: HashMap<&str, i64> =
+                    names.iter().copied().zip(counts.iter().copied()).collect();
+                keys.names
+                    .iter()
+                    .zip(&running)
+                    .map(|(name, running)| {
+                        ends.get(name)
+                            .map(|end| KeyOutcome::Counted(end + running))
+                            .ok_or_else(|| {
+                                CommitError::Unknown("a key's counter was not counted".into())
+                            })
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
         self.recreate_row_if_unmarked(connection, marked).await;
         self.committed_named(work, refused, &names, &deltas, counts, keyed, &keys)
     }
@@ -501,6 +521,18 @@ impl<'w> KeyedParams<'w> {
                 *sum += by;
                 *sum
             })
+            .collect()
+    }
+
+    /// Per name of `names`, the sum of its keyed increments' `by`s (0 for most).
+    fn sums(&self, names: &[&str]) -> Vec<i64> {
+        let mut sums: HashMap<&str, i64> = HashMap::new();
+        for (name, by) in self.names.iter().zip(&self.bys) {
+            *sums.entry(name).or_insert(0) += by;
+        }
+        names
+            .iter()
+            .map(|name| sums.get(name).copied().unwrap_or(0))
             .collect()
     }
 

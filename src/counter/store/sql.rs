@@ -279,19 +279,27 @@ pub(super) const ADD_NAMED_KEYED: &str = "WITH input AS (SELECT name, digest, by
 pub(super) const FIND_NAMED_KEYS: &str =
     "SELECT digest, by, count, batch_id FROM tally_keys WHERE digest = ANY($1::uuid[])";
 
-/// [`ADD_NAMED_KEYED`] when every key is new, tried first: inserts each key without looking
-/// it up (`$4` are the running sums of the `by`s `$3` per name, in order), so a stored key
-/// fails the statement on the primary key, and the batch runs again with [`ADD_NAMED_KEYED`]
-/// (as [`ADD_FRESH_KEYS`] is for the single counter). Returns what [`ADD_NAMED_KEYED`] does.
-pub(super) const ADD_NAMED_FRESH_KEYS: &str =
-    "WITH input AS (SELECT name, digest, by, running, pos \
-       FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[]) \
-       WITH ORDINALITY AS t(name, digest, by, running, pos)), \
-     totals AS (SELECT name, sum(by)::bigint AS keyed FROM input GROUP BY name), \
-     counted AS (UPDATE tally_counters c SET count = c.count + t.keyed FROM totals t \
-       WHERE c.name = t.name RETURNING c.name, c.count - t.keyed AS base), \
+/// A keyed named batch when every key is new, tried first: ONE statement, its own transaction,
+/// that adds to each name its unkeyed delta `$2` and its keyed increments' sum `$5` at once
+/// (each row updated once), stores the keys (`$6` names, `$7` digests, `$8` `by`s, `$9` running
+/// sums of the `by`s per name, in order) without looking them up, and records the batch `$4`
+/// with each name's count after its unkeyed part in this store's row `$3`. A key already stored
+/// fails it on the primary key: nothing is applied, and the batch runs again as
+/// `BEGIN; ADD_NAMED; ADD_NAMED_KEYED; COMMIT` (as [`ADD_FRESH_KEYS`] is for the single
+/// counter). Returns what [`ADD_NAMED`] does, the count being the one after the unkeyed part.
+pub(super) const ADD_NAMED_FRESH_KEYS: &str = "WITH input AS (SELECT name, delta, keyed, pos \
+       FROM unnest($1::text[], $2::bigint[], $5::bigint[]) WITH ORDINALITY AS t(name, delta, keyed, pos)), \
+     counted AS (INSERT INTO tally_counters AS c (name, count) \
+       SELECT name, delta + keyed FROM input ORDER BY name COLLATE \"C\" \
+       ON CONFLICT (name) DO UPDATE SET count = c.count + excluded.count \
+       RETURNING c.name, c.count, (c.xmax = 0) AS created), \
+     ends AS (SELECT i.pos, i.name, k.count - i.keyed AS unkeyed_end, k.created \
+       FROM input i JOIN counted k ON k.name = i.name), \
      inserted AS (INSERT INTO tally_keys (digest, by, count, batch_id) \
-       SELECT i.digest, i.by, c.base + i.running, $5 FROM input i JOIN counted c \
-       ON c.name = i.name) \
-     SELECT false, i.by, c.base + i.running FROM input i JOIN counted c ON c.name = i.name \
-     ORDER BY i.pos";
+       SELECT t.digest, t.by, e.unkeyed_end + t.running, $4 \
+       FROM unnest($6::text[], $7::uuid[], $8::bigint[], $9::bigint[]) AS t(name, digest, by, running) \
+       JOIN ends e ON e.name = t.name), \
+     marked AS (UPDATE tally_instances SET previous_batch = batch, batch = $4, \
+       named_counts = (SELECT array_agg(unkeyed_end ORDER BY pos) FROM ends), seen_at = now() \
+       WHERE id = $3 RETURNING 1) \
+     SELECT e.unkeyed_end, e.created, EXISTS (SELECT FROM marked) FROM ends e ORDER BY e.pos";
