@@ -7,6 +7,7 @@ use std::sync::atomic::{Ordering::AcqRel, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::batcher::gather;
 use super::shared::{OWNER_FINISHED, OWNER_RUNNING, OWNER_STOPPED};
 use super::wiring::{BatchAnswer, CoreBatch, OwnerPort};
 use super::{CounterShared, KeyedIncrement};
@@ -55,14 +56,7 @@ impl Drop for OwnerLease {
 pub async fn run_owner(mut port: OwnerPort, shared: Arc<CounterShared>) {
     let _lease = port.alive.is_some().then(|| port.lease(&shared));
     let mut queue: VecDeque<CoreBatch> = VecDeque::new();
-    loop {
-        if queue.is_empty() {
-            match port.batches.recv_async().await {
-                Ok(batch) => queue.push_back(batch),
-                Err(_) => break,
-            }
-        }
-        queue.extend(port.batches.try_iter());
+    while gather(&mut queue, &port.batches).await {
         shared
             .pending_increments
             .store(queue.iter().map(|b| u64::from(b.requests)).sum(), Relaxed);

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crate::counter::batcher::gather;
 use crate::counter::store::{NamedCommitted, NamedKeyed, NamedWork};
 
 use super::wiring::{BatchAnswer, CoreBatch, OwnerPort};
@@ -126,14 +127,7 @@ fn answers(
 pub async fn run_owner(port: OwnerPort, shared: Arc<Shared>) {
     let store = shared.stores[port.core].clone();
     let mut queue: VecDeque<CoreBatch> = VecDeque::new();
-    loop {
-        if queue.is_empty() {
-            match port.batches.recv_async().await {
-                Ok(batch) => queue.push_back(batch),
-                Err(_) => break,
-            }
-        }
-        queue.extend(port.batches.try_iter());
+    while gather(&mut queue, &port.batches).await {
         let (merged, batches) = merge(&mut queue, shared.max_batch);
         let totals: Vec<i64> = merged.work.names.iter().map(|(_, total)| *total).collect();
         let names = totals.len();
