@@ -7,11 +7,11 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cut_proxy::{Cut, CutProxy};
 use common::pg::TestPg as TestCluster;
-use common::server::{read_response, TestServer};
+use common::server::{read_response, wait_for, TestServer};
 
 const POST: &[u8] = b"POST /api/v1/counter HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
 
@@ -19,19 +19,8 @@ fn tally(cluster: &TestCluster, extra: &[&str]) -> TestServer {
     let mut args = vec!["--database-url", cluster.url()];
     args.extend_from_slice(extra);
     let server = TestServer::start(&args);
-    wait_ready(&server);
+    server.wait_ready();
     server
-}
-
-fn wait_ready(server: &TestServer) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if server.get("/api/v1/system/ready").status == 200 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("tally never became ready:\n{}", server.log_text());
 }
 
 fn count(server: &TestServer) -> i64 {
@@ -40,27 +29,9 @@ fn count(server: &TestServer) -> i64 {
     r.json()["count"].as_i64().expect("count")
 }
 
-/// Runs `f` with a client connected to the cluster behind tally's back.
-fn with_client<T, F: std::future::Future<Output = T>>(
-    cluster: &TestCluster,
-    f: impl FnOnce(tokio_postgres::Client) -> F,
-) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(cluster.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        f(client).await
-    })
-}
-
 /// The row as PostgreSQL has it.
 fn row(cluster: &TestCluster) -> i64 {
-    with_client(cluster, |client| async move {
+    cluster.with_client(|client| async move {
         let row = client
             .query_one("SELECT count FROM tally_counter WHERE id = 1", &[])
             .await
@@ -71,7 +42,7 @@ fn row(cluster: &TestCluster) -> i64 {
 
 /// Runs `statement` against the cluster behind tally's back.
 fn execute(cluster: &TestCluster, statement: &str) {
-    with_client(cluster, |client| async move {
+    cluster.with_client(|client| async move {
         client.batch_execute(statement).await.expect(statement);
     })
 }
@@ -262,14 +233,6 @@ impl Load {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_postgres_restart_under_load_gives_503s_never_a_false_200_and_recovers() {
     let mut cluster = TestCluster::start();
@@ -398,7 +361,7 @@ fn get_before_any_store_contact_is_503_and_post_is_503_when_the_store_is_down() 
 #[test]
 fn the_embedded_postgres_default_keeps_the_count_across_restarts() {
     let mut first = TestServer::start(&[]);
-    wait_ready(&first);
+    first.wait_ready();
     let r = first.post("/api/v1/counter", r#"{"by": 7}"#);
     assert_eq!(r.status, 200, "{}", first.log_text());
     let value = r.json()["count"].as_i64().expect("count");
@@ -410,7 +373,7 @@ fn the_embedded_postgres_default_keeps_the_count_across_restarts() {
         first.log_text()
     );
     let second = TestServer::start_in(data_dir, &[], &[]);
-    wait_ready(&second);
+    second.wait_ready();
     assert_eq!(count(&second), value);
 }
 
@@ -653,7 +616,7 @@ fn a_keyed_commit_cut_mid_flight_is_settled_and_answered_once() {
     // A second tally reaching PostgreSQL through the proxy that loses the commit's reply.
     let cut = {
         let server = TestServer::start(&["--database-url", &proxy.url]);
-        wait_ready(&server);
+        server.wait_ready();
         server
     };
     assert_eq!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::pg::TestPg as TestCluster;
-use common::server::{read_response, read_response_to, Response, TestServer};
+use common::server::{read_response, read_response_to, wait_for, Response, TestServer};
 
 /// The body of the 400 for a name outside the contract.
 const NAME_ERROR: &str = "counter names are 1 to 200 characters from A-Z a-z 0-9 - . _ ~";
@@ -32,27 +32,8 @@ fn tally_with_env(cluster: &TestCluster, extra: &[&str], env: &[(&str, &str)]) -
     let mut args = vec!["--database-url", cluster.url()];
     args.extend_from_slice(extra);
     let server = TestServer::start_with_env(&args, env);
-    wait_ready(&server);
+    server.wait_ready();
     server
-}
-
-fn wait_ready(server: &TestServer) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if server.get("/api/v1/system/ready").status == 200 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("tally never became ready:\n{}", server.log_text());
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn path(name: &str) -> String {
@@ -134,27 +115,9 @@ fn error_text(r: &Response) -> String {
     }
 }
 
-/// Runs `f` with a client connected to the cluster behind tally's back.
-fn with_client<T, F: std::future::Future<Output = T>>(
-    cluster: &TestCluster,
-    f: impl FnOnce(tokio_postgres::Client) -> F,
-) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(cluster.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        f(client).await
-    })
-}
-
 /// `tally_counters` as PostgreSQL has it (empty if the table does not exist yet).
 fn rows(cluster: &TestCluster) -> BTreeMap<String, i64> {
-    with_client(cluster, |client| async move {
+    cluster.with_client(|client| async move {
         let exists = client
             .query_one("SELECT to_regclass('tally_counters') IS NOT NULL", &[])
             .await
@@ -174,7 +137,7 @@ fn rows(cluster: &TestCluster) -> BTreeMap<String, i64> {
 
 /// The single counter's row.
 fn single_row(cluster: &TestCluster) -> i64 {
-    with_client(cluster, |client| async move {
+    cluster.with_client(|client| async move {
         client
             .query_one("SELECT count FROM tally_counter WHERE id = 1", &[])
             .await
@@ -1170,7 +1133,7 @@ fn expired_keys_of_named_counters_are_swept_and_count_again() {
     assert_eq!(keyed(&server, "swept", "k", 1), (1, false), "a new key");
     assert_eq!(keyed(&server, "swept", "k", 1), (1, true), "its replay");
     let stored = || {
-        with_client(&cluster, |client| async move {
+        cluster.with_client(|client| async move {
             client
                 .query_one("SELECT count(*) FROM tally_keys", &[])
                 .await

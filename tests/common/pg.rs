@@ -278,3 +278,24 @@ fn certificates(ca_name: &str, host: &str) -> (String, String, String) {
         .expect("server certificate");
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
+
+impl TestPg {
+    /// Runs `f` with a client connected to the cluster behind tally's back, on a runtime of
+    /// its own (for tests that are not async).
+    pub fn with_client<T, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce(tokio_postgres::Client) -> F,
+    ) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(self.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            f(client).await
+        })
+    }
+}

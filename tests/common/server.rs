@@ -296,3 +296,26 @@ pub fn is_closed(s: &mut TcpStream) -> bool {
         ),
     }
 }
+
+impl TestServer {
+    /// Waits (at most 30 s) until `/api/v1/system/ready` answers 200; panics with the log if not.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.get("/api/v1/system/ready").status == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tally never became ready:\n{}", self.log_text());
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after `timeout`, naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
