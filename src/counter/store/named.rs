@@ -77,8 +77,12 @@ impl Store<'_> {
             [&names, &deltas, &self.instance, &id];
         let keyed_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
             [&keys.names, &keys.digests, &keys.bys, &retention, &id];
-        let running = keys.running();
-        let keyed_sums = keys.sums(&names);
+        // Only a keyed batch needs these (empty vectors do not allocate).
+        let (running, keyed_sums) = if keys.names.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            (keys.running(), keys.sums(&names))
+        };
         let fresh_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
             &names,
             &deltas,
