@@ -86,7 +86,6 @@ pub use error::{CommitError, RowLowered, StoreError};
 pub use limit::NamedLimit;
 pub use messages::{Committed, KeyOutcome, KeyedIncrement, NamedCommitted, NamedKeyed, NamedWork};
 pub use stats::StoreStats;
-pub use view::Seen;
 
 use config::CLOSE_TIMEOUT;
 use messages::{Add, Job, Request};
@@ -253,12 +252,6 @@ impl StoreHandle {
                 "the store thread ended before answering".into(),
             ))
         })
-    }
-
-    /// What this store last committed or read for the named counter `name`, if it still
-    /// remembers (see `view`).
-    pub fn seen_named(&self, name: &str) -> Option<Seen> {
-        self.shared.view.lock().ok()?.get(name)
     }
 
     /// How many names the store remembers the count of.

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 /// A count and when the store last confirmed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seen {
-    pub count: i64,
-    pub at: Instant,
+pub(super) struct Seen {
+    pub(super) count: i64,
+    pub(super) at: Instant,
 }
 
 #[derive(Debug)]
@@ -40,7 +40,8 @@ impl NameView {
         }
     }
 
-    pub(super) fn get(&self, name: &str) -> Option<Seen> {
+    #[cfg(test)]
+    fn get(&self, name: &str) -> Option<Seen> {
         self.young
             .get(name)
             .or_else(|| self.old.get(name))
